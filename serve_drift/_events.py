@@ -1,0 +1,37 @@
+"""What a replica sends to the monitor: one record per served request, embeddings batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InferenceEvent:
+    """The small record that travels with each embedding, off the request path."""
+
+    correlation_id: str
+    internal_id: str
+    timestamp: float
+    model_name: str
+    model_version: str
+    predicted_class: int | None
+    confidence: float | None
+    trace_id: str
+    span_id: str
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Row ``i`` of ``embeddings`` belongs to ``events[i]``."""
+
+    embeddings: np.ndarray
+    events: tuple[InferenceEvent, ...]
+    replica_id: str
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.events):
+            raise ValueError(
+                f"batch has {len(self.events)} events but embeddings of shape {self.embeddings.shape}"
+            )

@@ -1,0 +1,46 @@
+"""Correlation IDs: the client's ``X-Request-ID`` as Ray Serve saw it, or one of ours."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+MAX_CORRELATION_ID_LENGTH = 128
+_UNSAFE = re.compile(r"[^\x21-\x7e]")  # anything but printable, non-space ASCII
+
+
+@dataclass(frozen=True)
+class RequestIds:
+    """``correlation_id`` may repeat (clients reuse IDs); ``internal_id`` never does."""
+
+    correlation_id: str
+    internal_id: str
+
+
+def sanitize_correlation_id(raw: str) -> str:
+    """Make a client-supplied ID safe for logs, span attributes and headers.
+
+    >>> sanitize_correlation_id("abc\\r\\nSet-Cookie: x")
+    'abc__Set-Cookie:_x'
+    """
+    return _UNSAFE.sub("_", raw[:MAX_CORRELATION_ID_LENGTH])
+
+
+def _serve_request_context() -> tuple[str, str]:
+    # The getter is private and empty in local testing mode or outside a request: read it
+    # defensively so a Ray upgrade can only cost us the client's ID, never a request.
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        ctx = _get_serve_request_context()
+        return str(ctx.request_id or ""), str(getattr(ctx, "_internal_request_id", "") or "")
+    except Exception:
+        return "", ""
+
+
+def current_request_ids() -> RequestIds:
+    """IDs for the request being handled, generating whatever Ray Serve did not provide."""
+    request_id, internal_id = _serve_request_context()
+    correlation_id = sanitize_correlation_id(request_id) if request_id else uuid.uuid4().hex
+    return RequestIds(correlation_id=correlation_id, internal_id=internal_id or uuid.uuid4().hex)

@@ -1,0 +1,1 @@
+"""Ready-made Ray Serve applications (see ``deployments/`` for their YAML configs)."""

@@ -1,0 +1,1 @@
+"""Embedded demo models, trained locally on bundled data (no downloads at run time)."""
