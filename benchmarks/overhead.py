@@ -62,8 +62,9 @@ async def drive(url: str, bodies: list[bytes], *, seconds: float, concurrency: i
         i = offset
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            response = await client.post(url, content=bodies[i % len(bodies)],
-                                         headers={"content-type": "image/png"})
+            response = await client.post(
+                url, content=bodies[i % len(bodies)], headers={"content-type": "image/png"}
+            )
             latencies.append(time.perf_counter() - started)
             errors += response.status_code != 200
             i += concurrency
@@ -82,8 +83,10 @@ def deploy_both(port: int) -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     bare = serve.deployment(ImageClassifier).options(name="BareClassifier", max_ongoing_requests=32)
     serve.run(bare.bind({"source": "digits"}), name="bare", route_prefix="/bare")
-    wrapped_args = {"model": {"source": "digits"},
-                    "drift": {"window": {"size": 200}, "detectors": [{"backend": "native"}]}}
+    wrapped_args = {
+        "model": {"source": "digits"},
+        "drift": {"window": {"size": 200}, "detectors": [{"backend": "native"}]},
+    }
     serve.run(build_app(wrapped_args), name="wrapped", route_prefix="/wrapped")
 
 
@@ -99,20 +102,35 @@ def http_benchmark(args: argparse.Namespace) -> dict[str, LoadResult]:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             configure_logging=False)
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        configure_logging=False,
+    )
     try:
         deploy_both(args.port)
         bodies = png_bodies(200)
         base = f"http://127.0.0.1:{args.port}"
         for name in ("bare", "wrapped"):  # warm-up: connections, first-call paths
-            asyncio.run(drive(f"{base}/{name}/predict", bodies, seconds=2, concurrency=args.concurrency))
+            asyncio.run(
+                drive(f"{base}/{name}/predict", bodies, seconds=2, concurrency=args.concurrency)
+            )
         rounds: dict[str, list[LoadResult]] = {"bare": [], "wrapped": []}
         for r in range(args.rounds):
             order = ("bare", "wrapped") if r % 2 == 0 else ("wrapped", "bare")
             for name in order:
-                rounds[name].append(asyncio.run(drive(f"{base}/{name}/predict", bodies,
-                                                      seconds=args.seconds, concurrency=args.concurrency)))
+                rounds[name].append(
+                    asyncio.run(
+                        drive(
+                            f"{base}/{name}/predict",
+                            bodies,
+                            seconds=args.seconds,
+                            concurrency=args.concurrency,
+                        )
+                    )
+                )
         return {name: merge(results) for name, results in rounds.items()}
     finally:
         serve.shutdown()
@@ -125,7 +143,11 @@ def in_process_benchmark(iterations: int) -> tuple[float, float]:
 
     from serve_drift import monitored
     from serve_drift._wrap import replica_monitor
-    from serve_drift.models.digits import load_or_train_digits_model, preprocess_digits, split_digits
+    from serve_drift.models.digits import (
+        load_or_train_digits_model,
+        preprocess_digits,
+        split_digits,
+    )
 
     model, _ = load_or_train_digits_model()
     x = preprocess_digits(split_digits(seed=0).test_images[:1])
@@ -139,7 +161,7 @@ def in_process_benchmark(iterations: int) -> tuple[float, float]:
                 return int(self.model(batch).argmax())
 
     class NullMonitor:
-        class ingest:  # noqa: N801 - mimics handle.ingest.remote
+        class ingest:
             @staticmethod
             async def remote(batch: object) -> None:
                 return None
@@ -167,7 +189,9 @@ def in_process_benchmark(iterations: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per load round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -183,10 +207,16 @@ def main() -> None:
 
     results = http_benchmark(args)
     bare, wrapped = results["bare"], results["wrapped"]
-    print(f"\nHTTP, {args.concurrency} concurrent clients, {args.rounds} x {args.seconds:.0f} s alternating rounds each:")
+    print(
+        f"\nHTTP, {args.concurrency} concurrent clients, "
+        f"{args.rounds} x {args.seconds:.0f} s alternating rounds each:"
+    )
     print(f"  {'variant':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
-        print(f"  {name:<8} {r.throughput:8.1f} {r.percentile_ms(50):8.2f} {r.percentile_ms(99):8.2f} {r.errors:7d}")
+        print(
+            f"  {name:<8} {r.throughput:8.1f} {r.percentile_ms(50):8.2f} "
+            f"{r.percentile_ms(99):8.2f} {r.errors:7d}"
+        )
     ratio = wrapped.throughput / bare.throughput
     p50_added = wrapped.percentile_ms(50) - bare.percentile_ms(50)
     p99_ratio = wrapped.percentile_ms(99) / bare.percentile_ms(99)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -84,7 +85,7 @@ def _start_serve(options: DemoOptions, console: Console) -> bool:
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=False,
             log_to_driver=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             configure_logging=False,
         )
     serve.start(http_options={"host": "127.0.0.1", "port": options.port})
@@ -219,11 +220,11 @@ def _results_table(results: list[dict[str, Any]], backends: tuple[str, ...]) -> 
         row = by_window[index]
         cells = [str(index), _window_phase(next(iter(row.values())))]
         for backend in backends:
-            r = row.get(backend)
+            result = row.get(backend)
             cells += (
                 ["-", "-"]
-                if r is None
-                else [f"{r['p_value']:.3f}", "[red]DRIFT[/]" if r["is_drift"] else "ok"]
+                if result is None
+                else [f"{result['p_value']:.3f}", "[red]DRIFT[/]" if result["is_drift"] else "ok"]
             )
         table.add_row(*cells)
     return table
@@ -295,11 +296,7 @@ def _summarise(
     first = _first_drift(results, options.backends)
     clean = options.clean_windows
     for backend, index in first.items():
-        verdict = (
-            "never"
-            if index is None
-            else f"at window {index} ({'clean traffic: false alarm' if index < clean else 'first shifted traffic' if index == clean else 'shifted traffic'})"
-        )
+        verdict = "never" if index is None else f"at window {index} ({_window_kind(index, clean)})"
         console.print(f"Drift first detected by [bold]{backend}[/]: {verdict}")
     console.print(
         f"Windows tested: {len({r['window_index'] for r in results})}; traces and metrics: "
@@ -310,6 +307,12 @@ def _summarise(
     return DemoSummary(
         ok=ok, results=results, first_drift_window=first, phases=traffic, telemetry=telemetry
     )
+
+
+def _window_kind(index: int, clean_windows: int) -> str:
+    if index < clean_windows:
+        return "clean traffic: a false alarm"
+    return "first shifted traffic" if index == clean_windows else "shifted traffic"
 
 
 def _stop_serve(started_ray: bool) -> None:

@@ -22,7 +22,8 @@ def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.5},
     }
-    return serve.deployment(DriftMonitor).options(**{**defaults, **options})
+    deployment: Any = serve.deployment(DriftMonitor)
+    return deployment.options(**{**defaults, **options})
 
 
 def monitored_app(

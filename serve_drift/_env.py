@@ -25,5 +25,5 @@ def configure_otel_default() -> bool:
 
 
 def device_default() -> str | None:
-    """Torch device for drift tests (``cpu``, ``cuda``, ``cuda:1``); ``None`` picks automatically."""
+    """Torch device for drift tests (``cpu``, ``cuda``, ``cuda:1``); ``None``: automatic."""
     return os.environ.get("SERVE_DRIFT_DEVICE") or None

@@ -33,5 +33,6 @@ class EventBatch:
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.events):
             raise ValueError(
-                f"batch has {len(self.events)} events but embeddings of shape {self.embeddings.shape}"
+                f"batch has {len(self.events)} events "
+                f"but embeddings of shape {self.embeddings.shape}"
             )

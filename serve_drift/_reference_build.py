@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,9 +16,9 @@ Item = TypeVar("Item")
 @torch.no_grad()
 def embed(
     model: torch.nn.Module,
-    items: Sequence[Item],
+    items: Sequence[Item] | np.ndarray,
     *,
-    preprocess: Callable[[Sequence[Item]], torch.Tensor],
+    preprocess: Callable[[Any], torch.Tensor],
     layer: str | None = None,
     batch_size: int = 256,
 ) -> np.ndarray:

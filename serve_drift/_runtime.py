@@ -70,7 +70,7 @@ async def _call_user_code(
 ) -> Any:
     if inspect.iscoroutinefunction(method):
         return await method(*args, **kwargs)
-    # Ray Serve runs sync handlers in a thread pool; keep that (to_thread copies the capture context).
+    # Ray Serve runs sync handlers in a thread pool: so do we (to_thread copies the context).
     return await asyncio.to_thread(functools.partial(method, *args, **kwargs))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _Gauge as Gauge  # the API exports the sync gauge privately
 
 from serve_drift import __name__ as _scope
 
@@ -63,9 +64,9 @@ class MonitorInstruments:
     windows_tested: metrics.Counter
     p_value: metrics.Histogram
     distance: metrics.Histogram
-    p_value_last: metrics.Gauge
-    distance_last: metrics.Gauge
-    is_drift: metrics.Gauge
+    p_value_last: Gauge
+    distance_last: Gauge
+    is_drift: Gauge
     test_duration: metrics.Histogram
     monitoring_errors: metrics.Counter
 
@@ -78,7 +79,7 @@ def _errors(meter: metrics.Meter) -> metrics.Counter:
     return meter.create_counter(
         "serve_drift.monitoring.errors",
         unit="{error}",
-        description="Failures inside serve-drift's monitoring path, by stage; never seen by clients.",
+        description="Failures in serve-drift's monitoring path, by stage; never seen by clients.",
     )
 
 

@@ -41,24 +41,23 @@ def monitored(
     """
     resolved = _as_config(config)
 
-    def decorate(target: T) -> T:
-        deployment_cls = _deployment_class()
-        if deployment_cls is not None and isinstance(target, deployment_cls):
+    def decorate(target: Any) -> Any:
+        if _is_deployment(target):
             wrapped = _wrap_class(target.func_or_class, resolved, methods)
-            return target.options(func_or_class=wrapped)  # type: ignore[no-any-return]
+            return target.options(func_or_class=wrapped)
         if not isinstance(target, type):
             raise TypeError("@monitored decorates a deployment class or a serve.deployment")
-        return _wrap_class(target, resolved, methods)  # type: ignore[return-value]
+        return _wrap_class(target, resolved, methods)
 
     return decorate
 
 
-def _deployment_class() -> type | None:
+def _is_deployment(target: object) -> bool:
     try:
         from ray.serve import Deployment
     except ImportError:
-        return None
-    return Deployment
+        return False
+    return isinstance(target, Deployment)
 
 
 def _wrap_class(cls: type, config: DriftConfig, methods: Sequence[str]) -> type:
@@ -76,7 +75,7 @@ def _wrap_class(cls: type, config: DriftConfig, methods: Sequence[str]) -> type:
     return type(cls.__name__, (cls,), namespace)
 
 
-def _wrap_init(cls: type) -> Callable[..., None]:
+def _wrap_init(cls: Any) -> Callable[..., None]:
     @functools.wraps(cls.__init__)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         monitor_handle = kwargs.pop(MONITOR_KWARG, None)
@@ -103,4 +102,5 @@ def _wrap_method(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def replica_monitor(instance: object) -> ReplicaMonitor:
     """The serve-drift state of a monitored deployment instance (for tests and health checks)."""
-    return getattr(instance, _RUNTIME_ATTR)  # type: ignore[no-any-return]
+    runtime: ReplicaMonitor = getattr(instance, _RUNTIME_ATTR)
+    return runtime

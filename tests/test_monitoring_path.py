@@ -156,7 +156,7 @@ def test_ambiguous_model_attribute_is_a_clear_error() -> None:
         async def __call__(self, x: torch.Tensor) -> None:
             return None
 
-    with pytest.raises(TypeError, match="model_attr.*a, b"):
+    with pytest.raises(TypeError, match=r"model_attr.*a, b"):
         TwoModels()
 
 

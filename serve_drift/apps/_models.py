@@ -72,12 +72,13 @@ def _load_torchvision(spec: ModelSpec) -> LoadedModel:
         model.load_state_dict(load_state_dict(Path(spec.weights_path)))
     labels = _labels(spec)
     version = model_version(spec)
+    resize = int(spec.image_size * 256 / 224)
     return LoadedModel(
         model=model,
         preprocess=imagenet_preprocess(image_size=spec.image_size),
         labels=labels,
         version=version,
-        preprocessing=f"rgb, resize {int(spec.image_size * 256 / 224)}, center-crop {spec.image_size}, imagenet-normalize",
+        preprocessing=f"rgb, resize {resize}, center-crop {spec.image_size}, imagenet-normalize",
     )
 
 

@@ -173,7 +173,8 @@ def build_app(args: Mapping[str, Any]) -> Any:
         "max_queued_requests": 256,
         **parsed.deployment,
     }
-    deployment = serve.deployment(cls).options(**options)
+    deployment: Any = serve.deployment(cls)
+    deployment = deployment.options(**options)
     return monitored_app(
         deployment,
         parsed.model.model_dump(mode="json"),
