@@ -61,6 +61,9 @@ class DriftConfig(_Frozen):
     model_attr: str | None = None
     embedding_layer: str | None = None
     monitor_deployment: str = "DriftMonitor"
+    # Drift tests share nodes with serving replicas: the monitor process lowers its CPU
+    # priority (Unix nice) so that, under contention, tests wait and requests do not.
+    monitor_niceness: int = Field(10, ge=0, le=19)
     # Factories, not instances: defaults that read SERVE_DRIFT_* must read them when a config is
     # built (in the process that builds it), not when this module is imported.
     window: WindowConfig = Field(default_factory=WindowConfig)

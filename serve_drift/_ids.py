@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from dataclasses import dataclass
 
 MAX_CORRELATION_ID_LENGTH = 128
@@ -27,6 +27,10 @@ def sanitize_correlation_id(raw: str) -> str:
     return _UNSAFE.sub("_", raw[:MAX_CORRELATION_ID_LENGTH])
 
 
+def _new_id() -> str:
+    return os.urandom(16).hex()  # as random as uuid4, at a third of the cost
+
+
 def _serve_request_context() -> tuple[str, str]:
     # The getter is private and empty in local testing mode or outside a request: read it
     # defensively so a Ray upgrade can only cost us the client's ID, never a request.
@@ -42,5 +46,5 @@ def _serve_request_context() -> tuple[str, str]:
 def current_request_ids() -> RequestIds:
     """IDs for the request being handled, generating whatever Ray Serve did not provide."""
     request_id, internal_id = _serve_request_context()
-    correlation_id = sanitize_correlation_id(request_id) if request_id else uuid.uuid4().hex
-    return RequestIds(correlation_id=correlation_id, internal_id=internal_id or uuid.uuid4().hex)
+    correlation_id = sanitize_correlation_id(request_id) if request_id else _new_id()
+    return RequestIds(correlation_id=correlation_id, internal_id=internal_id or _new_id())

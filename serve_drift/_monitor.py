@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -111,6 +112,13 @@ class MonitorState:
         }
 
 
+def _lower_priority(niceness: int) -> None:
+    try:
+        os.nice(max(0, niceness - os.nice(0)))
+    except (AttributeError, OSError):  # not on this platform, or not permitted: run as is
+        logger.info("serve-drift: could not lower the monitor's CPU priority")
+
+
 class DriftMonitor:
     """Serve deployment body; see :func:`serve_drift.monitor_deployment` for the deployment."""
 
@@ -118,6 +126,7 @@ class DriftMonitor:
         self._config = (
             config if isinstance(config, DriftConfig) else DriftConfig.model_validate(config)
         )
+        _lower_priority(self._config.monitor_niceness)
         if self._config.telemetry.configure_sdk:
             from serve_drift.telemetry_setup import configure_telemetry
 
