@@ -1,0 +1,135 @@
+"""The drift monitor's logic without Ray: windows, rejection, tests, spans with links, health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_drift import DriftConfig, ReferenceSet
+from serve_drift import _telemetry as tel
+from serve_drift._events import EventBatch, InferenceEvent
+from serve_drift._monitor import MonitorState
+from tests.telemetry_memory import memory_telemetry, metric_points
+
+DIM = 8
+
+
+def _reference(tmp_path: Path, *, rows: int = 300) -> str:
+    data = np.random.default_rng(0).normal(size=(rows, DIM)).astype(np.float32)
+    path = tmp_path / "ref.npz"
+    ReferenceSet.from_embeddings(
+        data, model_name="m", model_version="1", data_version="normal"
+    ).save(path)
+    return str(path)
+
+
+def _batch(embeddings: np.ndarray, *, start: int = 0, version: str = "1") -> EventBatch:
+    events = tuple(
+        InferenceEvent(
+            correlation_id=f"c-{start + i}",
+            internal_id=f"i-{start + i}",
+            timestamp=1000.0 + start + i,
+            model_name="m",
+            model_version=version,
+            predicted_class=0,
+            confidence=0.9,
+            trace_id=f"{start + i + 1:032x}",
+            span_id=f"{start + i + 1:016x}",
+        )
+        for i in range(len(embeddings))
+    )
+    return EventBatch(embeddings=embeddings.astype(np.float32), events=events, replica_id="r")
+
+
+def _state(tmp_path: Path, **config: object) -> MonitorState:
+    base = {
+        "model_name": "m",
+        "reference_path": _reference(tmp_path),
+        "window": {"size": 20},
+        "detectors": [{"backend": "native"}],
+        "telemetry": {"link_sample_size": 5},
+    }
+    return MonitorState(DriftConfig.model_validate({**base, **config}))
+
+
+def test_full_window_is_tested_and_linked_to_its_requests(tmp_path: Path) -> None:
+    spans, _ = memory_telemetry()
+    spans.clear()
+    state = _state(tmp_path)
+    rows = np.random.default_rng(1).normal(size=(25, DIM))
+    windows = state.accept(_batch(rows))
+    assert [len(w.embeddings) for w in windows] == [20]
+    assert state.windows.pending_rows() == 5
+    (result,) = state.test(windows[0])
+    assert result.window_size == 20 and result.reference_size == 300
+    assert 0 < result.p_value <= 1 and not result.is_drift
+    span = next(s for s in spans.get_finished_spans() if s.name == "serve_drift.drift_test")
+    linked = [link.attributes[tel.ATTR_CORRELATION_ID] for link in span.links]
+    assert linked == list(result.correlation_ids_sample) and len(linked) == 5
+    assert linked[0] == "c-0" and linked[-1] == "c-19"  # evenly spaced over the window
+    assert format(span.context.span_id, "016x") == result.span_id
+
+
+def test_shifted_window_is_drift(tmp_path: Path) -> None:
+    memory_telemetry()
+    state = _state(tmp_path)
+    rows = np.random.default_rng(2).normal(loc=1.5, size=(20, DIM))
+    (result,) = state.test(state.accept(_batch(rows))[0])
+    assert result.is_drift and result.p_value == pytest.approx(1 / 101)
+
+
+def test_non_finite_and_wrong_dimension_rows_never_reach_a_window(tmp_path: Path) -> None:
+    _, reader = memory_telemetry()
+    state = _state(tmp_path)
+    rows = np.random.default_rng(3).normal(size=(20, DIM))
+    rows[[1, 7]] = np.nan
+    rows[4, 2] = np.inf
+    assert state.accept(_batch(rows)) == []
+    assert state.counts["rejected"] == 3 and state.windows.pending_rows() == 17
+    assert state.accept(_batch(np.ones((5, DIM + 1)), start=100)) == []
+    assert state.counts["rejected"] == 8
+    reasons = {
+        p.attributes["reason"] for p in metric_points(reader, "serve_drift.embeddings.rejected")
+    }
+    assert reasons >= {"non_finite", "dimension_mismatch"}
+
+
+def test_windows_never_mix_model_versions(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    rows = np.random.default_rng(4).normal(size=(15, DIM))
+    assert state.accept(_batch(rows, version="1")) == []
+    windows = state.accept(_batch(rows, start=15, version="2"))
+    assert windows == []
+    windows = state.accept(_batch(rows[:5], start=30, version="1"))
+    assert [w.model_version for w in windows] == ["1"]
+    assert {e.model_version for e in windows[0].events} == {"1"}
+
+
+def test_without_reference_the_monitor_is_degraded_and_does_not_test(tmp_path: Path) -> None:
+    state = MonitorState(DriftConfig(model_name="m"))
+    rows = np.random.default_rng(5).normal(size=(200, DIM))
+    windows = state.accept(_batch(rows))
+    assert windows and state.test(windows[0]) == []
+    health = state.health()
+    assert health["status"] == "degraded" and "no reference set" in health["reasons"][0]
+
+
+def test_a_failing_detector_is_recorded_not_raised(tmp_path: Path) -> None:
+    memory_telemetry()
+    state = _state(tmp_path)
+    window = state.accept(_batch(np.random.default_rng(6).normal(size=(20, DIM))))[0]
+    assert state.runner is not None
+
+    class Broken:
+        name, backend = "mmd", "broken"
+
+        def test(self, window: np.ndarray) -> None:
+            raise RuntimeError("detector blew up")
+
+    state.runner._detectors = [Broken()]
+    assert state.test(window) == []
+    health = state.health()
+    assert health["status"] == "degraded" and "detector blew up" in health["reasons"][0]
+    assert health["test_errors"] == 1
