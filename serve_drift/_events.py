@@ -20,6 +20,10 @@ class InferenceEvent:
     confidence: float | None
     trace_id: str
     span_id: str
+    # Set by ingress plausibility checks (see ``serve_drift._runtime.mark_request``): the names
+    # of the checks that fired, and whether the monitor must keep this row out of windows.
+    flags: tuple[str, ...] = ()
+    exclude_from_drift: bool = False
 
 
 @dataclass(frozen=True)

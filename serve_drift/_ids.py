@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 MAX_CORRELATION_ID_LENGTH = 128
@@ -43,8 +46,26 @@ def _serve_request_context() -> tuple[str, str]:
         return "", ""
 
 
+# The IDs the monitoring wrapper settled on for the request being handled, so the handler sees
+# the same ones even where they were generated here (Ray's context is empty in local testing).
+_BOUND: ContextVar[RequestIds | None] = ContextVar("serve_drift_request_ids", default=None)
+
+
+@contextmanager
+def bind_request_ids(ids: RequestIds) -> Iterator[RequestIds]:
+    """Make ``ids`` what :func:`current_request_ids` returns inside the ``with`` block."""
+    token = _BOUND.set(ids)
+    try:
+        yield ids
+    finally:
+        _BOUND.reset(token)
+
+
 def current_request_ids() -> RequestIds:
     """IDs for the request being handled, generating whatever Ray Serve did not provide."""
+    bound = _BOUND.get()
+    if bound is not None:
+        return bound
     request_id, internal_id = _serve_request_context()
     correlation_id = sanitize_correlation_id(request_id) if request_id else _new_id()
     return RequestIds(correlation_id=correlation_id, internal_id=internal_id or _new_id())

@@ -38,6 +38,8 @@ class MonitorState:
         self.counts = {
             "received": 0,
             "rejected": 0,
+            "flagged": 0,
+            "excluded": 0,
             "windows_tested": 0,
             "windows_skipped": 0,
             "test_errors": 0,
@@ -59,14 +61,22 @@ class MonitorState:
         )
 
     def accept(self, batch: EventBatch) -> list[Window]:
-        """Keep finite rows of the reference's dimension; return windows that filled."""
+        """Keep finite rows of the reference's dimension that ingress did not exclude; return
+        windows that filled."""
         self.counts["received"] += len(batch.events)
         self._instruments.embeddings_received.add(len(batch.events))
-        keep = self._usable_rows(batch.embeddings)
-        rejected = int((~keep).sum())
-        if rejected:
-            self.counts["rejected"] += rejected
-        return self.windows.add(batch, keep=keep)
+        usable = self._usable_rows(batch.embeddings)
+        self.counts["rejected"] += int((~usable).sum())
+        return self.windows.add(batch, keep=usable & ~self._excluded_rows(batch, usable=usable))
+
+    def _excluded_rows(self, batch: EventBatch, *, usable: np.ndarray) -> np.ndarray:
+        """Rows ingress flagged and asked to keep out of windows (e.g. blank frames)."""
+        excluded = np.array([e.exclude_from_drift for e in batch.events], dtype=bool)
+        self.counts["flagged"] += sum(1 for e in batch.events if e.flags)
+        n_excluded = int((excluded & usable).sum())
+        self.counts["excluded"] += n_excluded
+        self._count_rejected("excluded_by_ingress", n_excluded)
+        return excluded
 
     def _usable_rows(self, embeddings: np.ndarray) -> np.ndarray:
         finite = np.isfinite(embeddings).all(axis=1)

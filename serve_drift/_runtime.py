@@ -8,7 +8,10 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,13 +23,74 @@ from serve_drift import _telemetry as tel
 from serve_drift._capture import Capture, EmbeddingCapture
 from serve_drift._config import DriftConfig
 from serve_drift._events import EventBatch, InferenceEvent
-from serve_drift._ids import RequestIds, current_request_ids
+from serve_drift._ids import RequestIds, bind_request_ids, current_request_ids
 from serve_drift._reference import read_reference_version
 from serve_drift._shipper import EmbeddingShipper, PendingEmbedding
 
 logger = logging.getLogger(__name__)
 
 SPAN_NAME = "serve_drift.request"
+
+
+@dataclass(frozen=True)
+class RowMark:
+    """What the handler said about one input row of the current request."""
+
+    flags: tuple[str, ...] = ()
+    exclude_from_drift: bool = False
+
+
+@dataclass
+class _RequestMarks:
+    rows: dict[int | None, RowMark] = field(default_factory=dict)
+    outcome: str | None = None
+
+    def row(self, index: int) -> RowMark:
+        return self.rows.get(index) or self.rows.get(None) or RowMark()
+
+
+# One mutable record per monitored request, set before the handler runs. The handler (or a
+# thread started with ``asyncio.to_thread``, which copies the context) updates it in place.
+_REQUEST_MARKS: ContextVar[_RequestMarks | None] = ContextVar(
+    "serve_drift_request_marks", default=None
+)
+
+
+@contextmanager
+def _request_marks() -> Iterator[_RequestMarks]:
+    marks = _RequestMarks()
+    token = _REQUEST_MARKS.set(marks)
+    try:
+        yield marks
+    finally:
+        _REQUEST_MARKS.reset(token)
+
+
+def mark_request(
+    *,
+    flags: Sequence[str] = (),
+    exclude_from_drift: bool = False,
+    row: int | None = None,
+    outcome: str | None = None,
+) -> bool:
+    """Mark the monitored request being handled; returns False outside one (then a no-op).
+
+    ``flags`` and ``exclude_from_drift`` go on the event of input ``row`` (every row when
+    ``None``); the monitor keeps excluded rows out of drift windows and counts them.
+    ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g. ``"rejected"``
+    when the handler answers a 4xx itself).
+
+    >>> mark_request(flags=["constant"], exclude_from_drift=True)
+    False
+    """
+    marks = _REQUEST_MARKS.get()
+    if marks is None:
+        return False
+    if flags or exclude_from_drift:
+        marks.rows[row] = RowMark(flags=tuple(flags), exclude_from_drift=exclude_from_drift)
+    if outcome is not None:
+        marks.outcome = outcome
+    return True
 
 
 def find_model(instance: object, *, attr: str | None) -> torch.nn.Module:
@@ -103,7 +167,12 @@ class ReplicaMonitor:
         parent = _parent_context(args)
         kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
         started = time.perf_counter()
-        with tel.tracer().start_as_current_span(SPAN_NAME, context=parent, kind=kind) as span:
+        tracer = tel.tracer()
+        with (
+            bind_request_ids(ids),
+            _request_marks() as marks,
+            tracer.start_as_current_span(SPAN_NAME, context=parent, kind=kind) as span,
+        ):
             span.set_attributes(self._request_attributes(ids))
             with self.capture.capture() as captured:
                 try:
@@ -113,7 +182,7 @@ class ReplicaMonitor:
                         1, {**self._metric_attributes(), "outcome": "error"}
                     )
                     raise
-            self._after_response(span, captured, ids, time.perf_counter() - started)
+            self._after_response(span, captured, ids, time.perf_counter() - started, marks)
         return result
 
     def _request_attributes(self, ids: RequestIds) -> dict[str, str]:
@@ -132,18 +201,26 @@ class ReplicaMonitor:
         }
 
     def _after_response(
-        self, span: trace.Span, captured: Capture, ids: RequestIds, latency_s: float
+        self,
+        span: trace.Span,
+        captured: Capture,
+        ids: RequestIds,
+        latency_s: float,
+        marks: _RequestMarks,
     ) -> None:
         """Record and enqueue; any failure here is counted, never raised into the request."""
         try:
-            self._instruments.requests.add(1, {**self._metric_attributes(), "outcome": "ok"})
+            outcome = marks.outcome or "ok"
+            self._instruments.requests.add(1, {**self._metric_attributes(), "outcome": outcome})
             self._instruments.latency.record(latency_s, self._metric_attributes())
             span.set_attribute(tel.ATTR_LATENCY_S, latency_s)
-            self._record_capture(span, captured, ids)
+            self._record_capture(span, captured, ids, marks)
         except Exception as exc:
             self._record_failure(span, "after_response", exc)
 
-    def _record_capture(self, span: trace.Span, captured: Capture, ids: RequestIds) -> None:
+    def _record_capture(
+        self, span: trace.Span, captured: Capture, ids: RequestIds, marks: _RequestMarks
+    ) -> None:
         if captured.error is not None:
             self._record_failure(span, "capture", captured.error)
             return
@@ -158,7 +235,7 @@ class ReplicaMonitor:
         for row, (predicted, confidence) in enumerate(predictions):
             if confidence is not None:
                 self._instruments.confidence.record(confidence, self._metric_attributes())
-            event = self._event(ids, row, trace_id, span_id, predicted, confidence)
+            event = self._event(ids, row, trace_id, span_id, predicted, confidence, marks.row(row))
             self.shipper.offer(PendingEmbedding(embedding=captured.embeddings[row], event=event))
         self.shipper.ensure_started()
 
@@ -170,6 +247,7 @@ class ReplicaMonitor:
         span_id: str,
         predicted: int | None,
         confidence: float | None,
+        mark: RowMark,
     ) -> InferenceEvent:
         return InferenceEvent(
             correlation_id=ids.correlation_id,
@@ -181,6 +259,8 @@ class ReplicaMonitor:
             confidence=confidence,
             trace_id=trace_id,
             span_id=span_id,
+            flags=mark.flags,
+            exclude_from_drift=mark.exclude_from_drift,
         )
 
     def _record_failure(self, span: trace.Span, stage: str, exc: BaseException) -> None:

@@ -31,6 +31,9 @@ ATTR_IS_DRIFT = "serve_drift.drift.is_drift"
 ATTR_WINDOW_INDEX = "serve_drift.window.index"
 ATTR_WINDOW_SIZE = "serve_drift.window.size"
 ATTR_TEST_ID = "serve_drift.drift.test_id"
+ATTR_INGRESS_ERROR_CODE = "serve_drift.ingress.error.code"
+ATTR_INGRESS_FLAGS = "serve_drift.ingress.flags"
+ATTR_HTTP_STATUS = "http.response.status_code"
 
 P_VALUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 DISTANCE_BUCKETS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -163,4 +166,35 @@ def monitor_instruments() -> MonitorInstruments:
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
         ),
         monitoring_errors=_errors(meter),
+    )
+
+
+@dataclass(frozen=True)
+class IngressInstruments:
+    """Instruments recorded by the ready-made app's ingress checks."""
+
+    rejected: metrics.Counter
+    flagged: metrics.Counter
+    quarantined: metrics.Counter
+
+
+@cache
+def ingress_instruments() -> IngressInstruments:
+    meter = _meter()
+    return IngressInstruments(
+        rejected=meter.create_counter(
+            "serve_drift.ingress.rejected",
+            unit="{request}",
+            description="Requests answered with an error by ingress, by error code.",
+        ),
+        flagged=meter.create_counter(
+            "serve_drift.ingress.flagged",
+            unit="{input}",
+            description="Inputs a plausibility check fired on, by check and action.",
+        ),
+        quarantined=meter.create_counter(
+            "serve_drift.ingress.quarantined",
+            unit="{input}",
+            description="Inputs sent to the quarantine store, by outcome: stored, dropped, failed.",
+        ),
     )

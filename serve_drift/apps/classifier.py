@@ -6,22 +6,44 @@ Start it with ``serve run deployments/digits.yaml`` or ``serve.run(build_app({..
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serve_drift import _env
 from serve_drift._config import DriftConfig
 from serve_drift._deploy import monitored_app
 from serve_drift._ids import current_request_ids
-from serve_drift._ingress import IngressError, decode_images
 from serve_drift._wrap import monitored, replica_monitor
 from serve_drift.apps._models import LoadedModel, ModelSpec, load_model, model_version
+from serve_drift.ingress import (
+    CHECK_NAMES,
+    Admitted,
+    IngressConfig,
+    IngressError,
+    IngressGate,
+    InputProfile,
+    QuarantineStore,
+)
 
 MONITOR_TIMEOUT_S = 2.0
+MAX_DRIFT_LIMIT = 500
+# Backpressure: a replica takes this many requests at once and each proxy queues this many
+# more; beyond that Ray Serve's proxy answers 503 at once (with Retry-After) instead of
+# letting latency grow without bound. Override under ``deployment:`` in the app's args.
+DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {
+    "max_ongoing_requests": 32,
+    "max_queued_requests": 64,
+}
+DEFAULT_BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
 
 
 class AppArgs(BaseModel):
@@ -34,58 +56,131 @@ class AppArgs(BaseModel):
     deployment: dict[str, Any] = Field(default_factory=dict)
     monitor: dict[str, Any] = Field(default_factory=dict)
     top_k: int = Field(5, ge=1)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
 
 
-def error_response(error: IngressError, correlation_id: str) -> JSONResponse:
-    body = {"error": {"code": error.code, "message": error.message, "request_id": correlation_id}}
-    return JSONResponse(body, status_code=error.status)
+def model_input_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """What a client that preprocesses itself must send (per input, without the batch)."""
+    if spec.source == "digits":
+        from serve_drift.models.digits import IMAGE_SIZE
+
+        return (1, IMAGE_SIZE, IMAGE_SIZE)
+    return (3, spec.image_size, spec.image_size)
+
+
+@functools.cache
+def digits_input_profile() -> InputProfile:
+    """Pixel statistics of the images the digits reference set was embedded from."""
+    from serve_drift.models.default_reference import DATA_VERSION
+    from serve_drift.models.digits import split_digits
+
+    return InputProfile.from_images(split_digits(seed=0).reference_images, source=DATA_VERSION)
+
+
+def _input_profile(spec: ModelSpec, config: IngressConfig) -> InputProfile | None:
+    path = config.plausibility.out_of_profile.profile_path
+    if path:
+        return InputProfile.load(path)
+    return digits_input_profile() if spec.source == "digits" else None
+
+
+def _quarantine_store(config: IngressConfig) -> QuarantineStore | None:
+    """Only when some check quarantines: otherwise nothing is ever written to disk."""
+    checks = config.plausibility
+    if not any(checks.check(name).action == "quarantine" for name in CHECK_NAMES):
+        return None
+    settings = config.quarantine
+    return QuarantineStore(
+        directory=Path(settings.directory or _env.cache_dir() / "quarantine"),
+        max_items=settings.max_items,
+        max_bytes=settings.max_bytes,
+        max_age_s=settings.max_age_s,
+    )
+
+
+def _error_response(body: dict[str, Any], status: int) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
 
 
 class ImageClassifier:
     """Serves one image classifier; drift monitoring is added by ``build_app``."""
 
-    def __init__(self, model: Mapping[str, Any], top_k: int = 5) -> None:
-        loaded: LoadedModel = load_model(ModelSpec.model_validate(dict(model)))
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        top_k: int = 5,
+        ingress: Mapping[str, Any] | None = None,
+    ) -> None:
+        spec = ModelSpec.model_validate(dict(model))
+        loaded: LoadedModel = load_model(spec)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()
         self.loaded = loaded
         self.top_k = min(top_k, len(loaded.labels))
+        config = IngressConfig.model_validate(dict(ingress or {}))
+        self.gate = IngressGate(
+            config=config,
+            input_shape=model_input_shape(spec),
+            profile=_input_profile(spec, config),
+            quarantine=_quarantine_store(config),
+            labels={"serve_drift.model.version": loaded.version},
+        )
 
     async def __call__(self, request: Request) -> Response:
+        correlation_id = current_request_ids().correlation_id
+        try:
+            return await self._route(request, correlation_id)
+        except Exception as exc:  # never a traceback, a path or a library message to a client
+            return _error_response(self.gate.internal_error(exc, request_id=correlation_id), 500)
+
+    async def _route(self, request: Request, correlation_id: str) -> Response:
         # Match the last path segment, so the app works under any route_prefix.
         route = (request.method, request.url.path.rstrip("/").rsplit("/", 1)[-1])
         if route == ("POST", "predict"):
             return await self.predict(request)
         if route == ("GET", "drift"):
-            return await self._drift(request)
+            return await self._drift(request, correlation_id)
         if route == ("GET", "healthz"):
             return await self._health()
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "not_found",
-                    "message": "try POST /predict, GET /drift or GET /healthz",
-                }
-            },
-            status_code=404,
-        )
+        error = IngressError("not_found", "try POST /predict, GET /drift or GET /healthz")
+        return self._reject(error, correlation_id)
+
+    def _reject(self, error: IngressError, correlation_id: str) -> JSONResponse:
+        return _error_response(self.gate.reject(error, request_id=correlation_id), error.status)
 
     async def predict(self, request: Request) -> Response:
-        correlation_id = current_request_ids().correlation_id
+        """The monitored method: its span is the current span while ingress runs."""
+        ids = current_request_ids()
         try:
-            images = decode_images(
-                content_type=request.headers.get("content-type", ""), body=await request.body()
+            admitted = await self.gate.admit(
+                request, correlation_id=ids.correlation_id, internal_id=ids.internal_id
             )
+            body = self._answer(admitted, ids.correlation_id)
         except IngressError as error:
-            return error_response(error, correlation_id)
-        predictions = self._classify(images)
-        body: dict[str, Any] = {"model_version": self.loaded.version, "request_id": correlation_id}
-        body.update(predictions[0] if len(predictions) == 1 else {"predictions": predictions})
+            return self._reject(error, ids.correlation_id)
+        except Exception as exc:
+            body = self.gate.internal_error(exc, request_id=ids.correlation_id)
+            return _error_response(body, 500)
         return JSONResponse(body)
 
+    def _answer(self, admitted: Admitted, correlation_id: str) -> dict[str, Any]:
+        predictions = self._classify(admitted)
+        for prediction, row in zip(predictions, admitted.verdict.rows, strict=True):
+            if row.flags:
+                prediction["flags"] = list(row.flags)
+        body: dict[str, Any] = {"model_version": self.loaded.version, "request_id": correlation_id}
+        body.update(predictions[0] if len(predictions) == 1 else {"predictions": predictions})
+        return body
+
+    def _model_input(self, admitted: Admitted) -> torch.Tensor:
+        tensor = admitted.payload.tensor
+        if tensor is not None:
+            return torch.from_numpy(np.ascontiguousarray(tensor))
+        return self.loaded.preprocess([decoded.image for decoded in admitted.payload.images])
+
     @torch.no_grad()
-    def _classify(self, images: list[Any]) -> list[dict[str, Any]]:
-        logits = self.model(self.loaded.preprocess(images).to(self.device))
+    def _classify(self, admitted: Admitted) -> list[dict[str, Any]]:
+        logits = self.model(self._model_input(admitted).to(self.device))
         probs, indices = torch.softmax(logits.float(), dim=-1).topk(self.top_k, dim=-1)
         return [
             self._prediction(p, i) for p, i in zip(probs.tolist(), indices.tolist(), strict=True)
@@ -98,23 +193,20 @@ class ImageClassifier:
         ]
         return {**top_k[0], "top_k": top_k}
 
-    async def _drift(self, request: Request) -> Response:
-        limit = int(request.query_params.get("limit", "50"))
+    async def _drift(self, request: Request, correlation_id: str) -> Response:
+        limit = request.query_params.get("limit", "50")
+        if not limit.isdigit():
+            error = IngressError("invalid_query", "limit must be a whole number")
+            return self._reject(error, correlation_id)
         monitor = replica_monitor(self)
         try:
             results = await asyncio.wait_for(
-                monitor.monitor_call("results", max(1, min(limit, 500))), MONITOR_TIMEOUT_S
+                monitor.monitor_call("results", max(1, min(int(limit), MAX_DRIFT_LIMIT))),
+                MONITOR_TIMEOUT_S,
             )
         except Exception:
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "monitor_unavailable",
-                        "message": "the drift monitor did not answer",
-                    }
-                },
-                status_code=503,
-            )
+            error = IngressError("monitor_unavailable", "the drift monitor did not answer")
+            return self._reject(error, correlation_id)
         return JSONResponse({"model_version": self.loaded.version, "results": results})
 
     async def _health(self) -> Response:
@@ -142,8 +234,17 @@ class ImageClassifier:
                 "model_version": self.loaded.version,
                 "replica": replica,
                 "monitor": monitor_health,
+                "ingress": self._ingress_health(),
             }
         )
+
+    def _ingress_health(self) -> dict[str, Any]:
+        profile = self.gate.profile
+        store = self.gate.quarantine
+        return {
+            "input_profile": None if profile is None else profile.source,
+            "quarantine_directory": None if store is None else str(store.directory),
+        }
 
 
 def _drift_config(args: AppArgs) -> DriftConfig:
@@ -167,17 +268,23 @@ def build_app(args: Mapping[str, Any]) -> Any:
     parsed = AppArgs.model_validate(dict(args))
     config = _drift_config(parsed)
     cls = monitored(config, methods=("predict",))(ImageClassifier)
-    options = {
-        "name": "ImageClassifier",
-        "max_ongoing_requests": 32,
-        "max_queued_requests": 256,
-        **parsed.deployment,
-    }
     deployment: Any = serve.deployment(cls)
-    deployment = deployment.options(**options)
+    deployment = deployment.options(**_deployment_options(parsed))
     return monitored_app(
         deployment,
         parsed.model.model_dump(mode="json"),
         top_k=parsed.top_k,
+        ingress=parsed.ingress.model_dump(mode="json"),
         monitor_options=parsed.monitor,
     )
+
+
+def _deployment_options(args: AppArgs) -> dict[str, Any]:
+    from ray import serve
+
+    options: dict[str, Any] = {"name": "ImageClassifier", **DEFAULT_DEPLOYMENT_OPTIONS}
+    # Ray Serve 2.60 added the backpressure answer's status and Retry-After; older Rays
+    # answer a plain 503 and would reject the unknown option.
+    if "backpressure_config" in inspect.signature(serve.deployment).parameters:
+        options["backpressure_config"] = DEFAULT_BACKPRESSURE
+    return {**options, **args.deployment}

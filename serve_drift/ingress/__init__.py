@@ -1,0 +1,65 @@
+"""Ingress: decode, limit, check and quarantine inputs, with a stable error contract.
+
+The ready-made app uses all of it; in your own handler, use :class:`IngressGate` (whole
+requests) or :func:`decode_payload` (bytes you already hold)::
+
+    gate = IngressGate(config=IngressConfig(), input_shape=(3, 224, 224))
+    try:
+        admitted = await gate.admit(request, correlation_id=cid, internal_id=iid)
+    except IngressError as error:
+        return JSONResponse(gate.reject(error, request_id=cid), status_code=error.status)
+
+Every error is an :class:`IngressError` with a ``code`` from :data:`STATUS_BY_CODE`.
+"""
+
+from serve_drift._runtime import mark_request
+from serve_drift.ingress._body import read_body
+from serve_drift.ingress._config import (
+    CHECK_NAMES,
+    BlurCheck,
+    ConstantCheck,
+    DarkCheck,
+    IngressConfig,
+    LimitsConfig,
+    PlausibilityConfig,
+    ProfileCheck,
+    QuarantineConfig,
+    SaturatedCheck,
+)
+from serve_drift.ingress._errors import STATUS_BY_CODE, IngressError, error_body
+from serve_drift.ingress._gate import Admitted, IngressGate
+from serve_drift.ingress._images import ALLOWED_FORMATS, DecodedImage, decode_image
+from serve_drift.ingress._payload import Payload, decode_payload
+from serve_drift.ingress._plausibility import Finding, evaluate
+from serve_drift.ingress._profile import InputProfile
+from serve_drift.ingress._quarantine import QuarantineEntry, QuarantineStore
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "CHECK_NAMES",
+    "STATUS_BY_CODE",
+    "Admitted",
+    "BlurCheck",
+    "ConstantCheck",
+    "DarkCheck",
+    "DecodedImage",
+    "Finding",
+    "IngressConfig",
+    "IngressError",
+    "IngressGate",
+    "InputProfile",
+    "LimitsConfig",
+    "Payload",
+    "PlausibilityConfig",
+    "ProfileCheck",
+    "QuarantineConfig",
+    "QuarantineEntry",
+    "QuarantineStore",
+    "SaturatedCheck",
+    "decode_image",
+    "decode_payload",
+    "error_body",
+    "evaluate",
+    "mark_request",
+    "read_body",
+]
