@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_drift import _env
+from serve_drift import _telemetry as tel
 from serve_drift._config import DriftConfig
 from serve_drift._deploy import monitored_app
 from serve_drift._ids import current_request_ids
@@ -108,6 +109,7 @@ class ImageClassifier:
     def __init__(
         self,
         model: Mapping[str, Any],
+        *,
         top_k: int = 5,
         ingress: Mapping[str, Any] | None = None,
     ) -> None:
@@ -123,8 +125,16 @@ class ImageClassifier:
             input_shape=model_input_shape(spec),
             profile=_input_profile(spec, config),
             quarantine=_quarantine_store(config),
-            labels={"serve_drift.model.version": loaded.version},
+            labels=self._metric_labels(),
         )
+
+    def _metric_labels(self) -> dict[str, str]:
+        """The model name and version every serve-drift metric carries (from the monitoring
+        config when the class is monitored, which is how ``build_app`` serves it)."""
+        config: DriftConfig | None = getattr(type(self), "serve_drift_config", None)
+        name = config.model_name if config is not None else "model"
+        version = config.model_version if config is not None else self.loaded.version
+        return {tel.ATTR_MODEL_NAME: name, tel.ATTR_MODEL_VERSION: version}
 
     async def __call__(self, request: Request) -> Response:
         correlation_id = current_request_ids().correlation_id

@@ -54,7 +54,7 @@ def decode_payload(
     Traceback (most recent call last):
     ...
     serve_drift.ingress._errors.IngressError: unsupported_media_type: send image/jpeg, \
-image/png, image/webp, application/json or application/x-npy
+image/png, image/webp or application/json
     """
     if not body:
         raise IngressError("empty_body", "the request body is empty")
