@@ -1,0 +1,890 @@
+"""The embedded event store: SQLite in WAL mode, written in batches by the monitor.
+
+**Durability.** ``journal_mode=WAL`` lets the CLI and the label endpoint read while the monitor
+writes. ``synchronous=FULL`` (the default) fsyncs the WAL at every commit, so a batch reported
+written survives a process kill *and* a power loss or kernel crash. ``NORMAL`` would survive a
+process kill too, but may lose the last commits on power loss, which would break the promise
+"never report unwritten events as written". Batches of 64-256 records pay one fsync each, so
+FULL costs little per event (``benchmarks/event_store.py`` measures both).
+
+**Exactly once.** Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction and returns
+only after the commit; ``internal_id`` is unique and inserts are ``INSERT OR IGNORE``, so a
+retried batch stores nothing twice (:class:`WriteReceipt` tells new from already present).
+
+**Failure.** A failed write (disk full, locked past the busy timeout, read-only, I/O error)
+rolls back, marks the store degraded (:meth:`EventStore.health`) and raises
+:class:`StoreWriteError` with a short ``reason``; the caller counts those events as dropped.
+A later successful write clears the degraded flag. If the database cannot even be opened,
+every operation raises the same way and the next one tries to open it again.
+
+**Retention.** By age (``max_age_s``) and by size (``max_bytes``: the oldest events are deleted
+until the live data is under 90 % of it; ``auto_vacuum=INCREMENTAL`` then returns the freed
+pages to the file system). Checked at most every ``retention_interval_s`` after writes, or on
+demand with :meth:`EventStore.enforce_retention`.
+
+>>> import tempfile, os
+>>> from serve_drift.eventlog.schema import InferenceRecord, Outputs
+>>> store = EventStore(os.path.join(tempfile.mkdtemp(), "events.db"))
+>>> record = InferenceRecord(timestamp=1.0, correlation_id="req-1", internal_id="a1",
+...     model_name="digits", model_version="v1", outputs=Outputs(predicted_class=3, confidence=0.9))
+>>> store.write_batch([record]).written_ids
+('a1',)
+>>> store.write_batch([record]).already_present_ids  # a retry stores nothing twice
+('a1',)
+>>> [r.correlation_id for r in store.recent(limit=10)]
+['req-1']
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from serve_drift.eventlog.schema import (
+    SCHEMA_VERSION,
+    ConceptMetricsRecord,
+    DriftTestRecord,
+    InferenceRecord,
+    LabelRecord,
+    record_from_json,
+)
+
+T = TypeVar("T")
+
+Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
+LabelStatus = Literal[
+    "accepted", "unknown_correlation_id", "duplicate_label", "ambiguous", "invalid"
+]
+
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_MAX_BYTES = 1 << 30
+_SIZE_TARGET = 0.9  # delete down to 90 % of max_bytes, so retention does not run on every write
+_SQL_CHUNK = 500  # ids per IN (...) query: well under SQLite's variable limit
+_WAL_LIMIT_BYTES = 16 << 20  # the WAL is truncated back to this after checkpoints
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inference_events (
+    internal_id TEXT NOT NULL UNIQUE,
+    timestamp REAL NOT NULL,
+    correlation_id TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    deployment TEXT,
+    flagged INTEGER NOT NULL,
+    drift_window INTEGER,
+    predicted_class INTEGER,
+    confidence REAL,
+    sampling_weight REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON inference_events (timestamp);
+CREATE INDEX IF NOT EXISTS events_by_correlation ON inference_events (correlation_id);
+CREATE INDEX IF NOT EXISTS events_by_version ON inference_events (model_version, timestamp);
+CREATE INDEX IF NOT EXISTS events_flagged ON inference_events (timestamp) WHERE flagged = 1;
+CREATE INDEX IF NOT EXISTS events_by_window ON inference_events (drift_window)
+    WHERE drift_window IS NOT NULL;
+CREATE TABLE IF NOT EXISTS drift_results (
+    test_id TEXT NOT NULL UNIQUE,
+    tested_at REAL NOT NULL,
+    window_index INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    is_drift INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS drift_by_time ON drift_results (tested_at);
+CREATE INDEX IF NOT EXISTS drift_by_window ON drift_results (window_index);
+CREATE TABLE IF NOT EXISTS labels (
+    correlation_id TEXT PRIMARY KEY,
+    label INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_by_time ON labels (received_at);
+CREATE TABLE IF NOT EXISTS label_links (
+    internal_id TEXT PRIMARY KEY,
+    correlation_id TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS label_links_by_time ON label_links (received_at);
+CREATE TABLE IF NOT EXISTS concept_metrics (
+    metrics_id TEXT NOT NULL UNIQUE,
+    computed_at REAL NOT NULL,
+    tag TEXT NOT NULL,
+    window_index INTEGER,
+    model_version TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_time ON concept_metrics (computed_at);
+"""
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; ``reason`` is a short machine-readable word:
+    ``disk_full``, ``locked``, ``read_only``, ``io_error``, ``cannot_open``, ``corrupt``,
+    ``incompatible`` or ``error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreWriteError(StoreError):
+    """Nothing of the failed write was committed: count its events as dropped."""
+
+
+@dataclass(frozen=True)
+class WriteReceipt:
+    """Ids committed by one write. ``already_present_ids`` were stored by an earlier attempt."""
+
+    written_ids: tuple[str, ...]
+    already_present_ids: tuple[str, ...] = ()
+
+    @property
+    def committed(self) -> int:
+        return len(self.written_ids) + len(self.already_present_ids)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """``degraded`` is true while the latest write failed; ``last_error`` says how."""
+
+    path: str
+    degraded: bool
+    last_error: str | None
+    last_error_reason: str | None
+    last_error_at: float | None
+    write_failures: int
+    consecutive_failures: int
+    last_write_at: float | None
+    size_bytes: int
+    synchronous: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventQuery:
+    """Filters for :meth:`EventStore.query`, combined with AND; newest first."""
+
+    limit: int = 100
+    correlation_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    model_version: str | None = None
+    flagged_only: bool = False
+    drift_window: int | None = None
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    deleted_by_age: int
+    deleted_by_size: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class LabelAnswer:
+    """The answer for one submitted label, in submission order.
+
+    ``internal_ids`` are the events the label was joined to; ``drift_windows`` their windows
+    (recompute those windows' metrics after accepting labels).
+    """
+
+    correlation_id: str
+    status: LabelStatus
+    detail: str
+    internal_ids: tuple[str, ...] = ()
+    drift_windows: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "correlation_id": self.correlation_id,
+            "status": self.status,
+            "detail": self.detail,
+            "internal_ids": list(self.internal_ids),
+            "drift_windows": list(self.drift_windows),
+        }
+
+
+@dataclass(frozen=True)
+class LabelledPredictions:
+    """Joined (prediction, label) rows as arrays; ``confidence`` is NaN where unknown."""
+
+    predicted: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    weights: np.ndarray
+    timestamps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class _Event:
+    internal_id: str
+    group: tuple[str, str, str]
+    drift_window: int | None
+
+
+class EventStore:
+    """Inference events, drift results, labels and concept metrics in one SQLite file.
+
+    Thread-safe: one connection, used under a lock. Calls block on disk I/O (one fsync per
+    write with ``synchronous="FULL"``): from asyncio code, call them in a worker thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_age_s: float | None = DEFAULT_MAX_AGE_S,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_s: float = 5.0,
+        retention_interval_s: float = 60.0,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        self.path = Path(path)
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous
+        self.busy_timeout_s = busy_timeout_s
+        self.retention_interval_s = retention_interval_s
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._last_retention = time.monotonic()
+        self._failures = 0
+        self._consecutive_failures = 0
+        self._last_error: tuple[str, str, float] | None = None
+        self._last_write_at: float | None = None
+        self._closed = False
+        try:
+            self._connection()
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            # Opening is retried by the next operation; meanwhile the store reports degraded.
+            self._record_failure("open", exc)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("closed", f"event store {self.path} is closed")
+        if self._db is None:
+            self._db = _open(self.path, synchronous=self.synchronous, busy_s=self.busy_timeout_s)
+        return self._db
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def write_batch(self, records: Sequence[InferenceRecord]) -> WriteReceipt:
+        """Store inference events in one transaction; returns after the commit.
+
+        Raises :class:`StoreWriteError` (nothing committed) on failure.
+        """
+        rows = [_event_row(r) for r in records]  # serialise before taking the write lock
+        receipt = self._write("write events", lambda db: _insert_unique(db, _EVENTS, rows))
+        self._maybe_enforce_retention()
+        return receipt
+
+    def write_drift_results(self, records: Sequence[DriftTestRecord]) -> WriteReceipt:
+        rows = [_drift_row(r) for r in records]
+        return self._write("write drift results", lambda db: _insert_unique(db, _DRIFT, rows))
+
+    def write_concept_metrics(self, records: Sequence[ConceptMetricsRecord]) -> WriteReceipt:
+        rows = [_metrics_row(r) for r in records]
+        return self._write("write concept metrics", lambda db: _insert_unique(db, _METRICS, rows))
+
+    def attach_labels(self, labels: Sequence[LabelRecord]) -> list[LabelAnswer]:
+        """Join labels to stored events by correlation ID, in one transaction.
+
+        Per label, in order: ``accepted`` (joined to one event per deployment and model
+        version: a shadow's event shares the label), ``unknown_correlation_id`` (no stored
+        event: never served, not yet written, sampled out, or aged out), ``duplicate_label``
+        (the ID already has a label, possibly from earlier in this batch; the first one stands),
+        ``ambiguous`` (the client reused the ID for several requests to the same model: which
+        one the label is for cannot be known, so it is not joined). Only accepted labels are
+        stored. Links are made now: events stored later are not joined to older labels.
+        """
+        return self._write("attach labels", lambda db: _attach_labels(db, labels))
+
+    def _write(self, operation: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                result = _in_transaction(self._connection(), work)
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                self._record_failure(operation, exc)
+                raise _as_store_error(operation, exc, StoreWriteError) from exc
+            self._consecutive_failures = 0
+            self._last_write_at = time.time()
+            return result
+
+    def _record_failure(self, operation: str, exc: BaseException) -> None:
+        self._failures += 1
+        self._consecutive_failures += 1
+        self._last_error = (_reason(exc), f"{operation}: {type(exc).__name__}: {exc}", time.time())
+
+    # --- retention ----------------------------------------------------------------------------
+
+    def _maybe_enforce_retention(self) -> None:
+        if time.monotonic() - self._last_retention < self.retention_interval_s:
+            return
+        # A failure is recorded in health(); the events just written are committed regardless.
+        with contextlib.suppress(StoreError):
+            self.enforce_retention()
+
+    def enforce_retention(self, *, now: float | None = None) -> RetentionReport:
+        """Delete what is older than ``max_age_s``, then the oldest events beyond ``max_bytes``."""
+        with self._lock:
+            self._last_retention = time.monotonic()
+            by_age = self._write("retention by age", lambda db: _delete_old(db, self._cutoff(now)))
+            by_size = self._write("retention by size", self._shrink) if self.max_bytes else 0
+            if by_age or by_size:
+                self._reclaim()
+            return RetentionReport(by_age, by_size, self.size_bytes())
+
+    def _reclaim(self) -> None:
+        # Return free pages to the file system (auto_vacuum=INCREMENTAL); without this the
+        # file stays at its high-water mark and only the live data is bounded by max_bytes.
+        # executescript, outside any transaction: execute() would run only the pragma's first
+        # step (one page), since the statement returns no columns.
+        try:
+            self._connection().executescript("PRAGMA incremental_vacuum;")
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            self._record_failure("vacuum", exc)
+
+    def _cutoff(self, now: float | None) -> float | None:
+        if self.max_age_s is None:
+            return None
+        return (time.time() if now is None else now) - self.max_age_s
+
+    def _shrink(self, db: sqlite3.Connection) -> int:
+        assert self.max_bytes is not None
+        target = int(self.max_bytes * _SIZE_TARGET)
+        deleted = 0
+        for _ in range(20):  # each round deletes an estimate of the excess; rarely more than 2
+            used, rows = _used_bytes(db), _count(db, "inference_events")
+            # Start only above max_bytes; once started, go down to the lower target.
+            if rows == 0 or used <= (self.max_bytes if deleted == 0 else target):
+                break
+            excess_rows = math.ceil((used - target) / max(1.0, used / rows))
+            deleted += _delete_oldest_events(db, max(1, min(rows, excess_rows)))
+        return deleted
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def query(self, query: EventQuery) -> list[InferenceRecord]:
+        """Inference events matching every filter in ``query``, newest first."""
+        where, params = _event_filters(query)
+        sql = (
+            f"SELECT record FROM inference_events {where} "
+            "ORDER BY timestamp DESC, rowid DESC LIMIT ?"
+        )
+        rows = self._read("query events", sql, (*params, max(0, query.limit)))
+        return [_as_inference(row[0]) for row in rows]
+
+    def recent(self, *, limit: int = 100) -> list[InferenceRecord]:
+        return self.query(EventQuery(limit=limit))
+
+    def by_correlation_id(self, correlation_id: str, *, limit: int = 100) -> list[InferenceRecord]:
+        return self.query(EventQuery(correlation_id=correlation_id, limit=limit))
+
+    def in_time_range(
+        self, *, since: float | None = None, until: float | None = None, limit: int = 100
+    ) -> list[InferenceRecord]:
+        return self.query(EventQuery(since=since, until=until, limit=limit))
+
+    def by_model_version(self, model_version: str, *, limit: int = 100) -> list[InferenceRecord]:
+        return self.query(EventQuery(model_version=model_version, limit=limit))
+
+    def flagged(self, *, limit: int = 100) -> list[InferenceRecord]:
+        return self.query(EventQuery(flagged_only=True, limit=limit))
+
+    def drift_results(
+        self, *, limit: int = 100, window_index: int | None = None
+    ) -> list[DriftTestRecord]:
+        """Drift test records, newest first."""
+        where, params = (
+            ("WHERE window_index = ?", (window_index,)) if window_index is not None else ("", ())
+        )
+        sql = (
+            f"SELECT record FROM drift_results {where} ORDER BY tested_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = self._read("query drift results", sql, (*params, limit))
+        return [DriftTestRecord.from_dict(_loads(row[0])) for row in rows]
+
+    def concept_metrics(
+        self, *, limit: int = 100, tag: str | None = None
+    ) -> list[ConceptMetricsRecord]:
+        """Concept-drift metrics records (feedback windows, sentinel runs), newest first."""
+        where, params = ("WHERE tag = ?", (tag,)) if tag is not None else ("", ())
+        order = "ORDER BY computed_at DESC, rowid DESC LIMIT ?"
+        sql = f"SELECT record FROM concept_metrics {where} {order}"
+        rows = self._read("query concept metrics", sql, (*params, limit))
+        return [ConceptMetricsRecord.from_dict(_loads(row[0])) for row in rows]
+
+    def labels(self, correlation_ids: Iterable[str]) -> dict[str, LabelRecord]:
+        """Stored labels of these correlation ids (absent ids are left out)."""
+        ids = list(dict.fromkeys(correlation_ids))
+        found: dict[str, LabelRecord] = {}
+        for chunk in _chunks(ids):
+            sql = f"SELECT record FROM labels WHERE correlation_id IN ({_marks(chunk)})"
+            for (text,) in self._read("query labels", sql, tuple(chunk)):
+                label = LabelRecord.from_dict(_loads(text))
+                found[label.correlation_id] = label
+        return found
+
+    def labelled_predictions(
+        self,
+        *,
+        window_index: int | None = None,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> LabelledPredictions:
+        """Stored events joined to their labels, filtered like :meth:`query` (no limit)."""
+        where, params = _event_filters(
+            EventQuery(
+                drift_window=window_index, model_version=model_version, since=since, until=until
+            ),
+            table="e.",
+        )
+        clause = (
+            f"{where} AND e.predicted_class IS NOT NULL"
+            if where
+            else "WHERE e.predicted_class IS NOT NULL"
+        )
+        sql = (
+            "SELECT e.predicted_class, l.label, e.confidence, e.sampling_weight, e.timestamp "
+            "FROM label_links k JOIN inference_events e ON e.internal_id = k.internal_id "
+            f"JOIN labels l ON l.correlation_id = k.correlation_id {clause}"
+        )
+        rows = self._read("query labelled events", sql, params)
+        columns = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
+        return LabelledPredictions(
+            predicted=np.asarray(columns[0], dtype=np.int64),
+            labels=np.asarray(columns[1], dtype=np.int64),
+            confidence=np.asarray(
+                [np.nan if c is None else c for c in columns[2]], dtype=np.float64
+            ),
+            weights=np.asarray(columns[3], dtype=np.float64),
+            timestamps=np.asarray(columns[4], dtype=np.float64),
+        )
+
+    def next_window_index(self) -> int:
+        """One past the highest window index stored, for a restarted monitor to continue from
+        (window indices restart at 0 in a new monitor process; reusing them would merge windows)."""
+        sql = (
+            "SELECT MAX(m) FROM (SELECT MAX(window_index) AS m FROM drift_results "
+            "UNION ALL SELECT MAX(drift_window) FROM inference_events "
+            "UNION ALL SELECT MAX(window_index) FROM concept_metrics)"
+        )
+        highest = self._read("next window index", sql, ())[0][0]
+        return 0 if highest is None else int(highest) + 1
+
+    def count_events(self) -> int:
+        return int(self._read("count events", "SELECT COUNT(*) FROM inference_events", ())[0][0])
+
+    def _read(self, operation: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, tuple(params)).fetchall()
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                raise _as_store_error(operation, exc, StoreError) from exc
+
+    # --- health -------------------------------------------------------------------------------
+
+    def health(self) -> StoreHealth:
+        with self._lock:
+            reason, message, at = self._last_error or (None, None, None)
+            return StoreHealth(
+                path=str(self.path),
+                degraded=self._consecutive_failures > 0,
+                last_error=message,
+                last_error_reason=reason,
+                last_error_at=at,
+                write_failures=self._failures,
+                consecutive_failures=self._consecutive_failures,
+                last_write_at=self._last_write_at,
+                size_bytes=self.size_bytes(),
+                synchronous=self.synchronous,
+            )
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def _open(path: Path, *, synchronous: str, busy_s: float) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: no implicit transactions; every write is an explicit BEGIN IMMEDIATE
+    # (takes the write lock up front, so the busy timeout applies instead of a deadlock error).
+    db = sqlite3.connect(path, timeout=busy_s, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new database
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError("error", f"could not switch {path} to WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
+        _in_transaction(db, _create_schema)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would COMMIT the open transaction first.
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if found is None:
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif found[0] != str(SCHEMA_VERSION):
+        raise StoreError(
+            "incompatible",
+            f"store has schema version {found[0]}, this code writes {SCHEMA_VERSION}",
+        )
+
+
+def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # a failed COMMIT may already have rolled back
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StoreError):
+        return exc.reason
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    for prefix, reason in _REASONS:
+        if name.startswith(prefix):
+            return reason
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk_full"
+    return "error"
+
+
+_REASONS = (
+    ("SQLITE_FULL", "disk_full"),
+    ("SQLITE_BUSY", "locked"),
+    ("SQLITE_LOCKED", "locked"),
+    ("SQLITE_READONLY", "read_only"),
+    ("SQLITE_IOERR", "io_error"),
+    ("SQLITE_CANTOPEN", "cannot_open"),
+    ("SQLITE_CORRUPT", "corrupt"),
+    ("SQLITE_NOTADB", "corrupt"),
+)
+
+
+def _as_store_error(operation: str, exc: BaseException, kind: type[StoreError]) -> StoreError:
+    if isinstance(exc, kind):
+        return exc
+    return kind(_reason(exc), f"{operation}: {type(exc).__name__}: {exc}")
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    key: str
+    columns: tuple[str, ...]
+
+
+_EVENTS = _Table(
+    "inference_events",
+    "internal_id",
+    (
+        "internal_id",
+        "timestamp",
+        "correlation_id",
+        "model_name",
+        "model_version",
+        "deployment",
+        "flagged",
+        "drift_window",
+        "predicted_class",
+        "confidence",
+        "sampling_weight",
+        "record",
+    ),
+)
+_DRIFT = _Table(
+    "drift_results",
+    "test_id",
+    ("test_id", "tested_at", "window_index", "model_version", "detector", "is_drift", "record"),
+)
+_METRICS = _Table(
+    "concept_metrics",
+    "metrics_id",
+    ("metrics_id", "computed_at", "tag", "window_index", "model_version", "record"),
+)
+
+
+def _event_row(r: InferenceRecord) -> tuple[Any, ...]:
+    return (
+        r.internal_id,
+        r.timestamp,
+        r.correlation_id,
+        r.model_name,
+        r.model_version,
+        r.deployment,
+        int(r.flagged),
+        r.drift_window,
+        r.outputs.predicted_class,
+        r.outputs.confidence,
+        r.sampling_weight,
+        r.to_json(),
+    )
+
+
+def _drift_row(r: DriftTestRecord) -> tuple[Any, ...]:
+    return (
+        r.test_id,
+        r.tested_at,
+        r.window_index,
+        r.model_version,
+        r.detector,
+        int(r.is_drift),
+        r.to_json(),
+    )
+
+
+def _metrics_row(r: ConceptMetricsRecord) -> tuple[Any, ...]:
+    return (r.metrics_id, r.computed_at, r.tag, r.window_index, r.model_version, r.to_json())
+
+
+def _insert_unique(
+    db: sqlite3.Connection, table: _Table, rows: list[tuple[Any, ...]]
+) -> WriteReceipt:
+    ids = [row[0] for row in rows]
+    present = _existing_keys(db, table, ids)
+    new_rows, seen = [], set(present)
+    for row in rows:
+        if row[0] not in seen:  # also drops a repeat within the same batch
+            seen.add(row[0])
+            new_rows.append(row)
+    columns = ", ".join(table.columns)
+    sql = f"INSERT OR IGNORE INTO {table.name} ({columns}) VALUES ({_marks(table.columns)})"
+    db.executemany(sql, new_rows)
+    return WriteReceipt(
+        written_ids=tuple(row[0] for row in new_rows),
+        already_present_ids=tuple(i for i in dict.fromkeys(ids) if i in present),
+    )
+
+
+def _existing_keys(db: sqlite3.Connection, table: _Table, ids: list[str]) -> set[str]:
+    present: set[str] = set()
+    for chunk in _chunks(ids):
+        sql = f"SELECT {table.key} FROM {table.name} WHERE {table.key} IN ({_marks(chunk)})"
+        present.update(row[0] for row in db.execute(sql, chunk))
+    return present
+
+
+def _event_filters(query: EventQuery, *, table: str = "") -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, op, value in (
+        ("correlation_id", "=", query.correlation_id),
+        ("timestamp", ">=", query.since),
+        ("timestamp", "<", query.until),
+        ("model_version", "=", query.model_version),
+        ("drift_window", "=", query.drift_window),
+    ):
+        if value is not None:
+            clauses.append(f"{table}{column} {op} ?")
+            params.append(value)
+    if query.flagged_only:
+        clauses.append(f"{table}flagged = 1")
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _as_inference(text: str) -> InferenceRecord:
+    record = record_from_json(text)
+    assert isinstance(record, InferenceRecord)
+    return record
+
+
+def _loads(text: str) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def _marks(items: Sequence[Any]) -> str:
+    return ", ".join("?" * len(items))
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _SQL_CHUNK):
+        yield items[start : start + _SQL_CHUNK]
+
+
+def _count(db: sqlite3.Connection, table: str) -> int:
+    return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+# --- retention helpers ------------------------------------------------------------------------
+
+
+def _delete_old(db: sqlite3.Connection, cutoff: float | None) -> int:
+    if cutoff is None:
+        return 0
+    deleted = db.execute("DELETE FROM inference_events WHERE timestamp < ?", (cutoff,)).rowcount
+    db.execute("DELETE FROM drift_results WHERE tested_at < ?", (cutoff,))
+    db.execute("DELETE FROM labels WHERE received_at < ?", (cutoff,))
+    db.execute("DELETE FROM label_links WHERE received_at < ?", (cutoff,))
+    db.execute("DELETE FROM concept_metrics WHERE computed_at < ?", (cutoff,))
+    return int(deleted)
+
+
+def _used_bytes(db: sqlite3.Connection) -> int:
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)
+
+
+def _delete_oldest_events(db: sqlite3.Connection, n: int) -> int:
+    sql = (
+        "DELETE FROM inference_events WHERE rowid IN "
+        "(SELECT rowid FROM inference_events ORDER BY timestamp ASC LIMIT ?)"
+    )
+    return int(db.execute(sql, (n,)).rowcount)
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+
+def _attach_labels(db: sqlite3.Connection, labels: Sequence[LabelRecord]) -> list[LabelAnswer]:
+    ids = list(dict.fromkeys(label.correlation_id for label in labels))
+    events = _events_by_correlation(db, ids)
+    existing = _labels_by_correlation(db, ids)
+    answers = []
+    for label in labels:
+        answer = _judge(
+            label, events.get(label.correlation_id, []), existing.get(label.correlation_id)
+        )
+        if answer.status == "accepted":
+            _insert_label(db, label, answer.internal_ids)
+            existing[label.correlation_id] = label
+        answers.append(answer)
+    return answers
+
+
+def _judge(label: LabelRecord, events: list[_Event], existing: LabelRecord | None) -> LabelAnswer:
+    cid = label.correlation_id
+    if existing is not None:
+        same = "the same" if existing.label == label.label else f"a different ({label.label})"
+        detail = (
+            f"already labelled {existing.label} (source {existing.source}); "
+            f"this is {same} label and was not applied"
+        )
+        return LabelAnswer(cid, "duplicate_label", detail)
+    if not events:
+        detail = (
+            "no stored event has this correlation id (never served, not yet written by the "
+            "monitor, sampled out, or past retention); a recent request may be retried later"
+        )
+        return LabelAnswer(cid, "unknown_correlation_id", detail)
+    groups: dict[tuple[str, str, str], list[_Event]] = {}
+    for event in events:
+        groups.setdefault(event.group, []).append(event)
+    reused = max(len(g) for g in groups.values())
+    if reused > 1:
+        detail = f"{reused} stored requests to the same model share this correlation id; not joined"
+        return LabelAnswer(cid, "ambiguous", detail)
+    windows = tuple(sorted({e.drift_window for e in events if e.drift_window is not None}))
+    return LabelAnswer(
+        cid,
+        "accepted",
+        f"joined to {len(events)} event(s)",
+        internal_ids=tuple(e.internal_id for e in events),
+        drift_windows=windows,
+    )
+
+
+def _events_by_correlation(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[_Event]]:
+    found: dict[str, list[_Event]] = {}
+    for chunk in _chunks(ids):
+        sql = (
+            "SELECT correlation_id, internal_id, coalesce(deployment, ''), model_name, "
+            "model_version, drift_window FROM inference_events "
+            f"WHERE correlation_id IN ({_marks(chunk)})"
+        )
+        for cid, iid, deployment, name, version, window in db.execute(sql, chunk):
+            found.setdefault(cid, []).append(_Event(iid, (deployment, name, version), window))
+    return found
+
+
+def _labels_by_correlation(db: sqlite3.Connection, ids: list[str]) -> dict[str, LabelRecord]:
+    found: dict[str, LabelRecord] = {}
+    for chunk in _chunks(ids):
+        sql = f"SELECT record FROM labels WHERE correlation_id IN ({_marks(chunk)})"
+        for (text,) in db.execute(sql, chunk):
+            label = LabelRecord.from_dict(_loads(text))
+            found[label.correlation_id] = label
+    return found
+
+
+def _insert_label(
+    db: sqlite3.Connection, label: LabelRecord, internal_ids: tuple[str, ...]
+) -> None:
+    db.execute(
+        "INSERT INTO labels (correlation_id, label, received_at, source, record) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (label.correlation_id, label.label, label.received_at, label.source, label.to_json()),
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO label_links (internal_id, correlation_id, received_at) "
+        "VALUES (?, ?, ?)",
+        [(iid, label.correlation_id, label.received_at) for iid in internal_ids],
+    )
