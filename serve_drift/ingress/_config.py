@@ -65,9 +65,14 @@ class SaturatedCheck(_Check):
 
 class BlurCheck(_Check):
     """Variance of the Laplacian below ``min_laplacian_var`` (grey levels², on the image
-    shrunk to at most ``STATS_MAX_SIDE`` pixels on its longer side)."""
+    shrunk to at most 256 pixels on its longer side).
 
-    min_laplacian_var: float = Field(5.0, ge=0)
+    Kept in drift windows by default: a defocused camera is a real shift that drift tests
+    should see, unlike a blank frame, which carries no scene at all.
+    """
+
+    exclude_from_drift: bool = False
+    min_laplacian_var: float = Field(2.0, ge=0)
 
 
 class ProfileCheck(_Check):
