@@ -8,10 +8,8 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,73 +22,16 @@ from serve_drift._capture import Capture, EmbeddingCapture
 from serve_drift._config import DriftConfig
 from serve_drift._events import EventBatch, InferenceEvent
 from serve_drift._ids import RequestIds, bind_request_ids, current_request_ids
+from serve_drift._marks import RequestMarks, mark_request, request_marks
 from serve_drift._reference import read_reference_version
 from serve_drift._shipper import EmbeddingShipper, PendingEmbedding
+from serve_drift.eventlog.schema import context_from_headers
 
 logger = logging.getLogger(__name__)
 
 SPAN_NAME = "serve_drift.request"
 
-
-@dataclass(frozen=True)
-class RowMark:
-    """What the handler said about one input row of the current request."""
-
-    flags: tuple[str, ...] = ()
-    exclude_from_drift: bool = False
-
-
-@dataclass
-class _RequestMarks:
-    rows: dict[int | None, RowMark] = field(default_factory=dict)
-    outcome: str | None = None
-
-    def row(self, index: int) -> RowMark:
-        return self.rows.get(index) or self.rows.get(None) or RowMark()
-
-
-# One mutable record per monitored request, set before the handler runs. The handler (or a
-# thread started with ``asyncio.to_thread``, which copies the context) updates it in place.
-_REQUEST_MARKS: ContextVar[_RequestMarks | None] = ContextVar(
-    "serve_drift_request_marks", default=None
-)
-
-
-@contextmanager
-def _request_marks() -> Iterator[_RequestMarks]:
-    marks = _RequestMarks()
-    token = _REQUEST_MARKS.set(marks)
-    try:
-        yield marks
-    finally:
-        _REQUEST_MARKS.reset(token)
-
-
-def mark_request(
-    *,
-    flags: Sequence[str] = (),
-    exclude_from_drift: bool = False,
-    row: int | None = None,
-    outcome: str | None = None,
-) -> bool:
-    """Mark the monitored request being handled; returns False outside one (then a no-op).
-
-    ``flags`` and ``exclude_from_drift`` go on the event of input ``row`` (every row when
-    ``None``); the monitor keeps excluded rows out of drift windows and counts them.
-    ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g. ``"rejected"``
-    when the handler answers a 4xx itself).
-
-    >>> mark_request(flags=["constant"], exclude_from_drift=True)
-    False
-    """
-    marks = _REQUEST_MARKS.get()
-    if marks is None:
-        return False
-    if flags or exclude_from_drift:
-        marks.rows[row] = RowMark(flags=tuple(flags), exclude_from_drift=exclude_from_drift)
-    if outcome is not None:
-        marks.outcome = outcome
-    return True
+__all__ = ["ReplicaMonitor", "find_model", "mark_request"]  # mark_request: re-exported
 
 
 def find_model(instance: object, *, attr: str | None) -> torch.nn.Module:
@@ -112,11 +53,14 @@ def find_model(instance: object, *, attr: str | None) -> torch.nn.Module:
     return next(iter(found.values()))
 
 
-def _parent_context(args: tuple[Any, ...]) -> otel_context.Context | None:
+def _request_headers(args: tuple[Any, ...]) -> Any | None:
+    return next((a.headers for a in args if _is_http_request(a)), None)
+
+
+def _parent_context(headers: Any | None) -> otel_context.Context | None:
     """Ray Serve's span when its tracing is on; else the client's W3C ``traceparent``."""
     if trace.get_current_span().get_span_context().is_valid:
         return None
-    headers = next((a.headers for a in args if _is_http_request(a)), None)
     return propagate.extract(headers) if headers is not None else None
 
 
@@ -164,13 +108,14 @@ class ReplicaMonitor:
         self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ids = current_request_ids()
-        parent = _parent_context(args)
+        headers = _request_headers(args)
+        parent = _parent_context(headers)
         kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
         started = time.perf_counter()
         tracer = tel.tracer()
         with (
             bind_request_ids(ids),
-            _request_marks() as marks,
+            request_marks(context=_context(headers)) as marks,
             tracer.start_as_current_span(SPAN_NAME, context=parent, kind=kind) as span,
         ):
             span.set_attributes(self._request_attributes(ids))
@@ -206,7 +151,7 @@ class ReplicaMonitor:
         captured: Capture,
         ids: RequestIds,
         latency_s: float,
-        marks: _RequestMarks,
+        marks: RequestMarks,
     ) -> None:
         """Record and enqueue; any failure here is counted, never raised into the request."""
         try:
@@ -214,12 +159,17 @@ class ReplicaMonitor:
             self._instruments.requests.add(1, {**self._metric_attributes(), "outcome": outcome})
             self._instruments.latency.record(latency_s, self._metric_attributes())
             span.set_attribute(tel.ATTR_LATENCY_S, latency_s)
-            self._record_capture(span, captured, ids, marks)
+            self._record_capture(span, captured, ids, marks, latency_s)
         except Exception as exc:
             self._record_failure(span, "after_response", exc)
 
     def _record_capture(
-        self, span: trace.Span, captured: Capture, ids: RequestIds, marks: _RequestMarks
+        self,
+        span: trace.Span,
+        captured: Capture,
+        ids: RequestIds,
+        marks: RequestMarks,
+        latency_s: float,
     ) -> None:
         if captured.error is not None:
             self._record_failure(span, "capture", captured.error)
@@ -227,40 +177,64 @@ class ReplicaMonitor:
         if captured.embeddings is None:
             span.set_attribute("serve_drift.embedding.captured", False)
             return
-        predictions = _predictions(captured.logits, rows=len(captured.embeddings))
-        if len(predictions) == 1 and predictions[0][0] is not None:
-            span.set_attribute(tel.ATTR_PREDICTED_CLASS, predictions[0][0])
-            span.set_attribute(tel.ATTR_CONFIDENCE, predictions[0][1])
+        rows = len(captured.embeddings)
+        predictions = Predictions.from_logits(captured.logits, rows=rows)
+        if rows == 1 and predictions.predicted[0] is not None:
+            span.set_attribute(tel.ATTR_PREDICTED_CLASS, predictions.predicted[0])
+            span.set_attribute(tel.ATTR_CONFIDENCE, predictions.confidence[0])
         trace_id, span_id = _span_hex(span)
-        for row, (predicted, confidence) in enumerate(predictions):
+        for row in range(rows):
+            confidence = predictions.confidence[row]
             if confidence is not None:
                 self._instruments.confidence.record(confidence, self._metric_attributes())
-            event = self._event(ids, row, trace_id, span_id, predicted, confidence, marks.row(row))
-            self.shipper.offer(PendingEmbedding(embedding=captured.embeddings[row], event=event))
+            event = self._event(
+                ids,
+                row,
+                predictions,
+                marks,
+                latency_s=latency_s,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+            self.shipper.offer(
+                PendingEmbedding(
+                    embedding=captured.embeddings[row],
+                    event=event,
+                    probabilities=None
+                    if predictions.probabilities is None
+                    else predictions.probabilities[row],
+                )
+            )
         self.shipper.ensure_started()
 
     def _event(
         self,
         ids: RequestIds,
         row: int,
+        predictions: Predictions,
+        marks: RequestMarks,
+        *,
+        latency_s: float,
         trace_id: str,
         span_id: str,
-        predicted: int | None,
-        confidence: float | None,
-        mark: RowMark,
     ) -> InferenceEvent:
+        mark = marks.row(row)
         return InferenceEvent(
             correlation_id=ids.correlation_id,
             internal_id=ids.internal_id if row == 0 else f"{ids.internal_id}:{row}",
             timestamp=time.time(),
             model_name=self.config.model_name,
             model_version=self.config.model_version,
-            predicted_class=predicted,
-            confidence=confidence,
+            predicted_class=predictions.predicted[row],
+            confidence=predictions.confidence[row],
             trace_id=trace_id,
             span_id=span_id,
             flags=mark.flags,
             exclude_from_drift=mark.exclude_from_drift,
+            latency_s=latency_s,
+            top_k=predictions.top_k[row],
+            context=marks.context,
+            input_stats=mark.input_stats,
         )
 
     def _record_failure(self, span: trace.Span, stage: str, exc: BaseException) -> None:
@@ -293,13 +267,39 @@ class ReplicaMonitor:
         return await self.monitor_call("ingest", batch)
 
 
-def _predictions(
-    logits: torch.Tensor | None, *, rows: int
-) -> list[tuple[int | None, float | None]]:
-    if logits is None or logits.ndim != 2 or len(logits) != rows:
-        return [(None, None)] * rows
-    confidence, predicted = torch.softmax(logits.float(), dim=-1).max(dim=-1)
-    return list(zip(predicted.tolist(), confidence.tolist(), strict=True))
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-row outputs of one forward pass, from the classifier's logits (if captured)."""
+
+    predicted: list[int | None]
+    confidence: list[float | None]
+    top_k: list[tuple[tuple[int, float], ...]]
+    probabilities: torch.Tensor | None  # (rows, classes), on the model's device
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor | None, *, rows: int) -> Predictions:
+        if logits is None or logits.ndim != 2 or len(logits) != rows:
+            return cls([None] * rows, [None] * rows, [()] * rows, None)
+        probabilities = torch.softmax(logits.float(), dim=-1)
+        top_p, top_i = probabilities.topk(min(TOP_K, probabilities.shape[-1]), dim=-1)
+        top_k = [
+            tuple(zip(i, p, strict=True))
+            for i, p in zip(top_i.tolist(), top_p.tolist(), strict=True)
+        ]
+        return cls(
+            predicted=[t[0][0] for t in top_k],
+            confidence=[t[0][1] for t in top_k],
+            top_k=top_k,
+            probabilities=probabilities,
+        )
+
+
+def _context(headers: Any | None) -> dict[str, str]:
+    """Caller context (camera, site, scene) from ``X-Serve-Drift-Context-*`` headers."""
+    return {} if headers is None else context_from_headers(headers)
 
 
 def _lookup_monitor(name: str) -> Any:

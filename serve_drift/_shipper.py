@@ -32,6 +32,7 @@ SendBatch = Callable[[EventBatch], Awaitable[object]]
 class PendingEmbedding:
     embedding: torch.Tensor  # 1-D, still on the model's device
     event: InferenceEvent
+    probabilities: torch.Tensor | None = None  # 1-D softmax row, same device
 
 
 class BoundedBuffer:
@@ -60,13 +61,20 @@ class BoundedBuffer:
 
 def to_host_batch(items: list[PendingEmbedding], *, replica_id: str) -> EventBatch:
     """Stack on the device, then one copy to host memory for the whole batch."""
-    stacked = torch.stack([item.embedding for item in items]).to(torch.float32)
-    embeddings = stacked.cpu().numpy()
+    embeddings = torch.stack([item.embedding for item in items]).to(torch.float32).cpu().numpy()
     return EventBatch(
         embeddings=np.ascontiguousarray(embeddings),
         events=tuple(item.event for item in items),
         replica_id=replica_id,
+        probabilities=_stacked_probabilities(items),
     )
+
+
+def _stacked_probabilities(items: list[PendingEmbedding]) -> np.ndarray | None:
+    rows = [item.probabilities for item in items]
+    if any(row is None for row in rows) or len({row.shape for row in rows if row is not None}) != 1:
+        return None
+    return torch.stack(rows).cpu().numpy()  # type: ignore[arg-type]
 
 
 class EmbeddingShipper:

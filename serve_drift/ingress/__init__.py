@@ -12,7 +12,7 @@ requests) or :func:`decode_payload` (bytes you already hold)::
 Every error is an :class:`IngressError` with a ``code`` from :data:`STATUS_BY_CODE`.
 """
 
-from serve_drift._runtime import mark_request
+from serve_drift._marks import mark_request
 from serve_drift.ingress._body import read_body
 from serve_drift.ingress._config import (
     CHECK_NAMES,

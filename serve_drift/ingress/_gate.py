@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from serve_drift import _telemetry as tel
-from serve_drift._runtime import mark_request
+from serve_drift._marks import mark_request
 from serve_drift.ingress._body import StreamingRequest, read_body
 from serve_drift.ingress._config import IngressConfig
 from serve_drift.ingress._errors import INTERNAL_ERROR, IngressError, error_body
