@@ -48,6 +48,18 @@ class TelemetryConfig(_Frozen):
     link_sample_size: int = Field(32, ge=0, le=1000)
 
 
+class EventLogConfig(_Frozen):
+    """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
+
+    enabled: bool = True
+    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<model_name>.sqlite
+    sample_rate: float = Field(0.1, ge=0, le=1)
+    keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
+    max_age_s: float = Field(7 * 24 * 3600, gt=0)
+    max_bytes: int = Field(1 << 30, gt=0)
+    export_otlp_logs: bool = False
+
+
 class DriftConfig(_Frozen):
     """Everything serve-drift needs to monitor one model.
 
@@ -70,3 +82,4 @@ class DriftConfig(_Frozen):
     detectors: tuple[DetectorConfig, ...] = Field(default_factory=lambda: (DetectorConfig(),))
     shipping: ShippingConfig = Field(default_factory=ShippingConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    events: EventLogConfig = Field(default_factory=EventLogConfig)

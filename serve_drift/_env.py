@@ -24,6 +24,17 @@ def configure_otel_default() -> bool:
     return os.environ.get("SERVE_DRIFT_CONFIGURE_OTEL", "").lower() in {"1", "true", "yes"}
 
 
+def event_db() -> Path | None:
+    """The event store the ``serve-drift events`` command reads, if set explicitly."""
+    value = os.environ.get("SERVE_DRIFT_EVENT_DB")
+    return Path(value) if value else None
+
+
+def event_db_dir() -> Path:
+    """Where monitors keep their event stores by default (one ``<model_name>.sqlite`` each)."""
+    return cache_dir() / "events"
+
+
 def device_default() -> str | None:
     """Torch device for drift tests (``cpu``, ``cuda``, ``cuda:1``); ``None``: automatic."""
     return os.environ.get("SERVE_DRIFT_DEVICE") or None

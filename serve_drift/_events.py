@@ -33,6 +33,7 @@ class InferenceEvent:
     top_k: tuple[tuple[int, float], ...] = ()
     context: Mapping[str, str] = field(default_factory=dict)
     input_stats: InputStats | None = None
+    replica_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,8 @@ import numpy as np
 from serve_drift import _telemetry as tel
 from serve_drift._config import DriftConfig
 from serve_drift._drift_runner import DriftRunner
-from serve_drift._events import EventBatch
+from serve_drift._event_log import MonitorEventLog
+from serve_drift._events import EventBatch, InferenceEvent
 from serve_drift._reference import ReferenceSet
 from serve_drift._results import DriftResult
 from serve_drift._windows import CountWindows, Window
@@ -24,7 +26,18 @@ from serve_drift.detectors import build_detector
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_WINDOWS = 8
+FLAG_UNUSABLE_EMBEDDING = "unusable_embedding"  # non-finite, or not the reference's dimension
 MAX_RESULTS_KEPT = 500
+
+
+@dataclass(frozen=True)
+class Untested:
+    """Events that will never be in a tested window: kept out by checks, or a skipped window."""
+
+    events: tuple[InferenceEvent, ...]
+
+
+Job = Window | Untested
 
 
 class MonitorState:
@@ -46,7 +59,17 @@ class MonitorState:
         }
         self.last_error: str | None = None
         self.runner = self._build_runner() if self.reference is not None else None
+        self.event_log = self._build_event_log()
+        if self.event_log is not None:
+            # Window indices key stored events and results: a restarted monitor continues them.
+            self.windows.start_at(self.event_log.store.next_window_index())
         self._instruments = tel.monitor_instruments()
+
+    def _build_event_log(self) -> MonitorEventLog | None:
+        if not self.config.events.enabled:
+            return None
+        version = "none" if self.reference is None else self.reference.version
+        return MonitorEventLog(self.config, reference_version=version)
 
     def _build_runner(self) -> DriftRunner:
         assert self.reference is not None
@@ -60,14 +83,41 @@ class MonitorState:
             reference_version=self.reference.version,
         )
 
-    def accept(self, batch: EventBatch) -> list[Window]:
-        """Keep finite rows of the reference's dimension that ingress did not exclude; return
-        windows that filled."""
+    def accept(self, batch: EventBatch) -> list[Job]:
+        """Keep finite rows of the reference's dimension that ingress did not exclude in
+        windows; return the windows that filled and, for the event log, the rows kept out."""
         self.counts["received"] += len(batch.events)
         self._instruments.embeddings_received.add(len(batch.events))
+        if self.event_log is not None:
+            self.event_log.recorder.accept(len(batch.events))
         usable = self._usable_rows(batch.embeddings)
         self.counts["rejected"] += int((~usable).sum())
-        return self.windows.add(batch, keep=usable & ~self._excluded_rows(batch, usable=usable))
+        keep = usable & ~self._excluded_rows(batch, usable=usable)
+        jobs: list[Job] = list(self.windows.add(batch, keep=keep))
+        if not keep.all():
+            jobs.append(Untested(_kept_out_events(batch, keep=keep, usable=usable)))
+        return jobs
+
+    def process(self, job: Job) -> list[DriftResult]:
+        """Test a window and log its events; or just log events that no test will cover."""
+        results = self.test(job) if isinstance(job, Window) else []
+        self.log(job, results)
+        return results
+
+    def skip(self, window: Window) -> Untested:
+        """Tests cannot keep up: the window goes untested, but its events are still logged."""
+        self.counts["windows_skipped"] += 1
+        return Untested(window.events)
+
+    def log(self, job: Job, results: list[DriftResult]) -> None:
+        if self.event_log is None:
+            return
+        window = job.index if isinstance(job, Window) else None
+        try:
+            self.event_log.record(job.events, drift_window=window, results=results)
+        except Exception:  # the store counts its own failures; anything else is ours
+            logger.exception("serve-drift: event log failed")
+            self._instruments.monitoring_errors.add(1, {"stage": "event_log"})
 
     def _excluded_rows(self, batch: EventBatch, *, usable: np.ndarray) -> np.ndarray:
         """Rows ingress flagged and asked to keep out of windows (e.g. blank frames)."""
@@ -112,6 +162,8 @@ class MonitorState:
             reasons.append("no reference set configured: windows are collected but not tested")
         if self.last_error is not None:
             reasons.append(f"last drift test failed: {self.last_error}")
+        if self.event_log is not None and self.event_log.store.health().degraded:
+            reasons.append("the event store is failing: events are being dropped (see event_log)")
         return {
             "status": "degraded" if reasons else "ready",
             "reasons": reasons,
@@ -119,7 +171,19 @@ class MonitorState:
             "window_size": self.windows.size,
             "rows_in_open_windows": self.windows.pending_rows(),
             **self.counts,
+            "event_log": None if self.event_log is None else self.event_log.health(),
         }
+
+
+def _kept_out_events(
+    batch: EventBatch, *, keep: np.ndarray, usable: np.ndarray
+) -> tuple[InferenceEvent, ...]:
+    """Events kept out of windows; an unusable embedding is a data-quality flag of its own."""
+    return tuple(
+        event if ok else replace(event, flags=(*event.flags, FLAG_UNUSABLE_EMBEDDING))
+        for event, kept, ok in zip(batch.events, keep, usable, strict=True)
+        if not kept
+    )
 
 
 def _lower_priority(niceness: int) -> None:
@@ -142,38 +206,53 @@ class DriftMonitor:
 
             configure_telemetry(service_name=f"{self._config.model_name}-drift-monitor")
         self._state = MonitorState(self._config)
-        self._queue: asyncio.Queue[Window] | None = None
+        self._queue: asyncio.Queue[Job] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._pending_windows = 0
 
     async def ingest(self, batch: EventBatch) -> int:
-        """Accept a batch from a replica; drift tests run in the background."""
-        for window in self._state.accept(batch):
-            self._enqueue(window)
+        """Accept a batch from a replica; drift tests and event logging run in the background."""
+        for job in self._state.accept(batch):
+            self._enqueue(job)
         return len(batch.events)
 
-    def _enqueue(self, window: Window) -> None:
+    def _enqueue(self, job: Job) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._test_windows())
-        if self._queue.qsize() >= MAX_PENDING_WINDOWS:
-            # Tests cannot keep up: skip the oldest pending window, and say so in counters.
-            self._queue.get_nowait()
-            self._state.counts["windows_skipped"] += 1
-        self._queue.put_nowait(window)
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        if isinstance(job, Window):
+            if self._pending_windows >= MAX_PENDING_WINDOWS:
+                job = self._state.skip(job)
+            else:
+                self._pending_windows += 1
+        self._queue.put_nowait(job)
 
-    async def _test_windows(self) -> None:
+    async def _work(self) -> None:
+        # One worker thread at a time: detectors and the SQLite store are used serially.
         assert self._queue is not None
         while True:
-            window = await self._queue.get()
-            await asyncio.to_thread(self._state.test, window)
+            job = await self._queue.get()
+            await asyncio.to_thread(self._state.process, job)
+            if isinstance(job, Window):
+                self._pending_windows -= 1
+
+    async def submit_labels(self, items: list[Any]) -> list[dict[str, Any]] | None:
+        """Join parsed ground-truth labels to stored events by correlation ID; ``None`` when
+        the event log is disabled. Raises when the store fails (nothing was joined)."""
+        if self._state.event_log is None:
+            return None
+        return await asyncio.to_thread(self._state.event_log.submit_labels, items)
 
     async def results(self, limit: int = 50) -> list[dict[str, Any]]:
         """Latest drift results, newest last, as JSON-ready dicts."""
         return [r.to_dict() for r in list(self._state.results)[-limit:]]
 
     async def health(self) -> dict[str, Any]:
-        pending = 0 if self._queue is None else self._queue.qsize()
-        return {**self._state.health(), "pending_windows": pending, "checked_at": time.time()}
+        return {
+            **self._state.health(),
+            "pending_windows": self._pending_windows,
+            "checked_at": time.time(),
+        }
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: ``{"window_size": int}`` applies without a restart."""

@@ -99,8 +99,9 @@ class ReplicaMonitor:
         )
         self.reference_version = read_reference_version(config.reference_path)
         self._monitor_handle = monitor_handle
+        self.replica_id = _replica_id()
         self.shipper = EmbeddingShipper(
-            config=config.shipping, send=self._send, replica_id=_replica_id()
+            config=config.shipping, send=self._send, replica_id=self.replica_id
         )
         self._instruments = tel.replica_instruments()
 
@@ -235,6 +236,7 @@ class ReplicaMonitor:
             top_k=predictions.top_k[row],
             context=marks.context,
             input_stats=mark.input_stats,
+            replica_id=self.replica_id,
         )
 
     def _record_failure(self, span: trace.Span, stage: str, exc: BaseException) -> None:

@@ -43,6 +43,10 @@ class CountWindows:
                 full.append(self._close(event.model_version, filling))
         return full
 
+    def start_at(self, index: int) -> None:
+        """Number the next window ``index`` (a restarted monitor continues its predecessor's)."""
+        self._next_index = index
+
     def resize(self, size: int) -> None:
         """Applies to windows started from now on; rows already collected are kept."""
         self.size = size

@@ -27,10 +27,19 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="HTTP port for Ray Serve (default 8000)"
     )
     demo.add_argument("--backends", default="alibi,native", help="MMD backends to run side by side")
+    events = commands.add_parser(
+        "events", help="query the event store (serve-drift events --help)", add_help=False
+    )
+    events.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["events"]:  # its own parser, with its own --help
+        from serve_drift.eventlog.cli import main as events_main
+
+        return events_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from serve_drift._demo import DemoOptions, run_demo

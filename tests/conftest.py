@@ -26,6 +26,16 @@ class ServeInstance:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Models, reference sets and event stores of this test run live in a temporary folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SERVE_DRIFT_CACHE_DIR", str(tmp_path_factory.mktemp("serve-drift-cache")))
+    patch.setenv("SERVE_DRIFT_TELEMETRY_DIR", str(tmp_path_factory.mktemp("telemetry")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def otlp_receiver() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
@@ -45,7 +55,6 @@ def serve_instance(
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
-        "SERVE_DRIFT_CACHE_DIR": str(tmp_path_factory.mktemp("serve-drift-cache")),
         "SERVE_DRIFT_CONFIGURE_OTEL": "1",
         "RAY_SERVE_LOG_TO_STDERR": "0",
     }

@@ -115,8 +115,11 @@ def test_default_db_comes_from_the_environment(
     monkeypatch.setenv("SERVE_DRIFT_EVENT_DB", str(tmp_path / "x.db"))
     assert cli.default_db_path() == tmp_path / "x.db"
     monkeypatch.delenv("SERVE_DRIFT_EVENT_DB")
-    monkeypatch.chdir(tmp_path)
-    assert cli.default_db_path() == tmp_path / ".serve-drift" / "events.db"
+    monkeypatch.setenv("SERVE_DRIFT_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.default_db_path() == tmp_path / "cache" / "events" / "model.sqlite"
+    (tmp_path / "cache" / "events").mkdir(parents=True)
+    (tmp_path / "cache" / "events" / "digits.sqlite").touch()
+    assert cli.default_db_path() == tmp_path / "cache" / "events" / "digits.sqlite"
 
 
 def test_sentinel_command_records_a_sentinel_run(

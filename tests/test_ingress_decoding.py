@@ -254,6 +254,10 @@ def test_table_covers_every_client_error_code() -> None:
         "not_found",
         "internal_error",
         "monitor_unavailable",
+        # POST /labels (tests/test_event_log_integration.py)
+        "invalid_labels",
+        "too_many_labels",
+        "event_store_unavailable",
     }
     assert covered | elsewhere == set(STATUS_BY_CODE)
 

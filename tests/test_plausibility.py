@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from serve_drift import DriftConfig
 from serve_drift._events import EventBatch
 from serve_drift._monitor import MonitorState
+from serve_drift._windows import Window
 from serve_drift._wrap import replica_monitor
 from serve_drift.ingress import IngressConfig, InputProfile, PlausibilityConfig, evaluate
 from serve_drift.ingress._policy import decide
@@ -153,7 +154,7 @@ def monitor_state() -> MonitorState:
 
 
 def drift_results(state: MonitorState, batches: list[EventBatch]) -> list[Any]:
-    return [r for b in batches for w in state.accept(b) for r in state.test(w)]
+    return [r for b in batches for job in state.accept(b) for r in state.process(job)]
 
 
 def constant_frames(count: int) -> list[np.ndarray]:
@@ -194,7 +195,7 @@ def test_clean_digits_mixed_with_blank_frames_fill_windows_with_digits_only(
     frames = [f for pair in zip(digits, constant_frames(WINDOW), strict=True) for f in pair]
     batches = serve_frames(build(name="mixed"), frames)
     state = monitor_state()
-    windows = [w for b in batches for w in state.accept(b)]
+    windows = [w for b in batches for w in state.accept(b) if isinstance(w, Window)]
     assert len(windows) == 1 and not any(e.flags for e in windows[0].events)
     (result,) = [r for w in windows for r in state.test(w)]
     assert not result.is_drift

@@ -23,8 +23,11 @@ from serve_drift import _telemetry as tel
 from serve_drift._config import DriftConfig
 from serve_drift._deploy import monitored_app
 from serve_drift._ids import current_request_ids
+from serve_drift._marks import mark_request
 from serve_drift._wrap import monitored, replica_monitor
 from serve_drift.apps._models import LoadedModel, ModelSpec, load_model, model_version
+from serve_drift.eventlog.labels import parse_labels
+from serve_drift.eventlog.schema import compute_input_stats
 from serve_drift.ingress import (
     CHECK_NAMES,
     Admitted,
@@ -36,6 +39,8 @@ from serve_drift.ingress import (
 )
 
 MONITOR_TIMEOUT_S = 2.0
+LABELS_TIMEOUT_S = 10.0
+INPUT_STATS_MAX_SIDE = 64  # stats on a strided thumbnail: cheap, and enough for drift forensics
 MAX_DRIFT_LIMIT = 500
 # Backpressure: a replica takes this many requests at once and each proxy queues this many
 # more; beyond that Ray Serve's proxy answers 503 at once (with Retry-After) instead of
@@ -152,7 +157,11 @@ class ImageClassifier:
             return await self._drift(request, correlation_id)
         if route == ("GET", "healthz"):
             return await self._health()
-        error = IngressError("not_found", "try POST /predict, GET /drift or GET /healthz")
+        if route == ("POST", "labels"):
+            return await self._labels(request, correlation_id)
+        error = IngressError(
+            "not_found", "try POST /predict, POST /labels, GET /drift or GET /healthz"
+        )
         return self._reject(error, correlation_id)
 
     def _reject(self, error: IngressError, correlation_id: str) -> JSONResponse:
@@ -165,6 +174,7 @@ class ImageClassifier:
             admitted = await self.gate.admit(
                 request, correlation_id=ids.correlation_id, internal_id=ids.internal_id
             )
+            _mark_input_stats(admitted)
             body = self._answer(admitted, ids.correlation_id)
         except IngressError as error:
             return self._reject(error, ids.correlation_id)
@@ -219,6 +229,30 @@ class ImageClassifier:
             return self._reject(error, correlation_id)
         return JSONResponse({"model_version": self.loaded.version, "results": results})
 
+    async def _labels(self, request: Request, correlation_id: str) -> Response:
+        """Ground truth, later: ``{"correlation_id": "...", "label": 3}`` or ``{"labels": [...]}``.
+        Answers one status per item (``accepted``, ``unknown_correlation_id``, ...)."""
+        try:
+            items = parse_labels(await self.gate.read_json(request))
+        except IngressError as error:
+            return self._reject(error, correlation_id)
+        except ValueError as exc:
+            code = "too_many_labels" if "at most" in str(exc) else "invalid_labels"
+            return self._reject(IngressError(code, str(exc)), correlation_id)
+        try:
+            answers = await asyncio.wait_for(
+                replica_monitor(self).monitor_call("submit_labels", items), LABELS_TIMEOUT_S
+            )
+        except Exception:
+            unavailable = IngressError(
+                "event_store_unavailable", "labels could not be stored; retry"
+            )
+            return self._reject(unavailable, correlation_id)
+        if answers is None:
+            disabled = IngressError("event_store_unavailable", "the event log is disabled")
+            return self._reject(disabled, correlation_id)
+        return JSONResponse({"request_id": correlation_id, "results": answers})
+
     async def _health(self) -> Response:
         monitor = replica_monitor(self)
         replica = monitor.replica_health()
@@ -255,6 +289,13 @@ class ImageClassifier:
             "input_profile": None if profile is None else profile.source,
             "quarantine_directory": None if store is None else str(store.directory),
         }
+
+
+def _mark_input_stats(admitted: Admitted) -> None:
+    """Per-image statistics for the event log (brightness, contrast, sharpness, channel means)."""
+    for row, decoded in enumerate(admitted.payload.images):
+        stats = compute_input_stats(np.asarray(decoded.image), max_side=INPUT_STATS_MAX_SIDE)
+        mark_request(row=row, input_stats=stats)
 
 
 def _drift_config(args: AppArgs) -> DriftConfig:

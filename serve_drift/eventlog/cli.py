@@ -9,8 +9,9 @@ Subcommands (``list`` is the default)::
     serve-drift events health                                   store health and size
     serve-drift events sentinel                                 digits sentinel run, recorded
 
-Every subcommand takes ``--db PATH`` (default ``$SERVE_DRIFT_EVENT_DB`` or
-``./.serve-drift/events.db``) and ``--format table|jsonl``. Times: ISO 8601 (``2026-03-01``,
+Every subcommand takes ``--db PATH`` (default ``$SERVE_DRIFT_EVENT_DB``, else the only store
+under ``$SERVE_DRIFT_CACHE_DIR/events/``) and ``--format table|jsonl``. Times: ISO 8601
+(``2026-03-01``,
 ``2026-03-01T12:00:00+01:00``; no zone means UTC), Unix seconds, or relative to now
 (``30s``, ``15m``, ``2h``, ``7d``, ``1w``).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from serve_drift import _env
 from serve_drift.eventlog.schema import ConceptMetricsRecord, DriftTestRecord, InferenceRecord
 from serve_drift.eventlog.sentinel import digits_sentinel, run_sentinel
 from serve_drift.eventlog.store import EventQuery, EventStore, StoreError
@@ -43,8 +44,13 @@ _SUBCOMMANDS = ("list", "drift", "metrics", "health", "sentinel")
 
 
 def default_db_path() -> Path:
-    """``$SERVE_DRIFT_EVENT_DB``, else ``./.serve-drift/events.db``."""
-    return Path(os.environ.get("SERVE_DRIFT_EVENT_DB") or Path.cwd() / ".serve-drift" / "events.db")
+    """``$SERVE_DRIFT_EVENT_DB``; else the only store in the monitors' default folder
+    (``$SERVE_DRIFT_CACHE_DIR/events/<model_name>.sqlite``); else that folder's ``model.sqlite``."""
+    explicit = _env.event_db()
+    if explicit is not None:
+        return explicit
+    stores = sorted(_env.event_db_dir().glob("*.sqlite"))
+    return stores[0] if len(stores) == 1 else _env.event_db_dir() / "model.sqlite"
 
 
 def parse_time(text: str, *, now: float | None = None) -> float:
@@ -77,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         "--db",
         type=Path,
         default=None,
-        help="event store file (default: $SERVE_DRIFT_EVENT_DB or ./.serve-drift/events.db)",
+        help="event store file (default: $SERVE_DRIFT_EVENT_DB, else the only store under "
+        "$SERVE_DRIFT_CACHE_DIR/events/)",
     )
     common.add_argument("--format", choices=("table", "jsonl"), default="table")
     listing = commands.add_parser("list", parents=[common], help="inference events, newest first")

@@ -17,11 +17,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_tensor": 400,
     "client_disconnected": 400,
     "invalid_query": 400,
+    "invalid_labels": 400,
     "not_found": 404,
     "body_timeout": 408,
     "body_too_large": 413,
     "image_too_large": 413,
     "tensor_too_large": 413,
+    "too_many_labels": 413,
     "unsupported_media_type": 415,
     "unsupported_image_format": 415,
     "invalid_schema": 422,
@@ -34,6 +36,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "implausible_input": 422,
     "internal_error": 500,
     "monitor_unavailable": 503,
+    "event_store_unavailable": 503,
 }
 
 

@@ -18,6 +18,7 @@ from serve_drift._marks import mark_request
 from serve_drift.ingress._body import StreamingRequest, read_body
 from serve_drift.ingress._config import IngressConfig
 from serve_drift.ingress._errors import INTERNAL_ERROR, IngressError, error_body
+from serve_drift.ingress._jsonscan import load_json
 from serve_drift.ingress._payload import Payload, decode_payload
 from serve_drift.ingress._plausibility import Finding, evaluate
 from serve_drift.ingress._policy import Verdict, block_message, decide
@@ -86,6 +87,14 @@ class IngressGate:
                 "implausible_input", block_message(verdict.blocked, batch=len(payload) > 1)
             )
         return Admitted(payload=payload, verdict=verdict)
+
+    async def read_json(self, request: StreamingRequest) -> Any:
+        """A JSON body under the same size, time and nesting limits as ``admit`` applies."""
+        limits = self.config.limits
+        body = await read_body(
+            request, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s
+        )
+        return load_json(body, max_depth=limits.max_json_depth)
 
     def _decode_and_check(self, content_type: str, body: bytes) -> tuple[Payload, list[Finding]]:
         payload = decode_payload(
