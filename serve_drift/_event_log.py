@@ -8,13 +8,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from opentelemetry import metrics
 
 from serve_drift import _env
 from serve_drift._config import DriftConfig
 from serve_drift._events import InferenceEvent
 from serve_drift._results import DriftResult
-from serve_drift.eventlog.labels import record_window_metrics, submit_labels
+from serve_drift.eventlog.labels import (
+    compute_metrics,
+    metrics_record,
+    record_window_metrics,
+    submit_labels,
+)
 from serve_drift.eventlog.otlp_logs import EventLogExporter
 from serve_drift.eventlog.recorder import EventRecorder
 from serve_drift.eventlog.sampling import Sampler
@@ -22,6 +28,8 @@ from serve_drift.eventlog.schema import ConceptMetricsRecord, InferenceRecord, L
 from serve_drift.eventlog.store import EventQuery, EventStore, LabelAnswer
 
 logger = logging.getLogger(__name__)
+
+SENTINEL = "sentinel"  # label source, event flag and metrics tag of sentinel runs
 
 
 def default_path(config: DriftConfig) -> Path:
@@ -107,7 +115,42 @@ class MonitorEventLog:
         windows = sorted({w for a in answers if a.status == "accepted" for w in a.drift_windows})
         for window in windows:
             self._refresh_window_metrics(window)
+        sentinel = [i for i in items if isinstance(i, LabelRecord) and i.source == SENTINEL]
+        if sentinel:
+            self._record_sentinel_run(sentinel, answers)
         return [a.to_dict() for a in answers]
+
+    def _record_sentinel_run(
+        self, labels: Sequence[LabelRecord], answers: Sequence[LabelAnswer]
+    ) -> None:
+        """Sentinel requests sit in no drift window: their metrics are one record per run."""
+        accepted = {a.correlation_id for a in answers if a.status == "accepted"}
+        rows = [
+            (label.label, record)
+            for label in labels
+            if label.correlation_id in accepted
+            for record in self.store.by_correlation_id(label.correlation_id, limit=1)
+            if record.outputs.predicted_class is not None
+        ]
+        if not rows:
+            return
+        metrics = compute_metrics(
+            y_true=[label for label, _ in rows],
+            y_pred=[int(r.outputs.predicted_class or 0) for _, r in rows],
+            confidence=[
+                np.nan if r.outputs.confidence is None else r.outputs.confidence for _, r in rows
+            ],
+        )
+        record = metrics_record(
+            metrics,
+            tag=SENTINEL,
+            model_name=self.config.model_name,
+            model_version=rows[0][1].model_version,
+            first_event_at=min(r.timestamp for _, r in rows),
+            last_event_at=max(r.timestamp for _, r in rows),
+        )
+        self.store.write_concept_metrics([record])
+        self._publish(record)
 
     def _refresh_window_metrics(self, window: int) -> None:
         # A window holds one model version (windows never mix them): take it from its events.

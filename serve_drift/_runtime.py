@@ -220,6 +220,9 @@ class ReplicaMonitor:
         span_id: str,
     ) -> InferenceEvent:
         mark = marks.row(row)
+        # Sentinel runs measure the model, not production traffic: flag them, keep them out of
+        # drift windows (and, being flagged, they are always stored for their labels to join).
+        sentinel = marks.context.get("source") == "sentinel"
         return InferenceEvent(
             correlation_id=ids.correlation_id,
             internal_id=ids.internal_id if row == 0 else f"{ids.internal_id}:{row}",
@@ -230,8 +233,8 @@ class ReplicaMonitor:
             confidence=predictions.confidence[row],
             trace_id=trace_id,
             span_id=span_id,
-            flags=mark.flags,
-            exclude_from_drift=mark.exclude_from_drift,
+            flags=(*mark.flags, "sentinel") if sentinel else mark.flags,
+            exclude_from_drift=mark.exclude_from_drift or sentinel,
             latency_s=latency_s,
             top_k=predictions.top_k[row],
             context=marks.context,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 
@@ -27,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="HTTP port for Ray Serve (default 8000)"
     )
     demo.add_argument("--backends", default="alibi,native", help="MMD backends to run side by side")
+    sentinel = commands.add_parser(
+        "sentinel", help="send the labelled sentinel set through the deployed app and record it"
+    )
+    sentinel.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
+    sentinel.add_argument("--count", type=int, default=200, help="sentinel images (default 200)")
+    sentinel.add_argument("--every", type=float, default=0, help="repeat every N seconds")
+    sentinel.add_argument("--runs", type=int, default=1, help="runs when repeating (0: forever)")
     events = commands.add_parser(
         "events", help="query the event store (serve-drift events --help)", add_help=False
     )
@@ -55,7 +63,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0 if summary.ok else 1
+    if args.command == "sentinel":
+        return _sentinel(args)
     return 2
+
+
+def _sentinel(args: argparse.Namespace) -> int:
+    from serve_drift._sentinel import digits_sentinel_set, run_sentinel
+
+    images, labels = digits_sentinel_set(args.count)
+    run = 0
+    while True:
+        result = run_sentinel(args.url, images, labels)
+        print(
+            f"sentinel {result.run_id}: {result.sent} sent, {result.failed} failed, "
+            f"accuracy {result.accuracy:.1%}, labels {result.label_status}"
+        )
+        run += 1
+        if args.every <= 0 or (args.runs and run >= args.runs):
+            return 0 if result.failed == 0 else 1
+        time.sleep(args.every)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from serve_drift.ingress import (
 
 MONITOR_TIMEOUT_S = 2.0
 LABELS_TIMEOUT_S = 10.0
+LABEL_SOURCES = ("feedback", "sentinel")
 INPUT_STATS_MAX_SIDE = 64  # stats on a strided thumbnail: cheap, and enough for drift forensics
 MAX_DRIFT_LIMIT = 500
 # Backpressure: a replica takes this many requests at once and each proxy queues this many
@@ -232,8 +233,14 @@ class ImageClassifier:
     async def _labels(self, request: Request, correlation_id: str) -> Response:
         """Ground truth, later: ``{"correlation_id": "...", "label": 3}`` or ``{"labels": [...]}``.
         Answers one status per item (``accepted``, ``unknown_correlation_id``, ...)."""
+        source = request.query_params.get("source", "feedback")
+        if source not in LABEL_SOURCES:
+            invalid = IngressError(
+                "invalid_query", f"source must be one of {', '.join(LABEL_SOURCES)}"
+            )
+            return self._reject(invalid, correlation_id)
         try:
-            items = parse_labels(await self.gate.read_json(request))
+            items = parse_labels(await self.gate.read_json(request), source=source)
         except IngressError as error:
             return self._reject(error, correlation_id)
         except ValueError as exc:
