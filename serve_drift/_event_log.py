@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from opentelemetry import metrics
 
 from serve_drift import _env
+from serve_drift import _telemetry as tel
 from serve_drift._config import DriftConfig
 from serve_drift._events import InferenceEvent
 from serve_drift._results import DriftResult
@@ -30,6 +30,7 @@ from serve_drift.eventlog.store import EventQuery, EventStore, LabelAnswer
 logger = logging.getLogger(__name__)
 
 SENTINEL = "sentinel"  # label source, event flag and metrics tag of sentinel runs
+MAX_SENTINEL_RUNS = 16
 
 
 def default_path(config: DriftConfig) -> Path:
@@ -91,7 +92,8 @@ class MonitorEventLog:
             if events.export_otlp_logs
             else None,
         )
-        self._gauges = _concept_gauges()
+        self._gauges = tel.event_log_instruments().concept
+        self._sentinel_runs: dict[str, list[tuple[int, InferenceRecord]]] = {}
 
     def record(
         self,
@@ -123,17 +125,24 @@ class MonitorEventLog:
     def _record_sentinel_run(
         self, labels: Sequence[LabelRecord], answers: Sequence[LabelAnswer]
     ) -> None:
-        """Sentinel requests sit in no drift window: their metrics are one record per run."""
+        """Sentinel requests sit in no drift window: each run (correlation IDs
+        ``sentinel-<run>-<i>``) gets a metrics record, renewed as more of its labels join, like a
+        window's. Runs are remembered in memory, the last few only."""
         accepted = {a.correlation_id for a in answers if a.status == "accepted"}
-        rows = [
-            (label.label, record)
-            for label in labels
-            if label.correlation_id in accepted
-            for record in self.store.by_correlation_id(label.correlation_id, limit=1)
-            if record.outputs.predicted_class is not None
-        ]
-        if not rows:
-            return
+        for label in labels:
+            if label.correlation_id not in accepted:
+                continue
+            for record in self.store.by_correlation_id(label.correlation_id, limit=1):
+                if record.outputs.predicted_class is not None:
+                    run = label.correlation_id.rsplit("-", 1)[0]
+                    self._sentinel_runs.setdefault(run, []).append((label.label, record))
+        while len(self._sentinel_runs) > MAX_SENTINEL_RUNS:
+            self._sentinel_runs.pop(next(iter(self._sentinel_runs)))
+        touched = {label.correlation_id.rsplit("-", 1)[0] for label in labels}
+        for run in touched & self._sentinel_runs.keys():
+            self._write_sentinel_metrics(self._sentinel_runs[run])
+
+    def _write_sentinel_metrics(self, rows: list[tuple[int, InferenceRecord]]) -> None:
         metrics = compute_metrics(
             y_true=[label for label, _ in rows],
             y_pred=[int(r.outputs.predicted_class or 0) for _, r in rows],
@@ -168,13 +177,14 @@ class MonitorEventLog:
 
     def _publish(self, record: ConceptMetricsRecord) -> None:
         attributes = {
-            "serve_drift.model.name": record.model_name,
-            "serve_drift.model.version": record.model_version,
+            tel.ATTR_MODEL_NAME: record.model_name,
+            tel.ATTR_MODEL_VERSION: record.model_version,
             "tag": record.tag,
         }
         m = record.metrics
         for name, value in (("accuracy", m.accuracy), ("f1_macro", m.f1_macro), ("ece", m.ece)):
-            self._gauges[name].set(value, attributes)
+            if value is not None:  # ECE is undefined without confidences
+                self._gauges[name].set(value, attributes)
 
     def health(self) -> dict[str, object]:
         return self.recorder.health()
@@ -184,15 +194,3 @@ def _logger_provider(config: DriftConfig) -> Any:
     from serve_drift.eventlog.logs_sdk import build_logger_provider
 
     return build_logger_provider(service_name=f"{config.model_name}-drift-monitor")
-
-
-def _concept_gauges() -> dict[str, Any]:
-    meter = metrics.get_meter("serve_drift")
-    return {
-        name: meter.create_gauge(f"serve_drift.concept.{name}", unit="1", description=text)
-        for name, text in (
-            ("accuracy", "Accuracy of the latest labelled window."),
-            ("f1_macro", "Macro F1 of the latest labelled window."),
-            ("ece", "Expected calibration error (15 bins) of the latest labelled window."),
-        )
-    }

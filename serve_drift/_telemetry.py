@@ -198,3 +198,49 @@ def ingress_instruments() -> IngressInstruments:
             description="Inputs sent to the quarantine store, by outcome: stored, dropped, failed.",
         ),
     )
+
+
+@dataclass(frozen=True)
+class EventLogInstruments:
+    """Instruments recorded by the monitor's event log and label feedback."""
+
+    accepted: metrics.Counter
+    stored: metrics.Counter
+    sampled_out: metrics.Counter
+    dropped: metrics.Counter
+    write_duration: metrics.Histogram
+    concept: dict[str, Gauge]
+
+
+CONCEPT_METRICS = {
+    "accuracy": "Accuracy of the latest labelled window (or sentinel run).",
+    "f1_macro": "Macro F1 of the latest labelled window (or sentinel run).",
+    "ece": "Expected calibration error (15 bins) of the latest labelled window (or sentinel run).",
+}
+
+
+def _event_counter(meter: metrics.Meter, name: str, description: str) -> metrics.Counter:
+    return meter.create_counter(
+        f"serve_drift.events.{name}", unit="{event}", description=description
+    )
+
+
+@cache
+def event_log_instruments() -> EventLogInstruments:
+    meter = _meter()
+    return EventLogInstruments(
+        accepted=_event_counter(meter, "accepted", "Inference events owed an outcome."),
+        stored=_event_counter(meter, "stored", "Inference events committed to the store."),
+        sampled_out=_event_counter(meter, "sampled_out", "Ordinary events not kept by sampling."),
+        dropped=_event_counter(meter, "dropped", "Events lost, by reason (store failures...)."),
+        write_duration=meter.create_histogram(
+            "serve_drift.events.store.write.duration",
+            unit="s",
+            description="Time to commit one batch to the event store.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        ),
+        concept={
+            name: meter.create_gauge(f"serve_drift.concept.{name}", unit="1", description=text)
+            for name, text in CONCEPT_METRICS.items()
+        },
+    )

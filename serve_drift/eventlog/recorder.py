@@ -30,10 +30,8 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 
-from opentelemetry import metrics
-
+from serve_drift._telemetry import event_log_instruments
 from serve_drift.eventlog.otlp_logs import EventLogExporter
 from serve_drift.eventlog.sampling import Accounting, AccountingSnapshot, Sampler
 from serve_drift.eventlog.schema import DriftTestRecord, EventRecord, InferenceRecord
@@ -50,60 +48,6 @@ class RecordOutcome:
     sampled_out: int
     dropped: int
     drop_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class _Instruments:
-    accepted: metrics.Counter
-    stored: metrics.Counter
-    sampled_out: metrics.Counter
-    dropped: metrics.Counter
-    write_duration: metrics.Histogram
-
-
-@cache
-def _instruments() -> _Instruments:
-    # API only: these record into whatever meter provider is global when first used.
-    meter = metrics.get_meter("serve_drift")
-    return _Instruments(
-        accepted=meter.create_counter(
-            "serve_drift.events.accepted",
-            unit="{event}",
-            description="Inference events owed an outcome.",
-        ),
-        stored=meter.create_counter(
-            "serve_drift.events.stored",
-            unit="{event}",
-            description="Inference events committed to the store.",
-        ),
-        sampled_out=meter.create_counter(
-            "serve_drift.events.sampled_out",
-            unit="{event}",
-            description="Ordinary events not kept by sampling.",
-        ),
-        dropped=meter.create_counter(
-            "serve_drift.events.dropped",
-            unit="{event}",
-            description="Events lost, by reason (store failures...).",
-        ),
-        write_duration=meter.create_histogram(
-            "serve_drift.events.store.write.duration",
-            unit="s",
-            description="Time to commit one batch to the event store.",
-            explicit_bucket_boundaries_advisory=(
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1.0,
-            ),
-        ),
-    )
 
 
 class EventRecorder:
@@ -124,7 +68,7 @@ class EventRecorder:
         self.exporter = exporter
         self.max_batch = max_batch
         self._accounting = Accounting()
-        self._instruments = _instruments()
+        self._instruments = event_log_instruments()
 
     def accept(self, n: int) -> None:
         """``n`` events arrived; each now needs ``record`` or ``drop``."""
