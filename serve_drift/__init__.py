@@ -7,11 +7,13 @@ no Ray connection); :func:`configure_telemetry` is the opt-in SDK setup.
 from serve_drift._config import (
     DetectorConfig,
     DriftConfig,
+    EventLogConfig,
     ShippingConfig,
     TelemetryConfig,
     WindowConfig,
 )
 from serve_drift._deploy import monitor_deployment, monitored_app
+from serve_drift._marks import mark_request
 from serve_drift._monitor import DriftMonitor
 from serve_drift._reference import ReferenceLineage, ReferenceSet
 from serve_drift._results import DriftResult, DriftStatistic
@@ -24,6 +26,7 @@ __all__ = [
     "DriftMonitor",
     "DriftResult",
     "DriftStatistic",
+    "EventLogConfig",
     "ReferenceLineage",
     "ReferenceSet",
     "ShippingConfig",
@@ -31,6 +34,7 @@ __all__ = [
     "TelemetryDestination",
     "WindowConfig",
     "configure_telemetry",
+    "mark_request",
     "monitor_deployment",
     "monitored",
     "monitored_app",

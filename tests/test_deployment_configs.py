@@ -9,6 +9,7 @@ import yaml
 
 from serve_drift import DriftConfig
 from serve_drift.apps.classifier import AppArgs
+from serve_drift.ingress import IngressConfig
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("deployments").glob("*.yaml"))
 
@@ -26,3 +27,4 @@ def test_config_is_a_valid_serve_config_with_valid_args(path: Path) -> None:
         assert app.import_path == "serve_drift.apps.classifier:build_app"
         args = AppArgs.model_validate(app.args)
         DriftConfig.model_validate(args.drift)
+        IngressConfig.model_validate(args.ingress)
