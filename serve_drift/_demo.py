@@ -47,6 +47,7 @@ class PhaseTraffic:
     sent: int = 0
     failed: int = 0
     correct: int = 0
+    labels: dict[str, int] = field(default_factory=dict)  # correlation ID -> true class
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _start_serve(options: DemoOptions, console: Console) -> bool:
     return started_ray
 
 
-def _deploy(options: DemoOptions) -> None:
+def _deploy(options: DemoOptions, *, events_path: Path) -> None:
     from ray import serve
 
     from serve_drift.apps.classifier import build_app
@@ -105,6 +106,8 @@ def _deploy(options: DemoOptions) -> None:
             "window": {"size": options.window_size},
             "detectors": [{"backend": b} for b in options.backends],
             "telemetry": {"configure_sdk": True, "link_sample_size": 16},
+            # Keep every event, so the labels sent afterwards all join (production samples).
+            "events": {"path": str(events_path), "sample_rate": 1.0},
         },
     }
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
@@ -136,7 +139,7 @@ def _send_phase(
     from serve_drift._imageio import encode_png
 
     def send(i: int) -> tuple[bool, bool]:
-        headers = {"content-type": "image/png", "x-request-id": f"demo-{phase}-{i:05d}"}
+        headers = {"content-type": "image/png", "x-request-id": _request_id(phase, i)}
         try:
             response = client.post(url, content=encode_png(images[i]), headers=headers)
         except httpx.HTTPError:
@@ -151,7 +154,27 @@ def _send_phase(
     traffic = PhaseTraffic(phase, sent=len(outcomes))
     traffic.failed = sum(not ok for ok, _ in outcomes)
     traffic.correct = sum(correct for _, correct in outcomes)
+    traffic.labels = {_request_id(phase, i): int(labels[i]) for i in range(len(images))}
     return traffic
+
+
+def _request_id(phase: str, i: int) -> str:
+    return f"demo-{phase}-{i:05d}"
+
+
+def _label_feedback(
+    options: DemoOptions, traffic: list[PhaseTraffic], events_path: Path
+) -> dict[int, float]:
+    """Send every request's true label, as a labelling team would later; accuracy per window."""
+    from serve_drift.eventlog.store import EventStore
+
+    labels = [{"correlation_id": c, "label": y} for t in traffic for c, y in t.labels.items()]
+    httpx.post(f"http://127.0.0.1:{options.port}/labels", json={"labels": labels}, timeout=60)
+    accuracy: dict[int, float] = {}
+    for record in EventStore(events_path).concept_metrics(tag="feedback", limit=1000):
+        if record.window_index is not None:  # newest first: keep each window's latest
+            accuracy.setdefault(record.window_index, record.metrics.accuracy)
+    return accuracy
 
 
 def _replay(options: DemoOptions, console: Console) -> list[PhaseTraffic]:
@@ -206,28 +229,37 @@ def _window_phase(result: dict[str, Any]) -> str:
     return phases.most_common(1)[0][0] if phases else "?"
 
 
-def _results_table(results: list[dict[str, Any]], backends: tuple[str, ...]) -> Table:
-    table = Table(title="Drift tests per window (MMD, permutation p-values)")
+def _results_table(
+    results: list[dict[str, Any]], backends: tuple[str, ...], accuracy: dict[int, float]
+) -> Table:
+    """One row per window: its traffic, accuracy from the labels, and each backend's p-value."""
+    table = Table(title="Drift tests per window: MMD p-values beside accuracy from labels")
     table.add_column("window", justify="right")
-    table.add_column("traffic")
+    table.add_column("traffic", no_wrap=True)
+    table.add_column("accuracy", justify="right")
     for backend in backends:
-        table.add_column(f"p ({backend})", justify="right")
-        table.add_column(f"drift ({backend})")
+        table.add_column(f"p {backend}", justify="right", no_wrap=True)
     by_window: dict[int, dict[str, dict[str, Any]]] = {}
     for r in results:
         by_window.setdefault(r["window_index"], {})[r["backend"]] = r
     for index in sorted(by_window):
         row = by_window[index]
+        known = accuracy.get(index)
         cells = [str(index), _window_phase(next(iter(row.values())))]
-        for backend in backends:
-            result = row.get(backend)
-            cells += (
-                ["-", "-"]
-                if result is None
-                else [f"{result['p_value']:.3f}", "[red]DRIFT[/]" if result["is_drift"] else "ok"]
-            )
+        cells.append("-" if known is None else f"{known:.0%}")
+        cells += [_p_cell(row.get(backend)) for backend in backends]
         table.add_row(*cells)
     return table
+
+
+def _p_cell(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "-"
+    return (
+        f"{result['p_value']:.3f} [red]DRIFT[/]"
+        if result["is_drift"]
+        else f"{result['p_value']:.3f}   ok "
+    )
 
 
 def _first_drift(results: list[dict[str, Any]], backends: tuple[str, ...]) -> dict[str, int | None]:
@@ -263,17 +295,22 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
         reference_path, version = ensure_digits_reference()
     console.print(f"Model [bold]{version}[/], reference set {reference_path}")
     started_ray = _start_serve(options, console)
+    events_path = _env.event_db_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.sqlite"
     try:
         with console.status("Deploying the monitored app and its drift monitor..."):
-            _deploy(options)
+            _deploy(options, events_path=events_path)
         traffic = _replay(options, console)
         expected_windows = sum(t.sent for t in traffic) // options.window_size
         with console.status("Waiting for the drift monitor to test every window..."):
             results = _wait_for_results(options, expected_windows * len(options.backends))
+        with console.status("Sending the true labels, as a labelling team would later..."):
+            accuracy = _label_feedback(options, traffic, events_path)
         time.sleep(1.5)  # one more export interval, so the files below are complete
-        summary = _summarise(
-            options, results, traffic, _telemetry_files(telemetry), console, started
-        )
+        telemetry = [
+            *_telemetry_files(telemetry),
+            f"events and labels in {events_path} (serve-drift events list --db {events_path})",
+        ]
+        summary = _summarise(options, results, traffic, accuracy, telemetry, console, started)
     finally:
         _stop_serve(started_ray)
     return summary
@@ -283,25 +320,25 @@ def _summarise(
     options: DemoOptions,
     results: list[dict[str, Any]],
     traffic: list[PhaseTraffic],
+    accuracy: dict[int, float],
     telemetry: list[str],
     console: Console,
     started: float,
 ) -> DemoSummary:
-    console.print(_results_table(results, options.backends))
+    console.print(_results_table(results, options.backends, accuracy))
     for t in traffic:
-        accuracy = t.correct / max(t.sent - t.failed, 1)
+        phase_accuracy = t.correct / max(t.sent - t.failed, 1)
         console.print(
-            f"  {t.name:<11} {t.sent} requests, {t.failed} failed, accuracy {accuracy:.1%}"
+            f"  {t.name:<11} {t.sent} requests, {t.failed} failed, accuracy {phase_accuracy:.1%}"
         )
     first = _first_drift(results, options.backends)
-    clean = options.clean_windows
+    phases = {r["window_index"]: _window_phase(r) for r in results}
     for backend, index in first.items():
-        verdict = "never" if index is None else f"at window {index} ({_window_kind(index, clean)})"
+        verdict = "never" if index is None else f"at window {index} ({_window_kind(phases[index])})"
         console.print(f"Drift first detected by [bold]{backend}[/]: {verdict}")
-    console.print(
-        f"Windows tested: {len({r['window_index'] for r in results})}; traces and metrics: "
-        + "; ".join(telemetry)
-    )
+    console.print(f"Windows tested: {len(phases)}")
+    for line in telemetry:
+        console.print(f"  {line}")
     console.print(f"Demo finished in {time.monotonic() - started:.1f} s")
     ok = bool(results) and all(t.failed == 0 for t in traffic)
     return DemoSummary(
@@ -309,10 +346,8 @@ def _summarise(
     )
 
 
-def _window_kind(index: int, clean_windows: int) -> str:
-    if index < clean_windows:
-        return "clean traffic: a false alarm"
-    return "first shifted traffic" if index == clean_windows else "shifted traffic"
+def _window_kind(phase: str) -> str:
+    return "clean traffic: a false alarm" if phase == "clean" else f"{phase} traffic"
 
 
 def _stop_serve(started_ray: bool) -> None:

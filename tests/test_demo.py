@@ -46,3 +46,5 @@ def test_demo_detects_the_shifts_and_not_clean_traffic(serve_instance: ServeInst
     assert summary.first_drift_window["native"] == min(drifted)
     text = console.export_text()
     assert "Drift first detected by native" in text and "Windows tested: 5" in text
+    # Labels were sent for every request: each window shows its accuracy beside its p-value.
+    assert "accuracy" in text and "events and labels in" in text
