@@ -13,7 +13,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from serve_drift import _telemetry as tel
 from serve_drift._config import DriftConfig
 from serve_drift._events import InferenceEvent
-from serve_drift._results import DriftResult
+from serve_drift._results import DriftResult, DriftStatistic
 from serve_drift._windows import Window
 from serve_drift.detectors import DriftDetector
 
@@ -45,6 +45,14 @@ def _link(event: InferenceEvent) -> Link | None:
     return Link(context, {tel.ATTR_CORRELATION_ID: event.correlation_id})
 
 
+def _test(detector: DriftDetector, window: Window) -> DriftStatistic:
+    # Probabilities only when the window has them: detectors written against the first
+    # protocol, ``test(window)``, keep working on windows without them.
+    if window.probabilities is None:
+        return detector.test(window.embeddings)
+    return detector.test(window.embeddings, probabilities=window.probabilities)
+
+
 class DriftRunner:
     """Owns the detectors for one reference set and turns windows into typed results."""
 
@@ -60,6 +68,7 @@ class DriftRunner:
         self._detectors = list(detectors)
         self._reference_size = reference_size
         self._reference_version = reference_version
+        self._p_value_thresholds = tuple(d.p_value_threshold for d in config.detectors)
         self._instruments = tel.monitor_instruments()
 
     def run(self, window: Window) -> list[DriftResult]:
@@ -71,7 +80,13 @@ class DriftRunner:
         ]
 
     def _thresholds(self) -> list[float]:
-        return [d.p_value_threshold for d in self._config.detectors]
+        return list(self._p_value_thresholds)
+
+    def set_thresholds(self, thresholds: Sequence[float]) -> None:
+        """New p-value thresholds, one per detector, for the windows tested from now on."""
+        if len(thresholds) != len(self._detectors):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(self._detectors)} detectors")
+        self._p_value_thresholds = tuple(float(t) for t in thresholds)
 
     def _run_one(
         self,
@@ -86,7 +101,7 @@ class DriftRunner:
             SPAN_NAME, links=links, attributes=attributes
         ) as span:
             started = time.perf_counter()
-            statistic = detector.test(window.embeddings)
+            statistic = _test(detector, window)
             duration = time.perf_counter() - started
             result = self._result(detector, threshold, window, statistic, duration, span, sampled)
             span.set_attributes(

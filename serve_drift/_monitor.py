@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from serve_drift import _telemetry as tel
-from serve_drift._config import DriftConfig
+from serve_drift._config import DriftConfig, MonitorUpdate
 from serve_drift._drift_runner import DriftRunner
 from serve_drift._event_log import MonitorEventLog
 from serve_drift._events import EventBatch, InferenceEvent
 from serve_drift._reference import ReferenceSet
 from serve_drift._results import DriftResult
-from serve_drift._windows import CountWindows, Window
+from serve_drift._traffic_sample import TrafficSample
+from serve_drift._windows import Window, make_windows, reconfigure_windows
 from serve_drift.detectors import build_detector
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class MonitorState:
     def __init__(self, config: DriftConfig) -> None:
         self.config = config
         self.reference = ReferenceSet.load(config.reference_path) if config.reference_path else None
-        self.windows = CountWindows(size=config.window.size)
+        self.windows = make_windows(config.window)
+        self.traffic = TrafficSample(capacity=config.traffic_sample_size)
         self.results: deque[DriftResult] = deque(maxlen=MAX_RESULTS_KEPT)
         self.counts = {
             "received": 0,
@@ -74,7 +76,12 @@ class MonitorState:
     def _build_runner(self) -> DriftRunner:
         assert self.reference is not None
         detectors = [
-            build_detector(d, reference=self.reference.embeddings) for d in self.config.detectors
+            build_detector(
+                d,
+                reference=self.reference.embeddings,
+                reference_probabilities=self.reference.probabilities,
+            )
+            for d in self.config.detectors
         ]
         return DriftRunner(
             config=self.config,
@@ -93,7 +100,12 @@ class MonitorState:
         usable = self._usable_rows(batch.embeddings)
         self.counts["rejected"] += int((~usable).sum())
         keep = usable & ~self._excluded_rows(batch, usable=usable)
+        self.traffic.add(batch, keep=keep)
         jobs: list[Job] = list(self.windows.add(batch, keep=keep))
+        jobs.extend(self.windows.flush_due(time.time()))  # time windows whose end has passed
+        untested = self.windows.take_untested()  # short time windows, full ones' overflow
+        if untested:
+            jobs.append(Untested(untested))
         if not keep.all():
             jobs.append(Untested(_kept_out_events(batch, keep=keep, usable=usable)))
         return jobs
@@ -156,6 +168,16 @@ class MonitorState:
         self.counts["windows_tested"] += 1
         return results
 
+    def reconfigure(self, update: MonitorUpdate) -> None:
+        """Apply a validated runtime update: windows first checked, then both applied."""
+        window = update.window_config(self.config.window)
+        thresholds = _thresholds(update, count=len(self.config.detectors))
+        if window != self.config.window:
+            self.windows = reconfigure_windows(self.windows, old=self.config.window, new=window)
+        if thresholds is not None and self.runner is not None:
+            self.runner.set_thresholds(thresholds)
+        self.config = self.config.model_copy(update={"window": window})
+
     def health(self) -> dict[str, Any]:
         reasons = []
         if self.reference is None:
@@ -173,6 +195,19 @@ class MonitorState:
             **self.counts,
             "event_log": None if self.event_log is None else self.event_log.health(),
         }
+
+
+def _thresholds(update: MonitorUpdate, *, count: int) -> list[float] | None:
+    if update.p_value_threshold is not None:
+        return [update.p_value_threshold] * count
+    if update.p_value_thresholds is not None:
+        if len(update.p_value_thresholds) != count:
+            raise ValueError(
+                f"p_value_thresholds has {len(update.p_value_thresholds)} entries for "
+                f"{count} configured detectors"
+            )
+        return list(update.p_value_thresholds)
+    return None
 
 
 def _kept_out_events(
@@ -243,6 +278,19 @@ class DriftMonitor:
             return None
         return await asyncio.to_thread(self._state.event_log.submit_labels, items)
 
+    async def traffic_sample(self, model_version: str | None = None) -> dict[str, Any]:
+        """The uniform sample of accepted traffic, for ``serve-drift reference from-traffic``."""
+        snapshot = self._state.traffic.snapshot(model_version=model_version)
+        return {
+            "model_name": self._config.model_name,
+            "model_version": snapshot.model_version,
+            "embeddings": snapshot.embeddings,
+            "probabilities": snapshot.probabilities,
+            "seen": snapshot.seen,
+            "first_timestamp": snapshot.first_timestamp,
+            "last_timestamp": snapshot.last_timestamp,
+        }
+
     async def results(self, limit: int = 50) -> list[dict[str, Any]]:
         """Latest drift results, newest last, as JSON-ready dicts."""
         return [r.to_dict() for r in list(self._state.results)[-limit:]]
@@ -255,7 +303,10 @@ class DriftMonitor:
         }
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        """Serve ``user_config``: ``{"window_size": int}`` applies without a restart."""
-        size = user_config.get("window_size")
-        if size is not None:
-            self._state.windows.resize(int(size))
+        """Serve ``user_config``: window and threshold changes apply without a restart.
+
+        Keys (see :class:`~serve_drift._config.MonitorUpdate`): ``window_size``, ``window``
+        (any ``WindowConfig`` fields), ``p_value_threshold`` or ``p_value_thresholds``.
+        An invalid update raises and changes nothing.
+        """
+        self._state.reconfigure(MonitorUpdate.model_validate(dict(user_config)))

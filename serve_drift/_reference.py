@@ -1,8 +1,10 @@
 """Reference sets: float32 embeddings plus JSON lineage in one ``.npz`` file, never pickle.
 
-The file holds two arrays: ``embeddings`` (float32, (N, d)) and ``lineage_json`` (the lineage
-as UTF-8 JSON bytes in a uint8 array, so loading never needs ``allow_pickle``). The lineage
-carries a SHA-256 content hash of the embeddings that :meth:`ReferenceSet.load` verifies.
+The file holds ``embeddings`` (float32, (N, d)), optionally ``probabilities`` (float32, (N, C):
+the model's softmax outputs on the same images, for BBSD and the default detector's confidence
+test), and ``lineage_json`` (the lineage as UTF-8 JSON bytes in a uint8 array, so loading never
+needs ``allow_pickle``). The lineage carries SHA-256 content hashes of both arrays that
+:meth:`ReferenceSet.load` verifies.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 # Bumped if the file layout changes; load refuses layouts it does not know.
 _SCHEMA = "serve-drift.reference/v1"
 _EMBEDDINGS_KEY = "embeddings"
+_PROBABILITIES_KEY = "probabilities"
 _LINEAGE_KEY = "lineage_json"
 _HASH_PREFIX = "sha256:"
 
@@ -52,6 +55,9 @@ class ReferenceLineage:
     content_hash: str
     preprocessing: str = ""
     source: str = ""
+    # Empty when the set has no probabilities (older files, or a model without logits).
+    probabilities_hash: str = ""
+    num_classes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +80,7 @@ class ReferenceSet:
 
     embeddings: np.ndarray
     lineage: ReferenceLineage
+    probabilities: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         embeddings = self.embeddings
@@ -82,10 +89,11 @@ class ReferenceSet:
                 "reference embeddings must be a float32 numpy array", code="reference_corrupt"
             )
         _check_lineage_matches(embeddings, self.lineage)
-        # A read-only view, so a frozen ReferenceSet cannot be changed through its attribute.
-        view = embeddings.view()
-        view.flags.writeable = False
-        object.__setattr__(self, "embeddings", view)
+        _check_probabilities_match(self.probabilities, self.lineage)
+        # Read-only views, so a frozen ReferenceSet cannot be changed through its attributes.
+        object.__setattr__(self, "embeddings", _read_only(embeddings))
+        if self.probabilities is not None:
+            object.__setattr__(self, "probabilities", _read_only(self.probabilities))
 
     @classmethod
     def from_embeddings(
@@ -97,9 +105,14 @@ class ReferenceSet:
         data_version: str,
         preprocessing: str = "",
         source: str = "",
+        probabilities: Any | None = None,
     ) -> ReferenceSet:
-        """A reference set from (N, d) embeddings, stored as a float32 copy."""
+        """A reference set from (N, d) embeddings, stored as a float32 copy.
+
+        ``probabilities`` (N, C) are the model's softmax outputs on the same inputs, if any.
+        """
         array = _as_reference_array(embeddings)
+        probs = None if probabilities is None else _as_probability_array(probabilities, array)
         lineage = ReferenceLineage(
             model_name=model_name,
             model_version=model_version,
@@ -110,8 +123,10 @@ class ReferenceSet:
             content_hash=content_hash(array),
             preprocessing=preprocessing,
             source=source,
+            probabilities_hash="" if probs is None else content_hash(probs),
+            num_classes=0 if probs is None else int(probs.shape[1]),
         )
-        return cls(embeddings=array, lineage=lineage)
+        return cls(embeddings=array, lineage=lineage, probabilities=probs)
 
     @property
     def version(self) -> str:
@@ -133,6 +148,8 @@ class ReferenceSet:
             _EMBEDDINGS_KEY: np.ascontiguousarray(self.embeddings),
             _LINEAGE_KEY: np.frombuffer(lineage_bytes, dtype=np.uint8),
         }
+        if self.probabilities is not None:
+            arrays[_PROBABILITIES_KEY] = np.ascontiguousarray(self.probabilities)
         _atomic_write(target, lambda handle: np.savez(handle, **arrays))
         return target
 
@@ -146,7 +163,10 @@ class ReferenceSet:
         with _open_archive(Path(path)) as archive:
             lineage = _parse_lineage(_read_member(archive, _LINEAGE_KEY))
             embeddings = _read_member(archive, _EMBEDDINGS_KEY)
-        return cls(embeddings=embeddings, lineage=lineage)
+            probabilities = (
+                _read_member(archive, _PROBABILITIES_KEY) if lineage.probabilities_hash else None
+            )
+        return cls(embeddings=embeddings, lineage=lineage, probabilities=probabilities)
 
 
 def content_hash(embeddings: np.ndarray) -> str:
@@ -194,6 +214,51 @@ def _as_reference_array(embeddings: Any) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError("reference embeddings contain NaN or infinite values (as float32)")
     return array
+
+
+def _as_probability_array(probabilities: Any, embeddings: np.ndarray) -> np.ndarray:
+    array = np.array(probabilities, dtype=np.float32, order="C", copy=True)
+    if array.ndim != 2 or array.shape[0] != embeddings.shape[0] or array.shape[1] < 2:
+        raise ValueError(
+            f"reference probabilities must be (N, C) with N = {embeddings.shape[0]} rows and "
+            f"C >= 2 classes, got {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError("reference probabilities contain NaN or infinite values")
+    return array
+
+
+def _check_probabilities_match(probabilities: Any, lineage: ReferenceLineage) -> None:
+    if probabilities is None:
+        if lineage.probabilities_hash:
+            raise ReferenceIntegrityError(
+                "lineage records probabilities but the reference set has none",
+                code="reference_lineage_mismatch",
+            )
+        return
+    if not (isinstance(probabilities, np.ndarray) and probabilities.dtype == np.float32):
+        raise ReferenceIntegrityError(
+            "reference probabilities must be a float32 numpy array", code="reference_corrupt"
+        )
+    if probabilities.shape != (lineage.count, lineage.num_classes):
+        raise ReferenceIntegrityError(
+            f"probabilities have shape {probabilities.shape}, lineage says "
+            f"({lineage.count}, {lineage.num_classes})",
+            code="reference_lineage_mismatch",
+        )
+    actual = content_hash(probabilities)
+    if actual != lineage.probabilities_hash:
+        raise ReferenceIntegrityError(
+            f"reference probabilities hash to {actual}, lineage records "
+            f"{lineage.probabilities_hash}: the file was modified or corrupted",
+            code="reference_hash_mismatch",
+        )
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_lineage_matches(embeddings: np.ndarray, lineage: ReferenceLineage) -> None:

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         "events", help="query the event store (serve-drift events --help)", add_help=False
     )
     events.add_argument("rest", nargs=argparse.REMAINDER)
+    reference = commands.add_parser(
+        "reference",
+        help="build, sample or inspect reference sets (serve-drift reference --help)",
+        add_help=False,
+    )
+    reference.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -48,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_drift.eventlog.cli import main as events_main
 
         return events_main(argv[1:])
+    if argv[:1] == ["reference"]:  # its own parser, with its own --help
+        from serve_drift._reference_cli import main as reference_main
+
+        return reference_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from serve_drift._demo import DemoOptions, run_demo

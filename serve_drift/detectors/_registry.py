@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
-from serve_drift._config import DetectorConfig
+from serve_drift._config import KIND_BACKENDS, DetectorConfig
 from serve_drift.detectors.base import DriftDetector
 
-# Valid backends per detector kind, in the order the README documents them.
-BACKENDS: Mapping[str, tuple[str, ...]] = MappingProxyType({"mmd": ("alibi", "native")})
+# Valid backends per detector kind, in the order the README documents them (the first is the
+# kind's default).
+BACKENDS: Mapping[str, tuple[str, ...]] = KIND_BACKENDS
+
+Builder = Callable[[DetectorConfig, np.ndarray, Any], DriftDetector]
 
 
-def build_detector(config: DetectorConfig, *, reference: np.ndarray) -> DriftDetector:
+def build_detector(
+    config: DetectorConfig, *, reference: Any, reference_probabilities: Any | None = None
+) -> DriftDetector:
     """Build the detector ``config`` describes, fitted to ``reference`` (N, d).
 
+    ``reference_probabilities`` (N, C) are the model's softmax outputs on the reference
+    images; BBSD needs them, the combined detector uses them for its confidence component.
     Raises ``ValueError`` naming the valid options for an unknown kind or backend, and
     :class:`~serve_drift.detectors.base.DetectorInputError` for an unusable reference set.
 
@@ -25,10 +32,17 @@ def build_detector(config: DetectorConfig, *, reference: np.ndarray) -> DriftDet
     >>> build_detector(DetectorConfig(backend="native", device="cpu"), reference=reference).backend
     'native'
     """
-    return _builder(kind=config.kind, backend=config.backend)(config, reference)
+    builder = _builder(kind=config.kind, backend=config.backend)
+    if config.reduction is None:
+        return builder(config, reference, reference_probabilities)
+    from serve_drift.detectors.reduction import ReducedDetector, fit_reduction
+
+    reduction = fit_reduction(config.reduction, reference=reference)
+    inner = builder(config, reduction.transform(reference), reference_probabilities)
+    return ReducedDetector(inner, reduction)
 
 
-def _builder(*, kind: str, backend: str) -> Callable[[DetectorConfig, np.ndarray], DriftDetector]:
+def _builder(*, kind: str, backend: str) -> Builder:
     if kind not in BACKENDS:
         raise ValueError(f"unknown detector kind {kind!r}; valid kinds: {', '.join(BACKENDS)}")
     if backend not in BACKENDS[kind]:
@@ -39,7 +53,7 @@ def _builder(*, kind: str, backend: str) -> Callable[[DetectorConfig, np.ndarray
     return _BUILDERS[(kind, backend)]
 
 
-def _build_native_mmd(config: DetectorConfig, reference: np.ndarray) -> DriftDetector:
+def _native_mmd(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
     from serve_drift.detectors.mmd_native import NativeMMD
 
     return NativeMMD(
@@ -51,7 +65,7 @@ def _build_native_mmd(config: DetectorConfig, reference: np.ndarray) -> DriftDet
     )
 
 
-def _build_alibi_mmd(config: DetectorConfig, reference: np.ndarray) -> DriftDetector:
+def _alibi_mmd(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
     # Deferred: importing alibi-detect takes seconds and it is only needed for this backend.
     from serve_drift.detectors.mmd_alibi import AlibiMMD
 
@@ -64,7 +78,85 @@ def _build_alibi_mmd(config: DetectorConfig, reference: np.ndarray) -> DriftDete
     )
 
 
-_BUILDERS: Mapping[tuple[str, str], Callable[[DetectorConfig, np.ndarray], DriftDetector]] = {
-    ("mmd", "native"): _build_native_mmd,
-    ("mmd", "alibi"): _build_alibi_mmd,
+def _native_classifier(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
+    from serve_drift.detectors.classifier_native import NativeClassifier
+
+    return NativeClassifier(
+        reference,
+        p_value_threshold=config.p_value_threshold,
+        n_permutations=config.n_permutations,
+        ridge=config.ridge,
+        device=config.device,
+        seed=config.seed,
+    )
+
+
+def _alibi_classifier(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
+    from serve_drift.detectors.classifier_alibi import AlibiClassifier
+
+    return AlibiClassifier(
+        reference,
+        p_value_threshold=config.p_value_threshold,
+        train_size=config.train_size,
+        n_folds=config.n_folds,
+        seed=config.seed,
+    )
+
+
+def _native_bbsd(config: DetectorConfig, _: np.ndarray, probabilities: Any) -> DriftDetector:
+    from serve_drift.detectors.bbsd import NativeBBSD
+
+    return NativeBBSD(
+        reference_probabilities=probabilities, p_value_threshold=config.p_value_threshold
+    )
+
+
+def _alibi_bbsd(config: DetectorConfig, _: np.ndarray, probabilities: Any) -> DriftDetector:
+    from serve_drift.detectors.bbsd_alibi import AlibiBBSD
+
+    return AlibiBBSD(
+        reference_probabilities=probabilities, p_value_threshold=config.p_value_threshold
+    )
+
+
+def _alibi_online_mmd(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
+    from serve_drift.detectors.mmd_online_alibi import AlibiOnlineMMD
+
+    return AlibiOnlineMMD(
+        reference,
+        p_value_threshold=config.p_value_threshold,
+        ert=config.ert,
+        online_window_size=config.online_window_size,
+        n_bootstraps=config.n_bootstraps,
+        device=config.device,
+        seed=config.seed,
+    )
+
+
+def _native_combined(
+    config: DetectorConfig, reference: np.ndarray, probabilities: Any
+) -> DriftDetector:
+    from serve_drift.detectors.combined import CombinedDetector
+
+    return CombinedDetector(
+        reference,
+        reference_probabilities=probabilities,
+        components=config.components,
+        p_value_threshold=config.p_value_threshold,
+        n_permutations=config.n_permutations,
+        ridge=config.ridge,
+        device=config.device,
+        seed=config.seed,
+    )
+
+
+_BUILDERS: Mapping[tuple[str, str], Builder] = {
+    ("mmd", "native"): _native_mmd,
+    ("mmd", "alibi"): _alibi_mmd,
+    ("classifier", "native"): _native_classifier,
+    ("classifier", "alibi"): _alibi_classifier,
+    ("bbsd", "native"): _native_bbsd,
+    ("bbsd", "alibi"): _alibi_bbsd,
+    ("mmd_online", "alibi"): _alibi_online_mmd,
+    ("combined", "native"): _native_combined,
 }

@@ -94,3 +94,47 @@ def _check_finite(array: np.ndarray, *, what: str) -> None:
         f"{what} has {bad.size} row(s) with NaN or infinite values (first at row {bad[0]}); "
         "drift is never tested on non-finite embeddings"
     )
+
+
+# Softmax outputs computed in float32 can land a few ulps outside [0, 1].
+_PROBABILITY_SLACK = 1e-4
+
+
+def check_probabilities(probabilities: Any, *, rows: int | None, what: str) -> np.ndarray:
+    """Return ``probabilities`` as a 2-D float array (rows, classes) with values in [0, 1].
+
+    ``rows`` is the number of rows it must have (the window's embeddings), or ``None``.
+    """
+    min_rows = 1 if rows is not None else MIN_REFERENCE_ROWS
+    array = _check_embeddings(probabilities, what=f"{what} probabilities", min_rows=min_rows)
+    if rows is not None and array.shape[0] != rows:
+        raise DetectorInputError(
+            f"{what} has {array.shape[0]} rows of probabilities for {rows} embeddings"
+        )
+    if array.shape[1] < 2:
+        raise DetectorInputError(
+            f"{what} probabilities need at least 2 classes, got {array.shape[1]}"
+        )
+    if array.min() < -_PROBABILITY_SLACK or array.max() > 1 + _PROBABILITY_SLACK:
+        raise DetectorInputError(
+            f"{what} probabilities must lie in [0, 1] (softmax outputs), got values in "
+            f"[{array.min():.4g}, {array.max():.4g}]"
+        )
+    return array
+
+
+def require_probabilities(
+    probabilities: Any, *, rows: int, classes: int, detector: str
+) -> np.ndarray:
+    """The window's probabilities for a detector that cannot run without them."""
+    if probabilities is None:
+        raise DetectorInputError(
+            f"the {detector} detector needs the model's softmax probabilities for every row; "
+            "this window has none (the replica did not capture logits)"
+        )
+    array = check_probabilities(probabilities, rows=rows, what="window")
+    if array.shape[1] != classes:
+        raise DetectorInputError(
+            f"window has {array.shape[1]} classes of probabilities, the reference set has {classes}"
+        )
+    return array

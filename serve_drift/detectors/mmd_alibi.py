@@ -14,7 +14,6 @@ are alibi's own behaviour and kept on purpose:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from serve_drift._results import DriftStatistic
+from serve_drift.detectors._alibi import import_alibi
 from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
 from serve_drift.detectors.mmd_native import resolve_device
 
@@ -75,8 +75,10 @@ class AlibiMMD:
         """The kernel bandwidth alibi inferred from the reference set (stored as float32)."""
         return float(self._detector._detector.kernel.sigma.detach().cpu()[0])
 
-    def test(self, window: np.ndarray) -> DriftStatistic:
-        """alibi's permutation test of ``window`` (M, d) against the reference set."""
+    def test(
+        self, window: np.ndarray, *, probabilities: np.ndarray | None = None
+    ) -> DriftStatistic:
+        """alibi's permutation test of ``window`` (M, d); ``probabilities`` are not used."""
         x = as_compute_dtype(check_window(window, dim=self._dim), dtype=np.float32, what="window")
         with self._seeded_rng():
             data = self._detector.predict(x, return_p_val=True, return_distance=True)["data"]
@@ -105,13 +107,10 @@ class AlibiMMD:
 
 
 def _import_mmd_drift() -> Any:
-    """Import ``alibi_detect.cd.MMDDrift``, which takes seconds, only when it is needed."""
-    with warnings.catch_warnings():
-        # alibi-detect 0.13 decorates a distance function with @torch.jit.script at import
-        # time, which recent torch (2.14 here) deprecates with a FutureWarning: harmless, but
-        # it would fail a test run with warnings as errors.
-        warnings.filterwarnings(
-            "ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning
-        )
-        from alibi_detect.cd import MMDDrift
-    return MMDDrift
+    """Import ``alibi_detect.cd.MMDDrift``, which takes seconds, only when it is needed.
+
+    Import alibi-detect through this (or :func:`serve_drift.detectors._alibi.import_alibi`)
+    before any direct ``alibi_detect`` import under warnings-as-errors: it filters the
+    FutureWarning that alibi-detect 0.13 raises at import time on torch 2.14.
+    """
+    return import_alibi("MMDDrift")

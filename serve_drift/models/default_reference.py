@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve_drift import _env
+from serve_drift._embed import embed_outputs
 from serve_drift._reference import ReferenceSet
-from serve_drift._reference_build import embed
 from serve_drift.models import digits
 
 DATA_VERSION = "sklearn-load_digits-reference-pool-seed0"
@@ -15,12 +15,15 @@ DATA_VERSION = "sklearn-load_digits-reference-pool-seed0"
 def ensure_digits_reference(*, cache_dir: Path | None = None) -> tuple[Path, str]:
     """Path of the cached reference set for the cached digits model, and that model's version."""
     model, info = digits.load_or_train_digits_model(cache_dir=cache_dir)
-    path = Path(cache_dir or _env.cache_dir()) / "references" / f"digits-{info.version}.npz"
+    # "-p": sets with softmax probabilities (for BBSD and the default detector's confidence
+    # test); caches from before they were stored are not reused.
+    path = Path(cache_dir or _env.cache_dir()) / "references" / f"digits-{info.version}-p.npz"
     if not path.exists():
         images = digits.split_digits(seed=0).reference_images
-        embeddings = embed(model.eval(), images, preprocess=digits.preprocess_digits)
+        outputs = embed_outputs(model.eval(), images, preprocess=digits.preprocess_digits)
         ReferenceSet.from_embeddings(
-            embeddings,
+            outputs.embeddings,
+            probabilities=outputs.probabilities,
             model_name=digits.MODEL_NAME,
             model_version=info.version,
             data_version=DATA_VERSION,
