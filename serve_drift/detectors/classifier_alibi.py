@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from serve_drift._results import DriftStatistic
-from serve_drift.detectors._alibi import import_alibi
+from serve_drift.detectors._alibi import SeededRuns, import_alibi
 from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
 
 
@@ -44,6 +44,8 @@ class AlibiClassifier:
         x_ref = as_compute_dtype(check_reference(reference), dtype=np.float32, what="reference set")
         self.p_value_threshold = p_value_threshold
         self._dim = x_ref.shape[1]
+        # alibi draws the train/test split from numpy's global generator.
+        self._runs = SeededRuns(seed)
         self._detector = import_alibi("ClassifierDrift")(
             x_ref,
             model=_logistic_regression(),
@@ -61,9 +63,10 @@ class AlibiClassifier:
     ) -> DriftStatistic:
         """alibi's classifier test of ``window`` (M, d); ``probabilities`` are not used."""
         x = as_compute_dtype(check_window(window, dim=self._dim), dtype=np.float32, what="window")
-        data = self._detector.predict(
-            x, return_p_val=True, return_distance=True, return_probs=False, return_model=False
-        )["data"]
+        with self._runs.run():
+            data = self._detector.predict(
+                x, return_p_val=True, return_distance=True, return_probs=False, return_model=False
+            )["data"]
         return DriftStatistic(
             p_value=float(data["p_val"]), distance=float(data["distance"]), distance_threshold=None
         )
@@ -76,4 +79,6 @@ def _logistic_regression() -> Any:
 
     # Standardised features and a Newton solver converge in a few iterations for embeddings
     # of a few hundred dimensions (lbfgs needed hundreds of slow iterations here).
-    return make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=100))
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=100)
+    )

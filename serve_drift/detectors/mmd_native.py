@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from serve_drift._results import DriftStatistic
+from serve_drift.detectors._permutation import random_subsets
 from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
 from serve_drift.detectors.base import DetectorInputError
 
@@ -270,8 +271,7 @@ class _SplitWeights:
     ) -> torch.Tensor:
         """``count`` weight rows, each for a uniformly random split of the pooled rows."""
         n_total = self.n + self.m
-        keys = torch.rand(count, n_total, generator=generator, dtype=_DTYPE, device=device)
-        window_side = keys.argsort(dim=1)[:, : self.m]
+        window_side = random_subsets(count, n=self.n, m=self.m, generator=generator)
         weights = torch.full((count, n_total), self.a, dtype=_DTYPE, device=device)
         return weights.scatter_(1, window_side, -self.b)
 
