@@ -50,12 +50,14 @@ class DetectorConfig(_Frozen):
 
     >>> DetectorConfig(kind="bbsd").backend
     'native'
+    >>> DetectorConfig(kind="combined").n_permutations
+    500
     """
 
     kind: DetectorKind = "mmd"
     backend: DetectorBackend = "alibi"
     p_value_threshold: float = Field(0.05, gt=0, lt=1)
-    n_permutations: int = Field(100, ge=10, le=100_000)
+    n_permutations: int = Field(100, ge=10, le=100_000)  # combined: 500
     device: str | None = Field(default_factory=_env.device_default)
     seed: int | None = 0
     reduction: ReductionConfig | None = None
@@ -69,12 +71,18 @@ class DetectorConfig(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_backend(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("backend") is None:
-            backends = KIND_BACKENDS.get(str(data.get("kind", "mmd")))
-            if backends is not None:
-                return {**data, "backend": backends[0]}
-        return data
+    def _kind_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        kind = str(data.get("kind", "mmd"))
+        defaults: dict[str, Any] = {}
+        if data.get("backend") is None and kind in KIND_BACKENDS:
+            defaults["backend"] = KIND_BACKENDS[kind][0]
+        if kind == "combined" and data.get("n_permutations") is None:
+            # Its p-value is a min over components: finer permutation p-values (>= 1/501)
+            # cost little power to the correction, and its statistics are cheap.
+            defaults["n_permutations"] = 500
+        return {**data, **defaults}
 
     @model_validator(mode="after")
     def _check_pair(self) -> DetectorConfig:
@@ -93,7 +101,7 @@ class DetectorConfig(_Frozen):
 
 def default_detectors() -> tuple[DetectorConfig, ...]:
     """What a user gets without choosing: see ``serve_drift.detectors.combined``."""
-    return (DetectorConfig(kind="combined", n_permutations=500),)
+    return (DetectorConfig(kind="combined"),)
 
 
 class WindowConfig(_Frozen):
