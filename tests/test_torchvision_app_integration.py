@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from serve_drift import ReferenceSet
-from serve_drift._reference_build import embed
+from serve_drift._embed import embed_outputs
 from serve_drift.apps._models import imagenet_preprocess
 from tests.conftest import ServeInstance
 
@@ -41,11 +41,15 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     model = torchvision.models.get_model("mobilenet_v3_small", weights=None, num_classes=5).eval()
     torch.save(model.state_dict(), folder / "weights.pt")
     (folder / "labels.txt").write_text("\n".join(LABELS))
-    embeddings = embed(
+    out = embed_outputs(
         model, _images(60, seed=0), preprocess=imagenet_preprocess(image_size=IMAGE_SIZE)
     )
     ReferenceSet.from_embeddings(
-        embeddings, model_name="mobilenet", model_version="t1", data_version="noise-0"
+        out.embeddings,
+        probabilities=out.probabilities,
+        model_name="mobilenet",
+        model_version="t1",
+        data_version="noise-0",
     ).save(folder / "reference.npz")
     return {
         k: str(folder / f)

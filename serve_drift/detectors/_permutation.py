@@ -73,3 +73,11 @@ def exceed_counts(statistics: torch.Tensor) -> torch.Tensor:
 def p_value(statistics: torch.Tensor) -> float:
     """``(1 + #{permuted >= observed}) / (1 + P)`` for ``statistics = [observed, *permuted]``."""
     return float(exceed_counts(statistics)[0]) / statistics.numel()
+
+
+def check_test_params(*, p_value_threshold: float, n_permutations: int) -> None:
+    """Refuse a threshold outside (0, 1) or fewer than one permutation (``ValueError``)."""
+    if not 0 < p_value_threshold < 1:
+        raise ValueError(f"p_value_threshold must be in (0, 1), got {p_value_threshold}")
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")

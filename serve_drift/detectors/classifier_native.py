@@ -25,8 +25,9 @@ import torch
 
 from serve_drift._results import DriftStatistic
 from serve_drift.detectors import _permutation as perm
+from serve_drift.detectors._permutation import check_test_params
 from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
-from serve_drift.detectors.mmd_native import check_test_params, resolve_device
+from serve_drift.detectors.mmd_native import resolve_device
 
 
 class NativeClassifier:

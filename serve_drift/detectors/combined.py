@@ -77,7 +77,7 @@ class CombinedDetector:
         device: str | torch.device | None = None,
         seed: int | None = 0,
     ) -> None:
-        mmd_native.check_test_params(
+        perm.check_test_params(
             p_value_threshold=p_value_threshold, n_permutations=n_permutations
         )
         self.components = _check_components(components)

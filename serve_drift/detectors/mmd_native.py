@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from serve_drift._results import DriftStatistic
-from serve_drift.detectors._permutation import random_subsets
+from serve_drift.detectors._permutation import check_test_params, make_generator, random_subsets
 from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
 from serve_drift.detectors.base import DetectorInputError
 
@@ -128,7 +128,7 @@ class NativeMMD:
             self._gamma = 1.0 / (2.0 * self.sigma**2)
             self._k_xx = _zero_diagonal(torch.exp_(dist_xx.mul_(-self._gamma)))
             self._k_xx_sum = self._k_xx.sum()
-        self._generator = _make_generator(seed=seed, device=self.device)
+        self._generator = make_generator(seed=seed, device=self.device)
 
     def _sampled_sigma(self) -> float:
         if self.reference_size <= _MEDIAN_ROWS:
@@ -357,20 +357,3 @@ def _check_sigma(sigma: float) -> float:
     if not (math.isfinite(sigma) and sigma > 0):
         raise DetectorInputError(f"kernel bandwidth must be finite and positive, got {sigma}")
     return sigma
-
-
-def check_test_params(*, p_value_threshold: float, n_permutations: int) -> None:
-    """Refuse a threshold outside (0, 1) or fewer than one permutation (``ValueError``)."""
-    if not 0 < p_value_threshold < 1:
-        raise ValueError(f"p_value_threshold must be in (0, 1), got {p_value_threshold}")
-    if n_permutations < 1:
-        raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")
-
-
-def _make_generator(*, seed: int | None, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
