@@ -110,6 +110,7 @@ class DriftRunner:
                     tel.ATTR_DISTANCE: result.distance,
                     tel.ATTR_IS_DRIFT: result.is_drift,
                     tel.ATTR_TEST_ID: result.test_id,
+                    **{f"{tel.ATTR_P_VALUE}.{name}": p for name, p in result.component_p_values},
                 }
             )
         self._record_metrics(result, attributes)
@@ -159,6 +160,10 @@ class DriftRunner:
             trace_id=trace.format_trace_id(span_context.trace_id),
             span_id=trace.format_span_id(span_context.span_id),
             correlation_ids_sample=tuple(e.correlation_id for e in sampled),
+            component_p_values=tuple(
+                (c.name, c.p_value) for c in getattr(statistic, "components", ())
+            ),
+            skipped_components=tuple(getattr(statistic, "skipped", ())),
         )
 
     def _record_metrics(self, result: DriftResult, attributes: dict[str, str | int]) -> None:

@@ -44,8 +44,14 @@ class DriftResult:
     trace_id: str
     span_id: str
     correlation_ids_sample: tuple[str, ...] = ()
+    # A combined detector's own components, to explain an alarm: (name, uncorrected p-value).
+    # Only ``p_value`` (corrected) is compared with the threshold.
+    component_p_values: tuple[tuple[str, float], ...] = ()
+    skipped_components: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["correlation_ids_sample"] = list(self.correlation_ids_sample)
+        data["component_p_values"] = dict(self.component_p_values)
+        data["skipped_components"] = list(self.skipped_components)
         return data

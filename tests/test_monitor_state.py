@@ -178,3 +178,17 @@ def test_labels_join_stored_events_and_give_window_metrics(tmp_path: Path) -> No
     # Every event predicted class 0 (see _batch): 15 of 20 labels agree.
     assert metrics.window_index == 0 and metrics.metrics.accuracy == pytest.approx(0.75)
     assert metrics.metrics.ece == pytest.approx(abs(0.9 - 0.75))
+
+
+def test_combined_detector_results_explain_their_components(tmp_path: Path) -> None:
+    spans, _ = memory_telemetry()
+    spans.clear()
+    state = _state(tmp_path, detectors=[{"kind": "combined", "n_permutations": 99}])
+    rows = np.random.default_rng(9).normal(loc=1.0, size=(20, DIM))
+    (result,) = state.test(_windows(state.accept(_batch(rows)))[0])
+    # The reference has no softmax probabilities: the confidence test is skipped, and said so.
+    assert result.skipped_components == ("confidence",)
+    assert dict(result.component_p_values).keys() == {"classifier"}
+    assert result.is_drift and result.to_dict()["component_p_values"]["classifier"] < 0.05
+    span = next(s for s in spans.get_finished_spans() if s.name == "serve_drift.drift_test")
+    assert span.attributes[f"{tel.ATTR_P_VALUE}.classifier"] == result.component_p_values[0][1]

@@ -77,9 +77,7 @@ class CombinedDetector:
         device: str | torch.device | None = None,
         seed: int | None = 0,
     ) -> None:
-        perm.check_test_params(
-            p_value_threshold=p_value_threshold, n_permutations=n_permutations
-        )
+        perm.check_test_params(p_value_threshold=p_value_threshold, n_permutations=n_permutations)
         self.components = _check_components(components)
         self.p_value_threshold = p_value_threshold
         self.n_permutations = n_permutations
