@@ -36,7 +36,8 @@ class DemoOptions:
     shift_windows: int = 2
     concurrency: int = 8
     port: int = 8000
-    backends: tuple[str, ...] = ("alibi", "native")
+    # "kind" or "kind:backend": the default detector beside alibi-detect's and our MMD.
+    detectors: tuple[str, ...] = ("combined", "mmd:alibi", "mmd:native")
     seed: int = 0
     result_timeout_s: float = 90.0
 
@@ -104,13 +105,28 @@ def _deploy(options: DemoOptions, *, events_path: Path) -> None:
         "drift": {
             "model_name": "digits",
             "window": {"size": options.window_size},
-            "detectors": [{"backend": b} for b in options.backends],
+            "detectors": [_detector_config(d) for d in options.detectors],
             "telemetry": {"configure_sdk": True, "link_sample_size": 16},
             # Keep every event, so the labels sent afterwards all join (production samples).
             "events": {"path": str(events_path), "sample_rate": 1.0},
         },
     }
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def _detector_config(spec: str) -> dict[str, str]:
+    kind, _, backend = spec.partition(":")
+    return {"kind": kind, "backend": backend} if backend else {"kind": kind}
+
+
+def _label(result: dict[str, Any]) -> str:
+    """The column a result belongs to: ``kind:backend``, or just ``kind`` for the default."""
+    return f"{result['detector']}:{result['backend']}"
+
+
+def _column(spec: str, results: list[dict[str, Any]]) -> str:
+    """Match a ``--detectors`` entry to its results' label (``combined`` -> ``combined:native``)."""
+    return next((_label(r) for r in results if _label(r).startswith(spec)), spec)
 
 
 def _phase_images(
@@ -230,24 +246,25 @@ def _window_phase(result: dict[str, Any]) -> str:
 
 
 def _results_table(
-    results: list[dict[str, Any]], backends: tuple[str, ...], accuracy: dict[int, float]
+    results: list[dict[str, Any]], detectors: tuple[str, ...], accuracy: dict[int, float]
 ) -> Table:
     """One row per window: its traffic, accuracy from the labels, and each backend's p-value."""
     table = Table(title="Drift tests per window: MMD p-values beside accuracy from labels")
     table.add_column("window", justify="right")
     table.add_column("traffic", no_wrap=True)
     table.add_column("accuracy", justify="right")
-    for backend in backends:
-        table.add_column(f"p {backend}", justify="right", no_wrap=True)
+    columns = [_column(spec, results) for spec in detectors]
+    for spec in detectors:
+        table.add_column(f"p {spec}", justify="right", no_wrap=True)
     by_window: dict[int, dict[str, dict[str, Any]]] = {}
     for r in results:
-        by_window.setdefault(r["window_index"], {})[r["backend"]] = r
+        by_window.setdefault(r["window_index"], {})[_label(r)] = r
     for index in sorted(by_window):
         row = by_window[index]
         known = accuracy.get(index)
         cells = [str(index), _window_phase(next(iter(row.values())))]
         cells.append("-" if known is None else f"{known:.0%}")
-        cells += [_p_cell(row.get(backend)) for backend in backends]
+        cells += [_p_cell(row.get(column)) for column in columns]
         table.add_row(*cells)
     return table
 
@@ -262,11 +279,14 @@ def _p_cell(result: dict[str, Any] | None) -> str:
     )
 
 
-def _first_drift(results: list[dict[str, Any]], backends: tuple[str, ...]) -> dict[str, int | None]:
+def _first_drift(
+    results: list[dict[str, Any]], detectors: tuple[str, ...]
+) -> dict[str, int | None]:
     first: dict[str, int | None] = {}
-    for backend in backends:
-        hits = [r["window_index"] for r in results if r["backend"] == backend and r["is_drift"]]
-        first[backend] = min(hits) if hits else None
+    for spec in detectors:
+        column = _column(spec, results)
+        hits = [r["window_index"] for r in results if _label(r) == column and r["is_drift"]]
+        first[spec] = min(hits) if hits else None
     return first
 
 
@@ -302,7 +322,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
         traffic = _replay(options, console)
         expected_windows = sum(t.sent for t in traffic) // options.window_size
         with console.status("Waiting for the drift monitor to test every window..."):
-            results = _wait_for_results(options, expected_windows * len(options.backends))
+            results = _wait_for_results(options, expected_windows * len(options.detectors))
         with console.status("Sending the true labels, as a labelling team would later..."):
             accuracy = _label_feedback(options, traffic, events_path)
         time.sleep(1.5)  # one more export interval, so the files below are complete
@@ -325,13 +345,13 @@ def _summarise(
     console: Console,
     started: float,
 ) -> DemoSummary:
-    console.print(_results_table(results, options.backends, accuracy))
+    console.print(_results_table(results, options.detectors, accuracy))
     for t in traffic:
         phase_accuracy = t.correct / max(t.sent - t.failed, 1)
         console.print(
             f"  {t.name:<11} {t.sent} requests, {t.failed} failed, accuracy {phase_accuracy:.1%}"
         )
-    first = _first_drift(results, options.backends)
+    first = _first_drift(results, options.detectors)
     phases = {r["window_index"]: _window_phase(r) for r in results}
     for backend, index in first.items():
         verdict = "never" if index is None else f"at window {index} ({_window_kind(phases[index])})"

@@ -27,7 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=int, default=8000, help="HTTP port for Ray Serve (default 8000)"
     )
-    demo.add_argument("--backends", default="alibi,native", help="MMD backends to run side by side")
+    demo.add_argument(
+        "--detectors",
+        default="combined,mmd:alibi,mmd:native",
+        help="detectors side by side, kind[:backend] (default: the default detector, combined, "
+        "beside alibi-detect's and our MMD)",
+    )
     sentinel = commands.add_parser(
         "sentinel", help="send the labelled sentinel set through the deployed app and record it"
     )
@@ -69,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shift_windows=args.shift_windows,
                 concurrency=args.concurrency,
                 port=args.port,
-                backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+                detectors=tuple(d.strip() for d in args.detectors.split(",") if d.strip()),
             )
         )
         return 0 if summary.ok else 1

@@ -32,7 +32,7 @@ def test_demo_detects_the_shifts_and_not_clean_traffic(serve_instance: ServeInst
             clean_windows=2,
             shift_windows=1,
             port=serve_instance.http_port,
-            backends=("native",),
+            detectors=("combined", "mmd:native"),
         ),
         console=console,
     )
@@ -42,9 +42,14 @@ def test_demo_detects_the_shifts_and_not_clean_traffic(serve_instance: ServeInst
         by_phase.setdefault(_window_phase(result), []).append(result["is_drift"])
     assert set(by_phase) == {"clean", "brightness", "noise", "occlusion"}
     assert all(by_phase["brightness"]) and all(by_phase["occlusion"])
-    drifted = [r["window_index"] for r in summary.results if r["is_drift"]]
-    assert summary.first_drift_window["native"] == min(drifted)
+    for spec, detector in (("combined", "combined"), ("mmd:native", "mmd")):
+        drifted = [
+            r["window_index"]
+            for r in summary.results
+            if r["detector"] == detector and r["is_drift"]
+        ]
+        assert summary.first_drift_window[spec] == min(drifted)
     text = console.export_text()
-    assert "Drift first detected by native" in text and "Windows tested: 5" in text
+    assert "Drift first detected by mmd:native" in text and "Windows tested: 5" in text
     # Labels were sent for every request: each window shows its accuracy beside its p-value.
     assert "accuracy" in text and "events and labels in" in text
