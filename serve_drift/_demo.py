@@ -249,7 +249,7 @@ def _results_table(
     results: list[dict[str, Any]], detectors: tuple[str, ...], accuracy: dict[int, float]
 ) -> Table:
     """One row per window: its traffic, accuracy from the labels, and each backend's p-value."""
-    table = Table(title="Drift tests per window: MMD p-values beside accuracy from labels")
+    table = Table(title="Drift tests per window: p-values beside accuracy from labels")
     table.add_column("window", justify="right")
     table.add_column("traffic", no_wrap=True)
     table.add_column("accuracy", justify="right")
