@@ -300,6 +300,8 @@ class ImageClassifier:
 
 def _mark_input_stats(admitted: Admitted) -> None:
     """Per-image statistics for the event log (brightness, contrast, sharpness, channel means)."""
+    if not mark_request():  # not a monitored request: nobody would record them
+        return
     for row, decoded in enumerate(admitted.payload.images):
         stats = compute_input_stats(np.asarray(decoded.image), max_side=INPUT_STATS_MAX_SIDE)
         mark_request(row=row, input_stats=stats)
