@@ -53,42 +53,33 @@ def _builder(*, kind: str, backend: str) -> Builder:
     return _BUILDERS[(kind, backend)]
 
 
+def _permutation_test(config: DetectorConfig) -> dict[str, Any]:
+    """The arguments every permutation-test detector takes, from its config."""
+    return {
+        "p_value_threshold": config.p_value_threshold,
+        "n_permutations": config.n_permutations,
+        "device": config.device,
+        "seed": config.seed,
+    }
+
+
 def _native_mmd(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
     from serve_drift.detectors.mmd_native import NativeMMD
 
-    return NativeMMD(
-        reference,
-        p_value_threshold=config.p_value_threshold,
-        n_permutations=config.n_permutations,
-        device=config.device,
-        seed=config.seed,
-    )
+    return NativeMMD(reference, **_permutation_test(config))
 
 
 def _alibi_mmd(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
     # Deferred: importing alibi-detect takes seconds and it is only needed for this backend.
     from serve_drift.detectors.mmd_alibi import AlibiMMD
 
-    return AlibiMMD(
-        reference,
-        p_value_threshold=config.p_value_threshold,
-        n_permutations=config.n_permutations,
-        device=config.device,
-        seed=config.seed,
-    )
+    return AlibiMMD(reference, **_permutation_test(config))
 
 
 def _native_classifier(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
     from serve_drift.detectors.classifier_native import NativeClassifier
 
-    return NativeClassifier(
-        reference,
-        p_value_threshold=config.p_value_threshold,
-        n_permutations=config.n_permutations,
-        ridge=config.ridge,
-        device=config.device,
-        seed=config.seed,
-    )
+    return NativeClassifier(reference, ridge=config.ridge, **_permutation_test(config))
 
 
 def _alibi_classifier(config: DetectorConfig, reference: np.ndarray, _: Any) -> DriftDetector:
@@ -142,11 +133,8 @@ def _native_combined(
         reference,
         reference_probabilities=probabilities,
         components=config.components,
-        p_value_threshold=config.p_value_threshold,
-        n_permutations=config.n_permutations,
         ridge=config.ridge,
-        device=config.device,
-        seed=config.seed,
+        **_permutation_test(config),
     )
 
 
