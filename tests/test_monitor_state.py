@@ -9,9 +9,10 @@ import pytest
 
 from serve_drift import DriftConfig, ReferenceSet
 from serve_drift import _telemetry as tel
-from serve_drift._events import EventBatch, InferenceEvent
+from serve_drift._events import EventBatch
 from serve_drift._monitor import MonitorState, Untested
 from serve_drift._windows import Window
+from tests.batches import event_batch
 from tests.telemetry_memory import memory_telemetry, metric_points
 
 DIM = 8
@@ -27,21 +28,7 @@ def _reference(tmp_path: Path, *, rows: int = 300) -> str:
 
 
 def _batch(embeddings: np.ndarray, *, start: int = 0, version: str = "1") -> EventBatch:
-    events = tuple(
-        InferenceEvent(
-            correlation_id=f"c-{start + i}",
-            internal_id=f"i-{start + i}",
-            timestamp=1000.0 + start + i,
-            model_name="m",
-            model_version=version,
-            predicted_class=0,
-            confidence=0.9,
-            trace_id=f"{start + i + 1:032x}",
-            span_id=f"{start + i + 1:016x}",
-        )
-        for i in range(len(embeddings))
-    )
-    return EventBatch(embeddings=embeddings.astype(np.float32), events=events, replica_id="r")
+    return event_batch(embeddings, start=start, version=version)
 
 
 def _windows(jobs: list) -> list[Window]:

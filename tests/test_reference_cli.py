@@ -15,12 +15,13 @@ from PIL import Image
 
 from serve_drift import DriftConfig, ReferenceSet
 from serve_drift._embed import embed_outputs
-from serve_drift._events import EventBatch, InferenceEvent
+from serve_drift._events import EventBatch
 from serve_drift._monitor import DriftMonitor, MonitorState
 from serve_drift._reference import ReferenceIntegrityError
 from serve_drift._reference_cli import find_images, main, save_traffic_sample
 from serve_drift._traffic_sample import TrafficSample
 from serve_drift.cli import main as cli_main
+from tests.batches import event_batch
 
 
 def with_probabilities(rows: int = 30) -> ReferenceSet:
@@ -225,23 +226,9 @@ def test_inspect_verifies_and_prints_the_lineage(
 
 
 def traffic_batch(n: int, *, start: int, version: str = "1") -> EventBatch:
-    events = tuple(
-        InferenceEvent(
-            correlation_id=f"c-{start + i}",
-            internal_id=f"i-{start + i}",
-            timestamp=1000.0 + start + i,
-            model_name="m",
-            model_version=version,
-            predicted_class=0,
-            confidence=0.9,
-            trace_id="0" * 32,
-            span_id="0" * 16,
-        )
-        for i in range(n)
-    )
     rows = np.random.default_rng(start).normal(size=(n, 4)).astype(np.float32)
     probs = np.random.default_rng(start).dirichlet(np.ones(3), size=n).astype(np.float32)
-    return EventBatch(embeddings=rows, events=events, replica_id="r", probabilities=probs)
+    return event_batch(rows, start=start, version=version, probabilities=probs)
 
 
 def test_the_traffic_sample_is_uniform_and_bounded() -> None:

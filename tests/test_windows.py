@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from serve_drift import DriftConfig, ReferenceSet
 from serve_drift._config import MonitorUpdate, WindowConfig
-from serve_drift._events import EventBatch, InferenceEvent
+from serve_drift._events import EventBatch
 from serve_drift._monitor import DriftMonitor, MonitorState, Untested
 from serve_drift._windows import (
     CountWindows,
@@ -22,6 +22,7 @@ from serve_drift._windows import (
     make_windows,
     reconfigure_windows,
 )
+from tests.batches import event_batch
 
 DIM = 4
 
@@ -34,24 +35,9 @@ def batch(
     times: list[float] | None = None,
     probabilities: bool = True,
 ) -> EventBatch:
-    times = times if times is not None else [1000.0 + start + i for i in range(n)]
-    events = tuple(
-        InferenceEvent(
-            correlation_id=f"c-{start + i}",
-            internal_id=f"i-{start + i}",
-            timestamp=times[i],
-            model_name="m",
-            model_version=version,
-            predicted_class=0,
-            confidence=0.9,
-            trace_id=f"{start + i + 1:032x}",
-            span_id=f"{start + i + 1:016x}",
-        )
-        for i in range(n)
-    )
     rows = np.arange(start, start + n, dtype=np.float32)[:, None].repeat(DIM, axis=1)
     probs = np.full((n, 3), 1 / 3, dtype=np.float32) if probabilities else None
-    return EventBatch(embeddings=rows, events=events, replica_id="r", probabilities=probs)
+    return event_batch(rows, start=start, version=version, times=times, probabilities=probs)
 
 
 def ids(window: Window) -> list[int]:
