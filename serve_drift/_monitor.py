@@ -300,6 +300,7 @@ class DriftMonitor:
             **self._state.health(),
             "pending_windows": self._pending_windows,
             "checked_at": time.time(),
+            "pid": os.getpid(),  # which process answered: a restarted monitor is a new one
         }
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
