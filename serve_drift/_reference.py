@@ -240,19 +240,12 @@ def _check_probabilities_match(probabilities: Any, lineage: ReferenceLineage) ->
         raise ReferenceIntegrityError(
             "reference probabilities must be a float32 numpy array", code="reference_corrupt"
         )
-    if probabilities.shape != (lineage.count, lineage.num_classes):
-        raise ReferenceIntegrityError(
-            f"probabilities have shape {probabilities.shape}, lineage says "
-            f"({lineage.count}, {lineage.num_classes})",
-            code="reference_lineage_mismatch",
-        )
-    actual = content_hash(probabilities)
-    if actual != lineage.probabilities_hash:
-        raise ReferenceIntegrityError(
-            f"reference probabilities hash to {actual}, lineage records "
-            f"{lineage.probabilities_hash}: the file was modified or corrupted",
-            code="reference_hash_mismatch",
-        )
+    _check_recorded(
+        probabilities,
+        what="probabilities",
+        shape=(lineage.count, lineage.num_classes),
+        recorded_hash=lineage.probabilities_hash,
+    )
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -262,16 +255,27 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 def _check_lineage_matches(embeddings: np.ndarray, lineage: ReferenceLineage) -> None:
-    if embeddings.ndim != 2 or embeddings.shape != (lineage.count, lineage.dim):
+    _check_recorded(
+        embeddings,
+        what="embeddings",
+        shape=(lineage.count, lineage.dim),
+        recorded_hash=lineage.content_hash,
+    )
+
+
+def _check_recorded(
+    array: np.ndarray, *, what: str, shape: tuple[int, ...], recorded_hash: str | None
+) -> None:
+    """The array has the shape and content hash its lineage recorded."""
+    if array.shape != shape:
         raise ReferenceIntegrityError(
-            f"embeddings have shape {embeddings.shape}, lineage says "
-            f"({lineage.count}, {lineage.dim})",
+            f"{what} have shape {array.shape}, lineage says {shape}",
             code="reference_lineage_mismatch",
         )
-    actual = content_hash(embeddings)
-    if actual != lineage.content_hash:
+    actual = content_hash(array)
+    if actual != recorded_hash:
         raise ReferenceIntegrityError(
-            f"reference embeddings hash to {actual}, lineage records {lineage.content_hash}: "
+            f"reference {what} hash to {actual}, lineage records {recorded_hash}: "
             "the file was modified or corrupted",
             code="reference_hash_mismatch",
         )
