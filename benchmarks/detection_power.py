@@ -9,12 +9,12 @@ every repetition draws a reference set and a disjoint test sample. Part of the t
   500 images, sample sizes 10, 20, 50, 100, 200, 500) and scikit-image's ``lfw_subset``
   (200 25x25 faces and non-faces; CNN trained on 40 %, reference 60, sample sizes 10, 20, 50,
   as large as 120 held-out images allow);
-- shifts: Gaussian noise, brightness, blur, occlusion, rotation (``serve_drift.shifts``), each
+- shifts: Gaussian noise, brightness, blur, occlusion, rotation (``serve_drift.tools.shifts``), each
   at severities small/medium/large = 0.1/0.3/0.6, on affected fractions 0.1/0.5/1.0, plus no
   shift; alpha = 0.05; 100 repetitions per (shift, severity, fraction, size) and 1000 per size
   under no shift;
 - embeddings and softmax probabilities come from the serving capture hooks
-  (``serve_drift._embed.embed_outputs``). Each pool is embedded once clean and once per
+  (``serve_drift.reference.embed.embed_outputs``). Each pool is embedded once clean and once per
   (shift, severity), with one shifted version of every image; draws then pick rows.
 
 Detectors run on every draw: the default (``combined``), ``mmd``, ``classifier`` and ``bbsd``
@@ -64,10 +64,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_drift._config import DetectorConfig, default_detectors
-from serve_drift._embed import ModelOutputs, embed_outputs
+from serve_drift.config import DetectorConfig, default_detectors
 from serve_drift.detectors import build_detector
-from serve_drift.shifts import apply_shift, shift_mask
+from serve_drift.reference.embed import ModelOutputs, embed_outputs
+from serve_drift.tools.shifts import apply_shift, shift_mask
 
 ALPHA = 0.05
 FPR_LIMIT = 0.067

@@ -32,14 +32,9 @@ import numpy as np
 
 from serve_drift.eventlog.recorder import EventRecorder
 from serve_drift.eventlog.sampling import AccountingSnapshot, Sampler
-from serve_drift.eventlog.schema import (
-    InferenceRecord,
-    InputStats,
-    Outputs,
-    clean_context,
-    compute_input_stats,
-)
+from serve_drift.eventlog.schema import InferenceRecord, InputStats, Outputs, clean_context
 from serve_drift.eventlog.store import EventStore, Synchronous
+from serve_drift.ingress.stats import compute_input_stats
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ alibi-detect, and maybe no pydantic. Importing the ``serve_drift`` package would
 Instead it registers bare stub packages ``serve_drift`` and ``serve_drift.detectors`` in
 ``sys.modules`` (with ``__path__`` pointing at the source folders, so their ``__init__.py`` never
 runs) and loads the torch-only modules it needs by file path, in dependency order:
-``_results`` -> ``detectors.base`` -> ``detectors._validate`` -> ``detectors.mmd_native`` and
-``_capture``. None of them imports pydantic, Ray or OpenTelemetry; the script prints which of
+``messages`` -> ``detectors.base`` -> ``detectors.validate`` -> ``detectors.mmd_native`` and
+``capture``. None of them imports pydantic, Ray or OpenTelemetry; the script prints which of
 those ended up imported, to prove it. ``build_detector`` is not used (its registry imports the
-pydantic ``_config``): :class:`NativeMMD` is built directly with the same keyword arguments.
+pydantic ``config``): :class:`NativeMMD` is built directly with the same keyword arguments.
 
 Exit status: 0 when every check passed, 1 when a check failed or a section raised something
 other than an out-of-memory error.
@@ -78,27 +78,26 @@ def _load_by_path(name: str, path: Path) -> types.ModuleType:
 
 
 def load_torch_only_modules() -> tuple[types.ModuleType, types.ModuleType]:
-    """``(_capture, detectors.mmd_native)`` loaded by file path under stub parent packages."""
+    """``(capture, detectors.mmd_native)`` loaded by file path under stub parent packages."""
     before = {name for name in HEAVY_DEPENDENCIES if sys.modules.get(name) is not None}
     root = _stub_package("serve_drift", PACKAGE_DIR)
     root.detectors = _stub_package("serve_drift.detectors", PACKAGE_DIR / "detectors")
     for name, relative in (
-        ("serve_drift._results", "_results.py"),
+        ("serve_drift.messages", "messages.py"),
         ("serve_drift.detectors.base", "detectors/base.py"),
-        ("serve_drift.detectors._validate", "detectors/_validate.py"),
         ("serve_drift.detectors.mmd_native", "detectors/mmd_native.py"),
-        ("serve_drift._capture", "_capture.py"),
+        ("serve_drift.capture", "capture.py"),
     ):
         _load_by_path(name, PACKAGE_DIR / relative)
     after = {name for name in HEAVY_DEPENDENCIES if sys.modules.get(name) is not None}
     pulled = sorted(after - before)
     print(
-        "loaded serve_drift._capture and serve_drift.detectors.mmd_native by file path "
+        "loaded serve_drift.capture and serve_drift.detectors.mmd_native by file path "
         f"(stub parent packages); heavy deps pulled in: {pulled or 'none'}"
     )
     if pulled:
         FAILURES.append(f"loading torch-only modules imported {pulled}")
-    return sys.modules["serve_drift._capture"], sys.modules["serve_drift.detectors.mmd_native"]
+    return sys.modules["serve_drift.capture"], sys.modules["serve_drift.detectors.mmd_native"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from serve_drift.ingress import IngressConfig, InputProfile, decode_payload, evaluate
-from serve_drift.ingress._policy import decide
+from serve_drift.ingress.policy import decide
 
 SIZES = [(8, 8), (64, 64), (224, 224), (640, 480), (1920, 1080), (4032, 3024)]
 FORMATS = [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
@@ -130,7 +130,7 @@ def tensor_rows(*, budget_s: float) -> list[tuple[str, ...]]:
 def forward_rows(*, budget_s: float, quick: bool) -> list[tuple[str, ...]]:
     import torchvision
 
-    from serve_drift.apps._models import imagenet_preprocess
+    from serve_drift.apps.model_loading import imagenet_preprocess
     from serve_drift.models.digits import DigitsCNN, preprocess_digits
 
     digit = [photo_like(8, 8).convert("L")]

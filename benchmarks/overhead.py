@@ -100,8 +100,8 @@ def deploy_both(port: int, drift_overrides: dict) -> None:
 
 
 def png_bodies(n: int) -> list[bytes]:
-    from serve_drift._imageio import encode_png
     from serve_drift.models.digits import split_digits
+    from serve_drift.tools.imageio import encode_png
 
     images = split_digits(seed=0).test_images[:n]
     return [encode_png(image) for image in images]
@@ -149,12 +149,12 @@ def in_process_benchmark(iterations: int) -> tuple[float, float]:
     import torch
 
     from serve_drift import monitored
-    from serve_drift._wrap import replica_monitor
     from serve_drift.models.digits import (
         load_or_train_digits_model,
         preprocess_digits,
         split_digits,
     )
+    from serve_drift.replica.decorator import replica_monitor
 
     model, _ = load_or_train_digits_model()
     x = preprocess_digits(split_digits(seed=0).test_images[:1])

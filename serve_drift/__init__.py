@@ -1,10 +1,11 @@
 """serve-drift: drift detection for PyTorch vision models served with Ray Serve.
 
 Importing the package does no work and changes no global state (no OpenTelemetry providers,
-no Ray connection); :func:`configure_telemetry` is the opt-in SDK setup.
+no Ray connection); :func:`configure_telemetry` is the opt-in SDK setup. This module only
+re-exports the public surface; the README's "Architecture" section maps the packages.
 """
 
-from serve_drift._config import (
+from serve_drift.config import (
     DetectorConfig,
     DriftConfig,
     EventLogConfig,
@@ -12,13 +13,13 @@ from serve_drift._config import (
     TelemetryConfig,
     WindowConfig,
 )
-from serve_drift._deploy import monitor_deployment, monitored_app
-from serve_drift._marks import mark_request
-from serve_drift._monitor import DriftMonitor
-from serve_drift._reference import ReferenceLineage, ReferenceSet
-from serve_drift._results import DriftResult, DriftStatistic
-from serve_drift._wrap import monitored
-from serve_drift.telemetry_setup import TelemetryDestination, configure_telemetry
+from serve_drift.errors import ServeDriftError
+from serve_drift.messages import DriftResult, DriftStatistic
+from serve_drift.monitor import DriftMonitor, monitor_deployment, monitored_app
+from serve_drift.reference import ReferenceLineage, ReferenceSet, build_reference, embed_outputs
+from serve_drift.replica import monitored
+from serve_drift.request_context import mark_request
+from serve_drift.telemetry import TelemetryDestination, configure_telemetry
 
 __all__ = [
     "DetectorConfig",
@@ -29,11 +30,14 @@ __all__ = [
     "EventLogConfig",
     "ReferenceLineage",
     "ReferenceSet",
+    "ServeDriftError",
     "ShippingConfig",
     "TelemetryConfig",
     "TelemetryDestination",
     "WindowConfig",
+    "build_reference",
     "configure_telemetry",
+    "embed_outputs",
     "mark_request",
     "monitor_deployment",
     "monitored",

@@ -19,15 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_drift import _env
-from serve_drift import _telemetry as tel
-from serve_drift._config import DriftConfig
-from serve_drift._deploy import monitored_app
-from serve_drift._ids import current_request_ids
-from serve_drift._marks import mark_request
-from serve_drift._wrap import monitored, replica_monitor
-from serve_drift.apps._models import LoadedModel, ModelSpec, load_model, model_version
+from serve_drift.apps.model_loading import LoadedModel, ModelSpec, load_model, model_version
+from serve_drift.config import DriftConfig
 from serve_drift.eventlog.labels import parse_labels
-from serve_drift.eventlog.schema import compute_input_stats
 from serve_drift.ingress import (
     CHECK_NAMES,
     Admitted,
@@ -37,6 +31,11 @@ from serve_drift.ingress import (
     InputProfile,
     QuarantineStore,
 )
+from serve_drift.ingress.stats import compute_input_stats
+from serve_drift.monitor.deployment import monitored_app
+from serve_drift.replica.decorator import monitored, replica_monitor
+from serve_drift.request_context import current_request_ids, mark_request
+from serve_drift.telemetry import instruments as tel
 
 MONITOR_TIMEOUT_S = 2.0
 LABELS_TIMEOUT_S = 10.0
@@ -228,7 +227,9 @@ class ImageClassifier:
         except Exception:
             error = IngressError("monitor_unavailable", "the drift monitor did not answer")
             return self._reject(error, correlation_id)
-        return JSONResponse({"model_version": self.loaded.version, "results": results})
+        return JSONResponse(
+            {"model_version": self.loaded.version, "results": [r.to_dict() for r in results]}
+        )
 
     async def _labels(self, request: Request, correlation_id: str) -> Response:
         """Ground truth, later: ``{"correlation_id": "...", "label": 3}`` or ``{"labels": [...]}``.
@@ -258,32 +259,29 @@ class ImageClassifier:
         if answers is None:
             disabled = IngressError("event_store_unavailable", "the event log is disabled")
             return self._reject(disabled, correlation_id)
-        return JSONResponse({"request_id": correlation_id, "results": answers})
+        return JSONResponse(
+            {"request_id": correlation_id, "results": [a.to_dict() for a in answers]}
+        )
 
     async def _health(self) -> Response:
         monitor = replica_monitor(self)
         replica = monitor.replica_health()
         try:
-            monitor_health = await asyncio.wait_for(
-                monitor.monitor_call("health"), MONITOR_TIMEOUT_S
-            )
+            health = await asyncio.wait_for(monitor.monitor_call("health"), MONITOR_TIMEOUT_S)
+            monitor_health = health.to_dict()
         except Exception as exc:
             monitor_health = {
                 "status": "unreachable",
                 "reasons": [f"drift monitor did not answer ({type(exc).__name__})"],
             }
-        reasons = list(monitor_health.get("reasons", [])) + replica["reasons"]
-        status = (
-            "ready"
-            if monitor_health.get("status") == "ready" and not replica["reasons"]
-            else "degraded"
-        )
+        reasons = [*monitor_health["reasons"], *replica.reasons]
+        ready = monitor_health["status"] == "ready" and not replica.reasons
         return JSONResponse(
             {
-                "status": status,
+                "status": "ready" if ready else "degraded",
                 "reasons": reasons,
                 "model_version": self.loaded.version,
-                "replica": replica,
+                "replica": replica.to_dict(),
                 "monitor": monitor_health,
                 "ingress": self._ingress_health(),
             }

@@ -7,21 +7,16 @@ an exact min-p correction). ``native`` is ours (PyTorch/SciPy, Apache-2.0); ``al
 alibi-detect (Business Source License 1.1), imported only when that backend is built.
 """
 
-from serve_drift.detectors._registry import BACKENDS, build_detector
-from serve_drift.detectors.base import (
-    CombinedStatistic,
-    ComponentStatistic,
-    DetectorInputError,
-    DriftDetector,
-    OnlineStatistic,
-)
+from serve_drift.detectors.base import DetectorInputError, DriftDetector, OnlineStatistic
+from serve_drift.detectors.registry import BACKENDS, build_detector
+from serve_drift.messages import ComponentStatistic, DriftStatistic
 
 __all__ = [
     "BACKENDS",
-    "CombinedStatistic",
     "ComponentStatistic",
     "DetectorInputError",
     "DriftDetector",
+    "DriftStatistic",
     "OnlineStatistic",
     "build_detector",
 ]

@@ -12,14 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from serve_drift._results import DriftStatistic
-from serve_drift.detectors._alibi import import_alibi
-from serve_drift.detectors._validate import check_probabilities, require_probabilities
-from serve_drift.detectors.base import DetectorInputError
-from serve_drift.detectors.bbsd import _rows
+from serve_drift.detectors.alibi_support import import_alibi
+from serve_drift.detectors.base import ProbabilityDetector
+from serve_drift.messages import DriftStatistic
 
 
-class AlibiBBSD:
+class AlibiBBSD(ProbabilityDetector):
     """``alibi_detect.cd.KSDrift`` with Bonferroni correction, on the model's probabilities.
 
     >>> import numpy as np
@@ -34,30 +32,25 @@ class AlibiBBSD:
     backend = "alibi"
 
     def __init__(self, *, reference_probabilities: Any, p_value_threshold: float = 0.05) -> None:
-        if reference_probabilities is None:
-            raise DetectorInputError(
-                "the bbsd detector needs the reference set's softmax probabilities; "
-                "build the reference with `serve-drift reference build` to include them"
-            )
-        reference = check_probabilities(reference_probabilities, rows=None, what="reference set")
-        self.p_value_threshold = p_value_threshold
-        self.num_classes = int(reference.shape[1])
+        super().__init__(
+            reference_probabilities=reference_probabilities, p_value_threshold=p_value_threshold
+        )
         self._detector = import_alibi("KSDrift")(
-            reference.astype(np.float32), p_val=p_value_threshold, correction="bonferroni"
+            self.reference_probabilities.astype(np.float32),
+            p_val=p_value_threshold,
+            correction="bonferroni",
         )
 
     def test(
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None
     ) -> DriftStatistic:
-        probs = require_probabilities(
-            probabilities, rows=_rows(window), classes=self.num_classes, detector="bbsd"
-        )
+        probs = self.window_probabilities(window, probabilities)
         data = self._detector.predict(
             probs.astype(np.float32), return_p_val=True, return_distance=True
         )["data"]
         p_values = np.asarray(data["p_val"], dtype=np.float64)
         return DriftStatistic(
-            p_value=float(min(1.0, self.num_classes * p_values.min())),
+            p_value=self.bonferroni(p_values),
             distance=float(np.max(data["distance"])),
             distance_threshold=None,
         )

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from serve_drift._results import DriftStatistic
-from serve_drift.detectors._alibi import SeededRuns, import_alibi
-from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
+from serve_drift.detectors.alibi_support import SeededRuns, import_alibi
+from serve_drift.detectors.base import EmbeddingDetector
+from serve_drift.detectors.validate import as_compute_dtype, check_window
+from serve_drift.messages import DriftStatistic
 
 
-class AlibiClassifier:
+class AlibiClassifier(EmbeddingDetector):
     """``alibi_detect.cd.ClassifierDrift(backend="sklearn")`` with a logistic regression.
 
     >>> import numpy as np
@@ -41,9 +42,9 @@ class AlibiClassifier:
         n_folds: int | None = None,
         seed: int | None = 0,
     ) -> None:
-        x_ref = as_compute_dtype(check_reference(reference), dtype=np.float32, what="reference set")
-        self.p_value_threshold = p_value_threshold
-        self._dim = x_ref.shape[1]
+        # scikit-learn fits on the CPU whatever devices the machine has.
+        super().__init__(reference, p_value_threshold=p_value_threshold, device="cpu")
+        x_ref = as_compute_dtype(self.reference, dtype=np.float32, what="reference set")
         # alibi draws the train/test split from numpy's global generator.
         self._runs = SeededRuns(seed)
         self._detector = import_alibi("ClassifierDrift")(
@@ -62,7 +63,7 @@ class AlibiClassifier:
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None
     ) -> DriftStatistic:
         """alibi's classifier test of ``window`` (M, d); ``probabilities`` are not used."""
-        x = as_compute_dtype(check_window(window, dim=self._dim), dtype=np.float32, what="window")
+        x = as_compute_dtype(check_window(window, dim=self.dim), dtype=np.float32, what="window")
         with self._runs.run():
             data = self._detector.predict(
                 x, return_p_val=True, return_distance=True, return_probs=False, return_model=False

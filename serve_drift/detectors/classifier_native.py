@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_drift._results import DriftStatistic
-from serve_drift.detectors import _permutation as perm
-from serve_drift.detectors._permutation import check_test_params
-from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
-from serve_drift.detectors.mmd_native import resolve_device
+from serve_drift.detectors import permutation as perm
+from serve_drift.detectors.base import PermutationDetector
+from serve_drift.detectors.validate import as_compute_dtype, check_window
+from serve_drift.messages import DriftStatistic
 
 
-class NativeClassifier:
+class NativeClassifier(PermutationDetector):
     """Regularised linear-discriminant two-sample test with permutation p-values.
 
     The p-value is ``(1 + #{permuted >= observed}) / (1 + n_permutations)``, never 0.
@@ -57,19 +56,15 @@ class NativeClassifier:
         device: str | torch.device | None = None,
         seed: int | None = 0,
     ) -> None:
-        check_test_params(p_value_threshold=p_value_threshold, n_permutations=n_permutations)
-        self.p_value_threshold = p_value_threshold
-        self.n_permutations = n_permutations
-        self.ridge = _check_ridge(ridge)
-        self.device = resolve_device(device)
-        self._x_ref = _to_tensor(
-            check_reference(reference), what="reference set", device=self.device
+        super().__init__(
+            reference,
+            p_value_threshold=p_value_threshold,
+            n_permutations=n_permutations,
+            device=device,
         )
+        self.ridge = _check_ridge(ridge)
+        self._x_ref = _to_tensor(self.reference, what="reference set", device=self.device)
         self._generator = perm.make_generator(seed=seed, device=self.device)
-
-    @property
-    def dim(self) -> int:
-        return int(self._x_ref.shape[1])
 
     def test(
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None

@@ -30,26 +30,22 @@ import numpy as np
 import torch
 from scipy import stats
 
-from serve_drift.detectors import _permutation as perm
 from serve_drift.detectors import mmd_native
-from serve_drift.detectors._validate import (
+from serve_drift.detectors import permutation as perm
+from serve_drift.detectors.base import DetectorInputError, PermutationDetector
+from serve_drift.detectors.classifier_native import discriminant_statistics
+from serve_drift.detectors.validate import (
     as_compute_dtype,
     check_probabilities,
-    check_reference,
     check_window,
 )
-from serve_drift.detectors.base import (
-    CombinedStatistic,
-    ComponentStatistic,
-    DetectorInputError,
-)
-from serve_drift.detectors.classifier_native import discriminant_statistics
+from serve_drift.messages import ComponentStatistic, DriftStatistic
 
 COMPONENTS = ("classifier", "confidence", "mmd")
 DEFAULT_COMPONENTS = ("classifier", "confidence")
 
 
-class CombinedDetector:
+class CombinedDetector(PermutationDetector):
     """Min-p combination of the ``components`` over shared permutations (see the module doc).
 
     >>> import numpy as np
@@ -77,25 +73,24 @@ class CombinedDetector:
         device: str | torch.device | None = None,
         seed: int | None = 0,
     ) -> None:
-        perm.check_test_params(p_value_threshold=p_value_threshold, n_permutations=n_permutations)
+        super().__init__(
+            reference,
+            p_value_threshold=p_value_threshold,
+            n_permutations=n_permutations,
+            device=device,
+        )
         self.components = _check_components(components)
-        self.p_value_threshold = p_value_threshold
-        self.n_permutations = n_permutations
         self.ridge = ridge
-        self.device = mmd_native.resolve_device(device)
-        x_ref = check_reference(reference)
-        self._x_ref = _tensor(x_ref, what="reference set", device=self.device)
-        self._confidence_ref = _reference_confidence(reference_probabilities, rows=len(x_ref))
+        self._x_ref = _tensor(self.reference, what="reference set", device=self.device)
+        self._confidence_ref = _reference_confidence(
+            reference_probabilities, rows=self.reference_size
+        )
         self._mmd = (
-            mmd_native.NativeMMD(x_ref, n_permutations=1, device=self.device)
+            mmd_native.NativeMMD(self.reference, n_permutations=1, device=self.device)
             if "mmd" in self.components
             else None
         )
         self._generator = perm.make_generator(seed=seed, device=self.device)
-
-    @property
-    def dim(self) -> int:
-        return int(self._x_ref.shape[1])
 
     @property
     def num_classes(self) -> int | None:
@@ -103,7 +98,7 @@ class CombinedDetector:
 
     def test(
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None
-    ) -> CombinedStatistic:
+    ) -> DriftStatistic:
         """Run the components on ``window`` (M, d) and its softmax ``probabilities`` (M, C)."""
         y = _tensor(check_window(window, dim=self.dim), what="window", device=self.device)
         confidence = self._pooled_confidence(probabilities, rows=int(y.shape[0]))
@@ -157,7 +152,7 @@ class CombinedDetector:
         return torch.as_tensor(ranks, dtype=perm.DTYPE, device=self.device)
 
 
-def _combine(statistics: dict[str, torch.Tensor], *, skipped: tuple[str, ...]) -> CombinedStatistic:
+def _combine(statistics: dict[str, torch.Tensor], *, skipped: tuple[str, ...]) -> DriftStatistic:
     """Tippett's min-p over components, calibrated on the shared permutations."""
     total = next(iter(statistics.values())).numel()
     per_split = {name: perm.exceed_counts(values) for name, values in statistics.items()}
@@ -172,7 +167,7 @@ def _combine(statistics: dict[str, torch.Tensor], *, skipped: tuple[str, ...]) -
         )
         for name, values in statistics.items()
     )
-    return CombinedStatistic(
+    return DriftStatistic(
         p_value=combined,
         distance=components[0].statistic,
         distance_threshold=None,

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_drift._results import DriftStatistic
-from serve_drift.detectors._alibi import import_alibi
-from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
-from serve_drift.detectors.mmd_native import resolve_device
+from serve_drift.detectors.alibi_support import import_alibi
+from serve_drift.detectors.base import PermutationDetector
+from serve_drift.detectors.validate import as_compute_dtype, check_window
+from serve_drift.messages import DriftStatistic
 
 
-class AlibiMMD:
+class AlibiMMD(PermutationDetector):
     """``alibi_detect.cd.MMDDrift(backend="pytorch")`` with our input checks and result type.
 
     alibi draws permutations from torch's global CPU generator. With an integer ``seed`` each
@@ -53,12 +53,14 @@ class AlibiMMD:
         device: str | torch.device | None = None,
         seed: int | None = 0,
     ) -> None:
-        x_ref = as_compute_dtype(check_reference(reference), dtype=np.float32, what="reference set")
-        self.device = resolve_device(device)
-        self.p_value_threshold = p_value_threshold
-        self.n_permutations = n_permutations
+        super().__init__(
+            reference,
+            p_value_threshold=p_value_threshold,
+            n_permutations=n_permutations,
+            device=device,
+        )
+        x_ref = as_compute_dtype(self.reference, dtype=np.float32, what="reference set")
         self._seeds = None if seed is None else torch.Generator().manual_seed(seed)
-        self._dim = x_ref.shape[1]
         mmd_drift = _import_mmd_drift()
         # A torch.device, not a string: alibi 0.13 maps any string other than "cuda"/"gpu"/
         # "cpu" (e.g. "cuda:1") to the CPU with only a log message.
@@ -79,7 +81,7 @@ class AlibiMMD:
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None
     ) -> DriftStatistic:
         """alibi's permutation test of ``window`` (M, d); ``probabilities`` are not used."""
-        x = as_compute_dtype(check_window(window, dim=self._dim), dtype=np.float32, what="window")
+        x = as_compute_dtype(check_window(window, dim=self.dim), dtype=np.float32, what="window")
         with self._seeded_rng():
             data = self._detector.predict(x, return_p_val=True, return_distance=True)["data"]
         return DriftStatistic(
@@ -109,7 +111,7 @@ class AlibiMMD:
 def _import_mmd_drift() -> Any:
     """Import ``alibi_detect.cd.MMDDrift``, which takes seconds, only when it is needed.
 
-    Import alibi-detect through this (or :func:`serve_drift.detectors._alibi.import_alibi`)
+    Import alibi-detect through this (or :func:`serve_drift.detectors.alibi_support.import_alibi`)
     before any direct ``alibi_detect`` import under warnings-as-errors: it filters the
     FutureWarning that alibi-detect 0.13 raises at import time on torch 2.14.
     """

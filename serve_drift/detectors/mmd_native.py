@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_drift._results import DriftStatistic
-from serve_drift.detectors._permutation import check_test_params, make_generator, random_subsets
-from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
-from serve_drift.detectors.base import DetectorInputError
+from serve_drift.detectors.base import DetectorInputError, PermutationDetector
+from serve_drift.detectors.permutation import make_generator, random_subsets
+from serve_drift.detectors.validate import as_compute_dtype, check_window
+from serve_drift.messages import DriftStatistic
 
 # Everything is computed in float64. MMD² is a small difference of large kernel sums (under no
 # drift about 1e-3 of each sum), so float32 loses 3-4 significant digits there; float64 keeps
@@ -46,24 +46,7 @@ _BLOCK_BYTES = 64 * 2**20
 _MEDIAN_ROWS = 4096
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device to run on: ``None`` picks CUDA when available, else CPU.
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid torch device {device!r}: {exc}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
-    return resolved
-
-
-class NativeMMD:
+class NativeMMD(PermutationDetector):
     """Kernel MMD two-sample test of each window against a fixed reference set.
 
     The Gaussian RBF bandwidth is inferred once from the reference set with alibi-detect's
@@ -109,13 +92,13 @@ class NativeMMD:
         sigma: float | None = None,
         max_cached_rows: int | None = None,
     ) -> None:
-        check_test_params(p_value_threshold=p_value_threshold, n_permutations=n_permutations)
-        self.p_value_threshold = p_value_threshold
-        self.n_permutations = n_permutations
-        self.device = resolve_device(device)
-        self._x_ref = _to_tensor(
-            check_reference(reference), what="reference set", device=self.device
+        super().__init__(
+            reference,
+            p_value_threshold=p_value_threshold,
+            n_permutations=n_permutations,
+            device=device,
         )
+        self._x_ref = _to_tensor(self.reference, what="reference set", device=self.device)
         limit = _default_cached_rows() if max_cached_rows is None else max_cached_rows
         self.blockwise = self.reference_size > limit
         self._k_xx: torch.Tensor | None = None
@@ -137,14 +120,6 @@ class NativeMMD:
             rows = np.random.default_rng(0).choice(self.reference_size, _MEDIAN_ROWS, replace=False)
             sample = self._x_ref[torch.as_tensor(np.sort(rows), device=self.device)]
         return _median_sigma(_squared_distances(sample, sample))
-
-    @property
-    def reference_size(self) -> int:
-        return int(self._x_ref.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self._x_ref.shape[1])
 
     def test(
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None

@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_drift.detectors._alibi import SeededRuns, import_alibi
-from serve_drift.detectors._validate import as_compute_dtype, check_reference, check_window
-from serve_drift.detectors.base import DetectorInputError, OnlineStatistic
-from serve_drift.detectors.mmd_native import resolve_device
+from serve_drift.detectors.alibi_support import SeededRuns, import_alibi
+from serve_drift.detectors.base import DetectorInputError, EmbeddingDetector, OnlineStatistic
+from serve_drift.detectors.validate import as_compute_dtype, check_window
 
 
-class AlibiOnlineMMD:
+class AlibiOnlineMMD(EmbeddingDetector):
     """Streams each window through ``alibi_detect.cd.MMDDriftOnline(backend="pytorch")``.
 
     >>> import numpy as np
@@ -56,19 +55,16 @@ class AlibiOnlineMMD:
         device: str | torch.device | None = None,
         seed: int | None = 0,
     ) -> None:
-        self._x_ref = as_compute_dtype(
-            check_reference(reference), dtype=np.float32, what="reference set"
-        )
-        if len(self._x_ref) <= 2 * online_window_size:
+        super().__init__(reference, p_value_threshold=p_value_threshold, device=device)
+        self._x_ref = as_compute_dtype(self.reference, dtype=np.float32, what="reference set")
+        if self.reference_size <= 2 * online_window_size:
             raise DetectorInputError(
-                f"reference set has {len(self._x_ref)} rows; the online MMD needs more than "
+                f"reference set has {self.reference_size} rows; the online MMD needs more than "
                 f"2 x online_window_size = {2 * online_window_size}"
             )
-        self.p_value_threshold = p_value_threshold
         self.ert = ert
         self.online_window_size = online_window_size
         self.n_bootstraps = n_bootstraps
-        self.device = resolve_device(device)
         self._runs = SeededRuns(seed)
         self._detectors: dict[float, Any] = {}
 
@@ -82,9 +78,7 @@ class AlibiOnlineMMD:
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None
     ) -> OnlineStatistic:
         """Stream ``window`` (M, d) row by row from a fresh state; stop at the first alarm."""
-        x = as_compute_dtype(
-            check_window(window, dim=self._x_ref.shape[1]), dtype=np.float32, what="window"
-        )
+        x = as_compute_dtype(check_window(window, dim=self.dim), dtype=np.float32, what="window")
         ert = self.expected_run_time(len(x))
         detector = self._detector(ert)
         with self._runs.run():

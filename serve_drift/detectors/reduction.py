@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from serve_drift._config import ReductionConfig
-from serve_drift._results import DriftStatistic
-from serve_drift.detectors._validate import check_reference, check_window
+from serve_drift.config import ReductionConfig
 from serve_drift.detectors.base import DriftDetector
+from serve_drift.detectors.validate import check_reference, check_window
+from serve_drift.messages import DriftStatistic
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,7 +6,7 @@
 - :mod:`~serve_drift.eventlog.recorder`: the monitor's path through all of the above;
 - :mod:`~serve_drift.eventlog.labels`: label feedback and concept-drift metrics;
 - :mod:`~serve_drift.eventlog.otlp_logs`: records as OpenTelemetry log records (API only);
-- :mod:`~serve_drift.eventlog.sentinel` and :mod:`~serve_drift.eventlog.cli`: sentinel runs
+- :mod:`~serve_drift.eventlog.sentinel` and :mod:`~serve_drift.tools.events_cli`: sentinel runs
   and ``serve-drift events`` (import them explicitly; they are not loaded here).
 
 Importing this package does no I/O and changes no global state.
@@ -42,8 +42,6 @@ from serve_drift.eventlog.schema import (
     LabelRecord,
     Outputs,
     clean_context,
-    compute_input_stats,
-    context_from_headers,
     record_from_dict,
     record_from_json,
 )
@@ -85,9 +83,7 @@ __all__ = [
     "StoreWriteError",
     "WriteReceipt",
     "clean_context",
-    "compute_input_stats",
     "compute_metrics",
-    "context_from_headers",
     "expected_calibration_error",
     "parse_labels",
     "record_from_dict",

@@ -3,7 +3,7 @@
 For teams that outgrow one machine's SQLite file: every kept record also goes to the log
 backend (Loki, Elasticsearch, a vendor) through the OpenTelemetry *logs API*. This module never
 installs a provider: pass a ``LoggerProvider`` or let it use the global one (configured by the
-application, or by :func:`serve_drift.eventlog.logs_sdk.build_logger_provider`).
+application, or by :func:`serve_drift.telemetry.logs_setup.build_logger_provider`).
 
 Each log record carries:
 

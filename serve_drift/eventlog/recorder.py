@@ -1,6 +1,6 @@
 """The event path as the drift monitor uses it: sample, store in batches, export, account.
 
-The monitor (wired by the lead) does three things:
+The drift monitor does three things:
 
 1. ``recorder.accept(len(batch.events))`` when a replica's batch arrives: those events are now
    owed an outcome;
@@ -30,14 +30,31 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from serve_drift._telemetry import event_log_instruments
 from serve_drift.eventlog.otlp_logs import EventLogExporter
 from serve_drift.eventlog.sampling import Accounting, AccountingSnapshot, Sampler
 from serve_drift.eventlog.schema import DriftTestRecord, EventRecord, InferenceRecord
-from serve_drift.eventlog.store import EventStore, StoreError
+from serve_drift.eventlog.store import EventStore, StoreError, StoreHealth
+from serve_drift.telemetry.instruments import event_log_instruments
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EventLogHealth:
+    """The event store's health and the accounting of every event the monitor accepted."""
+
+    event_store: StoreHealth
+    events: AccountingSnapshot
+    degraded: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_store": self.event_store.to_dict(),
+            "events": self.events.to_dict(),
+            "degraded": self.degraded,
+        }
 
 
 @dataclass(frozen=True)
@@ -138,11 +155,7 @@ class EventRecorder:
     def accounting(self) -> AccountingSnapshot:
         return self._accounting.snapshot()
 
-    def health(self) -> dict[str, object]:
-        """Store health and accounting, ready for the monitor's ``/health``."""
+    def health(self) -> EventLogHealth:
+        """Store health and accounting, for the monitor's ``health()``."""
         store = self.store.health()
-        return {
-            "event_store": store.to_dict(),
-            "events": self.accounting().to_dict(),
-            "degraded": store.degraded,
-        }
+        return EventLogHealth(event_store=store, events=self.accounting(), degraded=store.degraded)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve_drift.errors import ServeDriftError
 from serve_drift.eventlog.schema import FLAG_QUARANTINED, InferenceRecord
 
 SAMPLED_OUT = "sampled_out"
@@ -124,8 +125,10 @@ class Sampler:
         return kept, len(records) - len(kept)
 
 
-class AccountingError(AssertionError):
+class AccountingError(ServeDriftError, AssertionError):
     """The accounting invariant does not hold: events were lost or counted twice."""
+
+    code = "accounting_invariant_broken"
 
 
 @dataclass(frozen=True)

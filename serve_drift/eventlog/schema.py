@@ -26,20 +26,41 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
+from serve_drift.messages import InputStats
+from serve_drift.request_context import (
+    MAX_CONTEXT_KEY_CHARS,
+    MAX_CONTEXT_KEYS,
+    MAX_CONTEXT_VALUE_CHARS,
+    clean_context,
+)
+
+__all__ = [  # InputStats and clean_context are re-exported: records are built with them
+    "FLAG_QUARANTINED",
+    "SCHEMA_PATH",
+    "SCHEMA_VERSION",
+    "ClassMetrics",
+    "ConceptDriftMetrics",
+    "ConceptMetricsRecord",
+    "DriftTestRecord",
+    "EventRecord",
+    "InferenceRecord",
+    "InputStats",
+    "LabelRecord",
+    "Outputs",
+    "clean_context",
+    "load_json_schema",
+    "record_from_dict",
+    "record_from_json",
+]
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("event-v1.schema.json")
 
-MAX_CONTEXT_KEYS = 16
-MAX_CONTEXT_KEY_CHARS = 64
-MAX_CONTEXT_VALUE_CHARS = 256
 
 # A validation flag that marks an input the ingress kept out of normal handling; such events are
 # always stored, whatever the sampling rate.
@@ -49,61 +70,9 @@ RecordType = Literal["inference", "drift_test", "label", "concept_metrics"]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
-# Context keys become log attributes and CLI columns: keep them to a conservative alphabet.
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
-# BT.601 luma: the usual brightness weighting of R, G, B.
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-# --- caller-supplied context ------------------------------------------------------------------
-
-
-def clean_context(raw: Mapping[str, object] | None) -> dict[str, str]:
-    """Make caller-supplied context (camera id, site, scene, ...) safe to store and export.
-
-    Keys: characters outside ``A-Za-z0-9_.:/-`` become ``_``, cut to 64 characters; empty keys
-    are dropped. Values: ``str()`` of the value, control characters removed, cut to 256
-    characters; ``None`` values are dropped. At most 16 keys are kept, in the caller's order
-    (later ones are dropped, never an error: context must not fail a request).
-
-    >>> clean_context({"camera id": "cam-7\\n", "site": None, "n": 3})
-    {'camera_id': 'cam-7', 'n': '3'}
-    """
-    cleaned: dict[str, str] = {}
-    for key, value in (raw or {}).items():
-        if len(cleaned) >= MAX_CONTEXT_KEYS:
-            break
-        if value is None:
-            continue
-        safe_key = _KEY_UNSAFE.sub("_", str(key).strip())[:MAX_CONTEXT_KEY_CHARS]
-        if safe_key and safe_key not in cleaned:
-            cleaned[safe_key] = _clean_value(value)
-    return cleaned
-
-
-def context_from_headers(
-    headers: Mapping[str, str], *, prefix: str = "x-serve-drift-context-"
-) -> dict[str, str]:
-    """Context passed as request headers, e.g. ``X-Serve-Drift-Context-Camera: cam-7``.
-
-    >>> context_from_headers({"X-Serve-Drift-Context-Camera": "cam-7", "Accept": "*/*"})
-    {'camera': 'cam-7'}
-    """
-    lowered = prefix.lower()
-    found = {
-        name[len(lowered) :]: value
-        for name, value in headers.items()
-        if name.lower().startswith(lowered) and len(name) > len(lowered)
-    }
-    return clean_context({key.lower(): value for key, value in found.items()})
-
-
-def _clean_value(value: object) -> str:
-    text = str(value)
-    # Drop control/format characters (newlines, escapes, bidi overrides): they break table
-    # output and log parsers, and are never meaningful in an identifier like a camera id.
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
-    return text.strip()[:MAX_CONTEXT_VALUE_CHARS]
+# --- caller-supplied context (cleaned by request_context.clean_context) -----------------------
 
 
 def _check_context(context: Mapping[str, str]) -> None:
@@ -118,109 +87,6 @@ def _check_context(context: Mapping[str, str]) -> None:
             raise ValueError(
                 f"context entry {key[:80]!r} exceeds the size limits (use clean_context)"
             )
-
-
-# --- input statistics -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class InputStats:
-    """Cheap summary of one input image; intensities are on a 0..1 scale.
-
-    ``brightness`` is the mean BT.601 luma, ``contrast`` its standard deviation (RMS contrast),
-    ``sharpness`` the variance of the 4-neighbour Laplacian of luma (low means blurry), and
-    ``channel_means`` the mean of each channel as given (1 for grey, 3 for RGB, 4 for RGBA).
-    """
-
-    width: int
-    height: int
-    channels: int
-    brightness: float
-    contrast: float
-    sharpness: float
-    channel_means: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "width": self.width,
-            "height": self.height,
-            "channels": self.channels,
-            "brightness": self.brightness,
-            "contrast": self.contrast,
-            "sharpness": self.sharpness,
-            "channel_means": list(self.channel_means),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InputStats:
-        return cls(
-            width=int(data["width"]),
-            height=int(data["height"]),
-            channels=int(data["channels"]),
-            brightness=float(data["brightness"]),
-            contrast=float(data["contrast"]),
-            sharpness=float(data["sharpness"]),
-            channel_means=tuple(float(v) for v in data["channel_means"]),
-        )
-
-
-def compute_input_stats(image: np.ndarray, *, max_side: int = 256) -> InputStats:
-    """Statistics of a decoded uint8 image, ``(H, W)`` or ``(H, W, C)``.
-
-    Cheap by construction: images larger than ``max_side`` on their long side are subsampled
-    with a stride first (width and height are still the original ones). About 0.1 ms for an
-    8x8 digit and 0.4-1 ms for a 224x224 RGB image on one core (``benchmarks/event_store.py``
-    measures it). Sharpness is measured at the subsampled scale, so compare it between inputs
-    of similar size.
-
-    >>> stats = compute_input_stats(np.full((4, 6, 3), 255, dtype=np.uint8))
-    >>> (stats.width, stats.height, stats.brightness, stats.sharpness)
-    (6, 4, 1.0, 0.0)
-    """
-    if image.dtype != np.uint8 or image.ndim not in (2, 3) or 0 in image.shape:
-        raise ValueError(
-            f"expected a non-empty uint8 (H, W) or (H, W, C) image, got {image.dtype} {image.shape}"
-        )
-    height, width = image.shape[:2]
-    pixels = image if image.ndim == 3 else image[:, :, None]
-    step = max(1, -(-max(height, width) // max_side))  # ceil division
-    small = pixels[::step, ::step].astype(np.float32) * np.float32(1.0 / 255.0)
-    luma = _luma(small)
-    return InputStats(
-        width=int(width),
-        height=int(height),
-        channels=int(pixels.shape[2]),
-        brightness=_round(luma.mean()),
-        contrast=_round(luma.std()),
-        sharpness=_round(_laplacian_variance(luma)),
-        channel_means=tuple(_round(m) for m in _channel_means(small)),
-    )
-
-
-def _channel_means(pixels: np.ndarray) -> np.ndarray:
-    flat = pixels.reshape(-1, pixels.shape[2])
-    # A matrix product instead of mean(axis=0): numpy's strided reduction over the channel-last
-    # layout is ~30x slower than BLAS here (0.8 ms against 0.03 ms for 224x224x3).
-    sums = np.ones(len(flat), dtype=np.float32) @ flat
-    return sums.astype(np.float64) / len(flat)
-
-
-def _luma(pixels: np.ndarray) -> np.ndarray:
-    if pixels.shape[2] >= 3:  # RGB or RGBA: alpha does not contribute to brightness
-        return pixels[:, :, :3] @ _LUMA_WEIGHTS
-    return pixels[:, :, 0]  # grey, or grey + alpha
-
-
-def _laplacian_variance(luma: np.ndarray) -> float:
-    if luma.shape[0] < 3 or luma.shape[1] < 3:
-        return 0.0
-    lap = luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
-    return float(lap.var())
-
-
-def _round(value: float | np.floating[Any]) -> float:
-    # Six decimals are far below any drift that matters and keep stored JSON short.
-    return round(float(value), 6)
 
 
 # --- model outputs ----------------------------------------------------------------------------
@@ -397,7 +263,10 @@ class InferenceRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class DriftTestRecord:
-    """One drift test of one window by one detector (the fields of ``DriftResult``).
+    """One drift test of one window by one detector: the stored form of a ``DriftResult``.
+
+    Its fields are a versioned subset of :class:`~serve_drift.messages.DriftResult`'s (a test
+    checks that each one exists there), so that the result can grow without a schema change.
 
     Non-finite p-values or distances are stored as ``None`` (JSON has no NaN).
     """
@@ -466,27 +335,11 @@ class DriftTestRecord:
         return _dumps(self.to_dict())
 
 
-_DRIFT_FIELDS = (
-    "test_id",
-    "detector",
-    "backend",
-    "is_drift",
-    "p_value",
-    "p_value_threshold",
-    "distance",
-    "distance_threshold",
-    "window_index",
-    "window_size",
-    "reference_size",
-    "model_name",
-    "model_version",
-    "reference_version",
-    "first_event_at",
-    "last_event_at",
-    "tested_at",
-    "duration_s",
-    "trace_id",
-    "span_id",
+# The scalar fields of a drift record, in order; the sample of IDs is a list and handled apart.
+_DRIFT_FIELDS = tuple(
+    f.name
+    for f in fields(DriftTestRecord)
+    if f.name not in ("correlation_ids_sample", "schema_version")
 )
 
 

@@ -52,6 +52,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from serve_drift.errors import ServeDriftError
 from serve_drift.eventlog.schema import (
     SCHEMA_VERSION,
     ConceptMetricsRecord,
@@ -133,14 +134,18 @@ CREATE INDEX IF NOT EXISTS metrics_by_time ON concept_metrics (computed_at);
 """
 
 
-class StoreError(Exception):
+class StoreError(ServeDriftError):
     """The store could not do what was asked; ``reason`` is a short machine-readable word:
     ``disk_full``, ``locked``, ``read_only``, ``io_error``, ``cannot_open``, ``corrupt``,
-    ``incompatible`` or ``error``."""
+    ``incompatible`` or ``error``, and ``code`` is ``store_<reason>``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.code = f"store_{reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt with both arguments across processes
+        return (type(self), (self.reason, str(self)))
 
 
 class StoreWriteError(StoreError):

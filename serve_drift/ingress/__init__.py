@@ -12,9 +12,8 @@ requests) or :func:`decode_payload` (bytes you already hold)::
 Every error is an :class:`IngressError` with a ``code`` from :data:`STATUS_BY_CODE`.
 """
 
-from serve_drift._marks import mark_request
-from serve_drift.ingress._body import read_body
-from serve_drift.ingress._config import (
+from serve_drift.ingress.body import read_body
+from serve_drift.ingress.config import (
     CHECK_NAMES,
     BlurCheck,
     ConstantCheck,
@@ -26,13 +25,14 @@ from serve_drift.ingress._config import (
     QuarantineConfig,
     SaturatedCheck,
 )
-from serve_drift.ingress._errors import STATUS_BY_CODE, IngressError, error_body
-from serve_drift.ingress._gate import Admitted, IngressGate
-from serve_drift.ingress._images import ALLOWED_FORMATS, DecodedImage, decode_image
-from serve_drift.ingress._payload import Payload, decode_payload
-from serve_drift.ingress._plausibility import Finding, evaluate
-from serve_drift.ingress._profile import InputProfile
-from serve_drift.ingress._quarantine import QuarantineEntry, QuarantineStore
+from serve_drift.ingress.errors import STATUS_BY_CODE, IngressError, error_body
+from serve_drift.ingress.gate import Admitted, IngressGate
+from serve_drift.ingress.images import ALLOWED_FORMATS, DecodedImage, decode_image
+from serve_drift.ingress.payload import Payload, decode_payload
+from serve_drift.ingress.plausibility import Finding, evaluate
+from serve_drift.ingress.profile import InputProfile
+from serve_drift.ingress.quarantine import QuarantineEntry, QuarantineStore
+from serve_drift.request_context import mark_request
 
 __all__ = [
     "ALLOWED_FORMATS",

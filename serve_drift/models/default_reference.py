@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve_drift import _env
-from serve_drift._embed import embed_outputs
-from serve_drift._reference import ReferenceSet
 from serve_drift.models import digits
+from serve_drift.reference.embed import embed_outputs
+from serve_drift.reference.reference_set import ReferenceSet
 
 DATA_VERSION = "sklearn-load_digits-reference-pool-seed0"
 

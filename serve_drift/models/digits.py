@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from serve_drift.files import atomic_write
 
 DIGIT_LABELS: tuple[str, ...] = tuple(str(i) for i in range(10))
 PREPROCESSING = "grey, resize 8x8 bilinear, /255"
@@ -276,7 +276,7 @@ def _train_and_store(
     accuracy = evaluate_accuracy(model, split.test_images, split.test_labels)
     fmt = _weights_format()
     weights_path = directory / f"{stem}.{'safetensors' if fmt == 'safetensors' else 'pt'}"
-    _atomic_write(weights_path, _serialize_state_dict(model.state_dict(), fmt))
+    atomic_write(weights_path, _serialize_state_dict(model.state_dict(), fmt))
     digest = _sha256(weights_path)
     meta = {
         "name": MODEL_NAME,
@@ -295,7 +295,7 @@ def _train_and_store(
         "classifier_layer": "fc",
     }
     # The sidecar is written last: its presence (with a matching hash) marks the cache complete.
-    _atomic_write(directory / f"{stem}.json", json.dumps(meta, indent=2).encode())
+    atomic_write(directory / f"{stem}.json", json.dumps(meta, indent=2).encode())
     return model, _info_from_meta(meta, weights_path, from_cache=False)
 
 
@@ -349,21 +349,6 @@ def _read_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
         # Never unpickle arbitrary objects: tensors and plain containers only.
         return torch.load(path, map_location="cpu", weights_only=True)
     raise ValueError(f"unknown weights format {fmt!r}; valid: safetensors, torch")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then ``os.replace`` (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(path: Path) -> str:

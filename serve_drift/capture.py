@@ -1,0 +1,316 @@
+"""Penultimate-layer embedding capture with forward hooks, in the prediction's own forward pass.
+
+A forward hook on the model's final classifier ``nn.Linear`` sees both its input (the
+penultimate embedding) and its output (the logits) while the serving forward pass runs, so drift
+monitoring costs no second pass. Tensors are detached and left on the model's device; moving
+them off the device is the caller's job, batched, outside the request path.
+
+Which request a hook writes to is decided by a :class:`contextvars.ContextVar`, so concurrent
+requests in one asyncio event loop, or in threads started with :func:`asyncio.to_thread` (which
+copies the context), each see only their own forward pass. A batched handler (Ray Serve's
+``@serve.batch``) runs in its own task: enter :meth:`EmbeddingCapture.capture` inside the batched
+function and split the ``(B, d)`` result per request there.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from serve_drift.errors import ServeDriftError
+
+__all__ = [
+    "Capture",
+    "EmbeddingCapture",
+    "EmbeddingShapeError",
+    "LayerNotFoundError",
+    "describe_model_device",
+    "find_classifier_layer",
+]
+
+# Attribute names torchvision and most hand-written models give their classification head:
+# ResNet/RegNet ``fc``; EfficientNet/MobileNet/ConvNeXt/DenseNet ``classifier``; Swin ``head``;
+# ViT ``heads``.
+_HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")
+_MAX_NAMES_IN_MESSAGE = 12
+
+
+class EmbeddingShapeError(ServeDriftError, ValueError):
+    """The captured tensor cannot be read as one ``(batch, d)`` embedding per input."""
+
+    code = "embedding_shape_invalid"
+
+
+class LayerNotFoundError(ServeDriftError, LookupError):
+    """No module with the requested name, or no ``nn.Linear`` classifier to hook."""
+
+    code = "embedding_layer_not_found"
+
+
+@dataclass
+class Capture:
+    """What the hooks recorded for the forward passes run inside one ``capture()`` context.
+
+    Mutable on purpose: the hooks fill it in while the forward pass runs. When several forward
+    passes run inside one context, the last one wins.
+    """
+
+    embeddings: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    # Hooks never raise into the user's forward pass; the first failure is kept here instead.
+    error: Exception | None = None
+
+
+def describe_model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (or buffer); ``cpu`` for a model with neither.
+
+    >>> describe_model_device(nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def find_classifier_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Dotted name and module of the final classifier ``nn.Linear`` layer.
+
+    Tried in order: timm's ``get_classifier()`` (when it is, or contains, a Linear); the last
+    Linear inside the well-known head attributes ``fc``, ``classifier``, ``head``, ``heads``
+    (the one registered last wins if several exist); else the last ``nn.Linear`` in
+    ``named_modules()`` order, which is registration order, not execution order.
+
+    >>> import torchvision
+    >>> find_classifier_layer(torchvision.models.mobilenet_v3_small(weights=None))[0]
+    'classifier.3'
+    """
+    found = _from_timm_head(model) or _from_head_attributes(model) or _last_linear_in(model)
+    if found is None:
+        raise LayerNotFoundError(
+            f"no nn.Linear classifier found in {type(model).__name__}: tried get_classifier(), "
+            f"the head attributes {', '.join(_HEAD_ATTRIBUTES)} and every module in "
+            "named_modules(); pass layer='<module name>' to capture a named module's output"
+        )
+    return found
+
+
+def _last_linear_in(module: object, *, prefix: str = "") -> tuple[str, nn.Module] | None:
+    if not isinstance(module, nn.Module):
+        return None
+    found = None
+    for name, child in module.named_modules(prefix=prefix):
+        if isinstance(child, nn.Linear):
+            found = (name, child)
+    return found
+
+
+def _from_timm_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    getter = getattr(model, "get_classifier", None)
+    if not callable(getter):
+        return None
+    # timm returns nn.Identity after reset_classifier(0) and a tuple for distilled models;
+    # both fall through to the other strategies.
+    head = getter()
+    if not isinstance(head, nn.Module):
+        return None
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    return None if name is None else _last_linear_in(head, prefix=name)
+
+
+def _from_head_attributes(model: nn.Module) -> tuple[str, nn.Module] | None:
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    candidates = [
+        found
+        for attribute in _HEAD_ATTRIBUTES
+        if (found := _last_linear_in(getattr(model, attribute, None), prefix=attribute))
+    ]
+    return max(candidates, key=lambda found: order.get(found[0], -1), default=None)
+
+
+def _named_module(model: nn.Module, *, layer: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return modules[layer]
+    close = difflib.get_close_matches(layer, list(modules), n=5)
+    some = [name for name in modules if name][:_MAX_NAMES_IN_MESSAGE]
+    raise LayerNotFoundError(
+        f"no module named {layer!r} in {type(model).__name__}; "
+        f"close matches: {close or 'none'}; valid names start with {some} "
+        "(see model.named_modules() for all)"
+    )
+
+
+def _as_embedding(tensor: object, *, layer: str) -> torch.Tensor:
+    """Detached ``(B, d)`` view of ``tensor``; only size-1 trailing dims are flattened away."""
+    if not isinstance(tensor, torch.Tensor):
+        raise EmbeddingShapeError(
+            f"layer {layer!r} produced {type(tensor).__name__}, expected a (batch, d) tensor"
+        )
+    shape = tuple(tensor.shape)
+    # (B, C, 1, 1) from a global pool is one vector per input; (B, T, d) token sequences or
+    # (B, C, H, W) maps are not, and flattening them would silently change what drift means.
+    if tensor.dim() < 2 or any(size != 1 for size in shape[2:]):
+        raise EmbeddingShapeError(
+            f"layer {layer!r} produced shape {shape}, expected (batch, d) (trailing size-1 "
+            "dims allowed); for token sequences or feature maps name a pooled layer with layer="
+        )
+    return torch.flatten(tensor.detach(), 1)
+
+
+class EmbeddingCapture:
+    """Hooks on one model that record embeddings and logits inside ``capture()`` contexts.
+
+    ``layer=None`` hooks the auto-detected classifier (:func:`find_classifier_layer`): its input
+    is the embedding, its output the logits. ``layer="name"`` takes that module's output as the
+    embedding; logits still come from the auto-detected classifier when there is one.
+
+    >>> import torchvision
+    >>> model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    >>> hooks = EmbeddingCapture(model)
+    >>> with torch.no_grad(), hooks.capture() as captured:
+    ...     prediction = model(torch.zeros(2, 3, 64, 64))
+    >>> hooks.layer_name, tuple(captured.embeddings.shape), tuple(captured.logits.shape)
+    ('fc', (2, 512), (2, 10))
+    >>> hooks.remove()
+    """
+
+    layer_name: str  # the module whose tensor is the embedding (input if auto, else output)
+    classifier_name: str | None  # the hooked classifier giving the logits, if any
+
+    def __init__(self, model: nn.Module, *, layer: str | None = None) -> None:
+        # One ContextVar per instance so a second hooked model (shadow, canary) in the same
+        # request never writes into this model's Capture. Few instances exist, so the
+        # "create ContextVars at module level" advice (about leaks) does not bite here.
+        self._active: contextvars.ContextVar[Capture | None] = contextvars.ContextVar(
+            f"serve_drift_capture_{id(self)}", default=None
+        )
+        self._dim: int | None = None
+        self._dim_lock = threading.Lock()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        if layer is None:
+            self._hook_auto(model)
+        else:
+            self._hook_named(model, layer=layer)
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """Embedding width ``d``; ``None`` until the first successful capture."""
+        return self._dim
+
+    @contextmanager
+    def capture(self) -> Iterator[Capture]:
+        """Record the forward passes run in this context (and tasks/threads that copy it)."""
+        captured = Capture()
+        token = self._active.set(captured)
+        try:
+            yield captured
+        finally:
+            self._active.reset(token)
+
+    def remove(self) -> None:
+        """Remove every hook; idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook_auto(self, model: nn.Module) -> None:
+        self.classifier_name, classifier = find_classifier_layer(model)
+        self.layer_name = self.classifier_name
+        self._handles.append(classifier.register_forward_hook(self._on_classifier_auto))
+
+    def _hook_named(self, model: nn.Module, *, layer: str) -> None:
+        module = _named_module(model, layer=layer)
+        self.layer_name = layer
+        self._handles.append(module.register_forward_hook(self._on_named_layer))
+        try:
+            self.classifier_name, classifier = find_classifier_layer(model)
+        except LayerNotFoundError:
+            self.classifier_name = None  # an explicit layer needs no classifier; logits stay None
+            return
+        self._handles.append(classifier.register_forward_hook(self._on_classifier_logits))
+
+    def _on_classifier_auto(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        captured = self._active.get()
+        if captured is None:
+            return  # warm-up or unrelated forward passes: nothing to record
+        try:
+            self._store_logits(captured, output=output)
+            first = args[0] if args else None  # called with keyword input: reported as invalid
+            # No clone: nothing runs after the final Linear that could modify its input in place.
+            self._store_embedding(captured, embedding=_as_embedding(first, layer=self.layer_name))
+            _check_batch(captured, layer=self.layer_name)
+        except Exception as error:
+            _record_error(captured, error=error)
+
+    def _on_named_layer(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        captured = self._active.get()
+        if captured is None:
+            return
+        try:
+            embedding = _as_embedding(output, layer=self.layer_name)
+            # Clone (an async device copy, no sync): an intermediate output is often modified
+            # in place later (ReLU/Hardswish with inplace=True), which would corrupt a view.
+            self._store_embedding(captured, embedding=embedding.clone())
+            _check_batch(captured, layer=self.layer_name)
+        except Exception as error:
+            _record_error(captured, error=error)
+
+    def _on_classifier_logits(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        captured = self._active.get()
+        if captured is None:
+            return
+        try:
+            self._store_logits(captured, output=output)
+            _check_batch(captured, layer=self.layer_name)
+        except Exception as error:
+            _record_error(captured, error=error)
+
+    def _store_logits(self, captured: Capture, *, output: object) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            raise EmbeddingShapeError(
+                f"classifier {self.classifier_name!r} produced {type(output).__name__} "
+                "logits, expected a (batch, classes) tensor"
+            )
+        captured.logits = output.detach()
+
+    def _store_embedding(self, captured: Capture, *, embedding: torch.Tensor) -> None:
+        self._check_dim(dim=embedding.shape[1])
+        captured.embeddings = embedding
+
+    def _check_dim(self, *, dim: int) -> None:
+        known = self._dim
+        if known is None:
+            with self._dim_lock:  # two first requests in parallel threads must agree on d
+                if self._dim is None:
+                    self._dim = dim
+                known = self._dim
+        if dim != known:
+            raise EmbeddingShapeError(
+                f"layer {self.layer_name!r} produced embeddings of width {dim}, "
+                f"expected (batch, {known}) as on the first call"
+            )
+
+
+def _check_batch(captured: Capture, *, layer: str) -> None:
+    embeddings, logits = captured.embeddings, captured.logits
+    if embeddings is None or logits is None or embeddings.shape[0] == logits.shape[0]:
+        return
+    raise EmbeddingShapeError(
+        f"layer {layer!r} produced shape {tuple(embeddings.shape)}, expected (batch, d) with "
+        f"batch {logits.shape[0]} as in the logits {tuple(logits.shape)}"
+    )
+
+
+def _record_error(captured: Capture, *, error: Exception) -> None:
+    # Keep the first failure (the cause); drop the embedding so nobody monitors bad data.
+    if captured.error is None:
+        captured.error = error
+    captured.embeddings = None

@@ -1,0 +1,234 @@
+"""Configuration models, validated when built. Runtime changes arrive via ``reconfigure``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_drift import _env
+
+DetectorBackend = Literal["alibi", "native"]
+DetectorKind = Literal["mmd", "classifier", "bbsd", "mmd_online", "combined"]
+CombinedComponent = Literal["classifier", "confidence", "mmd"]
+
+# Valid backends per detector kind; the first is the kind's default backend. MMD keeps alibi
+# first (the library the product was specified with); the kinds added later default to ours.
+KIND_BACKENDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "mmd": ("alibi", "native"),
+        "classifier": ("native", "alibi"),
+        "bbsd": ("native", "alibi"),
+        "mmd_online": ("alibi",),
+        "combined": ("native",),
+    }
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReductionConfig(_Frozen):
+    """Dimension reduction fitted on the reference set, applied to every window first."""
+
+    method: Literal["pca", "random_projection"] = "pca"
+    dim: int = Field(32, ge=1, le=100_000)
+    seed: int = 0
+
+
+class DetectorConfig(_Frozen):
+    """One drift test run on every window.
+
+    ``kind`` picks the test and ``backend`` who implements it (``KIND_BACKENDS`` lists the valid
+    pairs). Left out (``None``), ``backend`` and ``n_permutations`` mean the kind's own default:
+    :attr:`resolved_backend` and :attr:`resolved_n_permutations` say which. Fields that a kind
+    does not use are ignored by it: ``n_permutations`` (mmd, classifier/native, combined),
+    ``ridge`` (classifier/native, combined), ``train_size``/``n_folds`` (classifier/alibi),
+    ``ert``, ``online_window_size``, ``n_bootstraps`` (mmd_online), ``components`` (combined).
+
+    >>> DetectorConfig(kind="bbsd").resolved_backend
+    'native'
+    >>> DetectorConfig(kind="combined").resolved_n_permutations
+    500
+    """
+
+    kind: DetectorKind = "mmd"
+    backend: DetectorBackend | None = None
+    p_value_threshold: float = Field(0.05, gt=0, lt=1)
+    n_permutations: int | None = Field(None, ge=10, le=100_000)
+    device: str | None = Field(default_factory=_env.device_default)
+    seed: int | None = 0
+    reduction: ReductionConfig | None = None
+    ridge: float = Field(0.01, gt=0, le=1e6)
+    train_size: float = Field(0.75, gt=0, lt=1)
+    n_folds: int | None = Field(None, ge=2, le=50)
+    ert: float | None = Field(None, gt=1)
+    online_window_size: int = Field(20, ge=2, le=10_000)
+    n_bootstraps: int | None = Field(None, ge=100, le=10_000_000)
+    components: tuple[CombinedComponent, ...] = ("classifier", "confidence")
+
+    @property
+    def resolved_backend(self) -> str:
+        """``backend``, or the kind's default backend (the first in ``KIND_BACKENDS``)."""
+        return self.backend or KIND_BACKENDS[self.kind][0]
+
+    @property
+    def resolved_n_permutations(self) -> int:
+        """``n_permutations``, or the kind's default: 500 for combined, 100 otherwise.
+
+        The combined p-value is a min over components: finer permutation p-values (>= 1/501)
+        cost little power to the correction, and its statistics are cheap.
+        """
+        if self.n_permutations is not None:
+            return self.n_permutations
+        return 500 if self.kind == "combined" else 100
+
+    @model_validator(mode="after")
+    def _check_pair(self) -> DetectorConfig:
+        if self.resolved_backend not in KIND_BACKENDS[self.kind]:
+            valid = ", ".join(KIND_BACKENDS[self.kind])
+            raise ValueError(
+                f"backend {self.backend!r} is not available for detector kind {self.kind!r}; "
+                f"valid backends: {valid}"
+            )
+        if self.kind == "combined" and len(set(self.components)) != len(self.components):
+            raise ValueError(f"combined components must be distinct, got {self.components}")
+        if self.kind == "combined" and not self.components:
+            raise ValueError("a combined detector needs at least one component")
+        return self
+
+
+def default_detectors() -> tuple[DetectorConfig, ...]:
+    """What a user gets without choosing: see ``serve_drift.detectors.combined``."""
+    return (DetectorConfig(kind="combined"),)
+
+
+class WindowConfig(_Frozen):
+    """Which embeddings are tested together; a window never mixes model versions.
+
+    - count windows (default): ``size`` rows; with ``stride`` < ``size`` they slide, a new
+      window of the latest ``size`` rows every ``stride`` rows;
+    - time windows (``duration_s`` set): the rows whose event timestamps fall in
+      ``[start, start + duration_s)``, a new one every ``stride_s`` (default ``duration_s``);
+      windows with fewer than ``min_size`` rows are not tested, and ``size`` caps the rows
+      of one time window (the first ``size`` are kept, the rest counted as overflow).
+
+    >>> WindowConfig(size=100, stride=25).stride
+    25
+    """
+
+    size: int = Field(200, ge=10, le=1_000_000)
+    stride: int | None = Field(None, ge=1, le=1_000_000)
+    duration_s: float | None = Field(None, gt=0)
+    stride_s: float | None = Field(None, gt=0)
+    min_size: int = Field(10, ge=10, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _check_strides(self) -> WindowConfig:
+        if self.stride is not None and self.stride > self.size:
+            raise ValueError(f"stride ({self.stride}) must not exceed size ({self.size})")
+        if self.stride_s is not None and self.duration_s is None:
+            raise ValueError("stride_s needs duration_s (time windows)")
+        if (
+            self.stride_s is not None
+            and self.duration_s is not None
+            and (self.stride_s > self.duration_s)
+        ):
+            raise ValueError(
+                f"stride_s ({self.stride_s}) must not exceed duration_s ({self.duration_s})"
+            )
+        if self.duration_s is not None and self.stride is not None:
+            raise ValueError("stride is for count windows; use stride_s with duration_s")
+        return self
+
+
+class MonitorUpdate(_Frozen):
+    """What the monitor's Serve ``user_config`` may change without a restart.
+
+    ``window`` fields replace the current ones (the rest are kept); ``window_size`` is short
+    for ``{"window": {"size": ...}}``. ``p_value_threshold`` sets every detector's threshold,
+    ``p_value_thresholds`` one per configured detector, in order.
+
+    >>> MonitorUpdate.model_validate({"window_size": 500, "p_value_threshold": 0.01}).window_size
+    500
+    """
+
+    window_size: int | None = Field(None, ge=10, le=1_000_000)
+    window: dict[str, Any] | None = None
+    p_value_threshold: float | None = Field(None, gt=0, lt=1)
+    p_value_thresholds: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> MonitorUpdate:
+        if self.p_value_thresholds is not None:
+            if not all(0 < p < 1 for p in self.p_value_thresholds):
+                raise ValueError("every p_value_thresholds entry must be in (0, 1)")
+            if self.p_value_threshold is not None:
+                raise ValueError("set p_value_threshold or p_value_thresholds, not both")
+        return self
+
+    def window_config(self, current: WindowConfig) -> WindowConfig:
+        """``current`` with this update's window fields applied (validated again)."""
+        fields = dict(self.window or {})
+        if self.window_size is not None:
+            fields["size"] = self.window_size
+        return WindowConfig.model_validate({**current.model_dump(), **fields})
+
+
+class ShippingConfig(_Frozen):
+    """How replicas move embeddings to the monitor, off the request path."""
+
+    max_queue: int = Field(10_000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    flush_interval_s: float = Field(0.25, gt=0)
+    send_timeout_s: float = Field(5.0, gt=0)
+
+
+class TelemetryConfig(_Frozen):
+    """OpenTelemetry behaviour. The library itself only ever uses the OTel API."""
+
+    configure_sdk: bool = Field(default_factory=_env.configure_otel_default)
+    link_sample_size: int = Field(32, ge=0, le=1000)
+
+
+class EventLogConfig(_Frozen):
+    """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
+
+    enabled: bool = True
+    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<model_name>.sqlite
+    sample_rate: float = Field(0.1, ge=0, le=1)
+    keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
+    max_age_s: float = Field(7 * 24 * 3600, gt=0)
+    max_bytes: int = Field(1 << 30, gt=0)
+    export_otlp_logs: bool = False
+
+
+class DriftConfig(_Frozen):
+    """Everything serve-drift needs to monitor one model.
+
+    >>> DriftConfig(model_name="digits", window=WindowConfig(size=100)).window.size
+    100
+    """
+
+    model_name: str = "model"
+    model_version: str = "0"
+    reference_path: str | None = None
+    model_attr: str | None = None
+    embedding_layer: str | None = None
+    monitor_deployment: str = "DriftMonitor"
+    # Drift tests share nodes with serving replicas: the monitor process lowers its CPU
+    # priority (Unix nice) so that, under contention, tests wait and requests do not.
+    monitor_niceness: int = Field(10, ge=0, le=19)
+    # Factories, not instances: defaults that read SERVE_DRIFT_* must read them when a config is
+    # built (in the process that builds it), not when this module is imported.
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    detectors: tuple[DetectorConfig, ...] = Field(default_factory=default_detectors)
+    shipping: ShippingConfig = Field(default_factory=ShippingConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    events: EventLogConfig = Field(default_factory=EventLogConfig)
+    # Rows of accepted traffic the monitor keeps per model version (a uniform reservoir
+    # sample) for `serve-drift reference from-traffic`; 0 turns it off.
+    traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)

@@ -1,0 +1,23 @@
+"""The drift monitor: one deployment per monitored model, fed by every replica.
+
+- :mod:`~serve_drift.monitor.deployment`: the Serve deployment and ``monitored_app``;
+- :mod:`~serve_drift.monitor.state`: windows, detectors, results and health, without Ray;
+- :mod:`~serve_drift.monitor.windows`: count, sliding and time windows;
+- :mod:`~serve_drift.monitor.runner`: runs the detectors on a window, with a linked span;
+- :mod:`~serve_drift.monitor.event_log`: the monitor's side of the event log and labels;
+- :mod:`~serve_drift.monitor.traffic_sample`: a uniform sample of traffic for new references.
+"""
+
+from serve_drift.monitor.deployment import DriftMonitor, monitor_deployment, monitored_app
+from serve_drift.monitor.state import MonitorCounts, MonitorHealth, MonitorState
+from serve_drift.monitor.traffic_sample import TrafficSnapshot
+
+__all__ = [
+    "DriftMonitor",
+    "MonitorCounts",
+    "MonitorHealth",
+    "MonitorState",
+    "TrafficSnapshot",
+    "monitor_deployment",
+    "monitored_app",
+]

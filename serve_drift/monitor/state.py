@@ -1,0 +1,255 @@
+"""The drift monitor's state: windows, detectors, results and counts. No Ray here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from serve_drift.config import DriftConfig, MonitorUpdate
+from serve_drift.detectors import build_detector
+from serve_drift.eventlog.recorder import EventLogHealth
+from serve_drift.messages import DriftResult, EventBatch, InferenceEvent
+from serve_drift.monitor.event_log import MonitorEventLog
+from serve_drift.monitor.runner import DriftRunner
+from serve_drift.monitor.traffic_sample import TrafficSample
+from serve_drift.monitor.windows import Window, make_windows, reconfigure_windows
+from serve_drift.reference.reference_set import ReferenceSet
+from serve_drift.telemetry import instruments as tel
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING_WINDOWS = 8
+FLAG_UNUSABLE_EMBEDDING = "unusable_embedding"  # non-finite, or not the reference's dimension
+MAX_RESULTS_KEPT = 500
+
+
+@dataclass
+class MonitorCounts:
+    """What the monitor did with the rows it received, since it started."""
+
+    received: int = 0
+    rejected: int = 0  # non-finite, or not the reference's dimension
+    flagged: int = 0
+    excluded: int = 0  # kept out of windows by ingress (e.g. blank frames, sentinel runs)
+    windows_tested: int = 0
+    windows_skipped: int = 0  # tests could not keep up: logged, not tested
+    test_errors: int = 0
+
+
+@dataclass(frozen=True)
+class MonitorHealth:
+    """The monitor's answer to ``health()``; ``pid`` says which process answered (a restarted
+    monitor is a new one). JSON only at the HTTP edge (:meth:`to_dict`)."""
+
+    status: str  # "ready" or "degraded"
+    reasons: tuple[str, ...]
+    reference: Mapping[str, Any] | None  # the reference set's lineage, with its version
+    window_size: int
+    rows_in_open_windows: int
+    pending_windows: int
+    counts: MonitorCounts
+    event_log: EventLogHealth | None
+    checked_at: float
+    pid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the counts at the top level beside the rest."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("counts", "event_log")}
+        data["reasons"] = list(self.reasons)
+        data["event_log"] = None if self.event_log is None else self.event_log.to_dict()
+        return {**data, **asdict(self.counts)}
+
+
+@dataclass(frozen=True)
+class Untested:
+    """Events that will never be in a tested window: kept out by checks, or a skipped window."""
+
+    events: tuple[InferenceEvent, ...]
+
+
+Job = Window | Untested
+
+
+class MonitorState:
+    """Windows, detectors and results; no Ray here, so it is unit-testable as it is."""
+
+    def __init__(self, config: DriftConfig) -> None:
+        self.config = config
+        self.reference = ReferenceSet.load(config.reference_path) if config.reference_path else None
+        self.windows = make_windows(config.window)
+        self.traffic = TrafficSample(
+            capacity=config.traffic_sample_size, model_name=config.model_name
+        )
+        self.results: deque[DriftResult] = deque(maxlen=MAX_RESULTS_KEPT)
+        self.counts = MonitorCounts()
+        self.last_error: str | None = None
+        self.runner = self._build_runner() if self.reference is not None else None
+        self.event_log = self._build_event_log()
+        if self.event_log is not None:
+            # Window indices key stored events and results: a restarted monitor continues them.
+            self.windows.start_at(self.event_log.store.next_window_index())
+        self._instruments = tel.monitor_instruments()
+
+    def _build_event_log(self) -> MonitorEventLog | None:
+        if not self.config.events.enabled:
+            return None
+        version = "none" if self.reference is None else self.reference.version
+        return MonitorEventLog(self.config, reference_version=version)
+
+    def _build_runner(self) -> DriftRunner:
+        assert self.reference is not None
+        detectors = [
+            build_detector(
+                d,
+                reference=self.reference.embeddings,
+                reference_probabilities=self.reference.probabilities,
+            )
+            for d in self.config.detectors
+        ]
+        return DriftRunner(
+            config=self.config,
+            detectors=detectors,
+            reference_size=len(self.reference.embeddings),
+            reference_version=self.reference.version,
+        )
+
+    def accept(self, batch: EventBatch) -> list[Job]:
+        """Keep finite rows of the reference's dimension that ingress did not exclude in
+        windows; return the windows that filled and, for the event log, the rows kept out."""
+        self.counts.received += len(batch.events)
+        self._instruments.embeddings_received.add(len(batch.events))
+        if self.event_log is not None:
+            self.event_log.recorder.accept(len(batch.events))
+        usable = self._usable_rows(batch.embeddings)
+        self.counts.rejected += int((~usable).sum())
+        keep = usable & ~self._excluded_rows(batch, usable=usable)
+        self.traffic.add(batch, keep=keep)
+        jobs: list[Job] = list(self.windows.add(batch, keep=keep))
+        jobs.extend(self.windows.flush_due(time.time()))  # time windows whose end has passed
+        untested = self.windows.take_untested()  # short time windows, full ones' overflow
+        if untested:
+            jobs.append(Untested(untested))
+        if not keep.all():
+            jobs.append(Untested(_kept_out_events(batch, keep=keep, usable=usable)))
+        return jobs
+
+    def process(self, job: Job) -> list[DriftResult]:
+        """Test a window and log its events; or just log events that no test will cover."""
+        results = self.test(job) if isinstance(job, Window) else []
+        self.log(job, results)
+        return results
+
+    def skip(self, window: Window) -> Untested:
+        """Tests cannot keep up: the window goes untested, but its events are still logged."""
+        self.counts.windows_skipped += 1
+        return Untested(window.events)
+
+    def log(self, job: Job, results: list[DriftResult]) -> None:
+        if self.event_log is None:
+            return
+        window = job.index if isinstance(job, Window) else None
+        try:
+            self.event_log.record(job.events, drift_window=window, results=results)
+        except Exception:  # the store counts its own failures; anything else is ours
+            logger.exception("serve-drift: event log failed")
+            self._instruments.monitoring_errors.add(1, {"stage": "event_log"})
+
+    def _excluded_rows(self, batch: EventBatch, *, usable: np.ndarray) -> np.ndarray:
+        """Rows ingress flagged and asked to keep out of windows (e.g. blank frames)."""
+        excluded = np.array([e.exclude_from_drift for e in batch.events], dtype=bool)
+        self.counts.flagged += sum(1 for e in batch.events if e.flags)
+        n_excluded = int((excluded & usable).sum())
+        self.counts.excluded += n_excluded
+        self._count_rejected("excluded_by_ingress", n_excluded)
+        return excluded
+
+    def _usable_rows(self, embeddings: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(embeddings).all(axis=1)
+        self._count_rejected("non_finite", int((~finite).sum()))
+        if self.reference is not None and embeddings.shape[1] != self.reference.embeddings.shape[1]:
+            self._count_rejected("dimension_mismatch", int(finite.sum()))
+            return np.zeros(len(embeddings), dtype=bool)
+        return finite
+
+    def _count_rejected(self, reason: str, n: int) -> None:
+        if n:
+            self._instruments.embeddings_rejected.add(n, {"reason": reason})
+
+    def test(self, window: Window) -> list[DriftResult]:
+        """Run the detectors; a failure is recorded and counted, never propagated to senders."""
+        if self.runner is None:
+            return []
+        try:
+            results = self.runner.run(window)
+        except Exception as exc:
+            logger.exception("serve-drift: drift test failed on window %d", window.index)
+            self.counts.test_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._instruments.monitoring_errors.add(1, {"stage": "drift_test"})
+            return []
+        self.results.extend(results)
+        self.counts.windows_tested += 1
+        return results
+
+    def reconfigure(self, update: MonitorUpdate) -> None:
+        """Apply a validated runtime update: windows first checked, then both applied."""
+        window = update.window_config(self.config.window)
+        thresholds = _thresholds(update, count=len(self.config.detectors))
+        if window != self.config.window:
+            self.windows = reconfigure_windows(self.windows, old=self.config.window, new=window)
+        if thresholds is not None and self.runner is not None:
+            self.runner.set_thresholds(thresholds)
+        self.config = self.config.model_copy(update={"window": window})
+
+    def health(self, *, pending_windows: int = 0) -> MonitorHealth:
+        reasons = []
+        if self.reference is None:
+            reasons.append("no reference set configured: windows are collected but not tested")
+        if self.last_error is not None:
+            reasons.append(f"last drift test failed: {self.last_error}")
+        event_log = None if self.event_log is None else self.event_log.health()
+        if event_log is not None and event_log.degraded:
+            reasons.append("the event store is failing: events are being dropped (see event_log)")
+        return MonitorHealth(
+            status="degraded" if reasons else "ready",
+            reasons=tuple(reasons),
+            reference=None if self.reference is None else self.reference.lineage_dict(),
+            window_size=self.windows.size,
+            rows_in_open_windows=self.windows.pending_rows(),
+            pending_windows=pending_windows,
+            counts=replace(self.counts),
+            event_log=event_log,
+            checked_at=time.time(),
+            pid=os.getpid(),
+        )
+
+
+def _thresholds(update: MonitorUpdate, *, count: int) -> list[float] | None:
+    if update.p_value_threshold is not None:
+        return [update.p_value_threshold] * count
+    if update.p_value_thresholds is not None:
+        if len(update.p_value_thresholds) != count:
+            raise ValueError(
+                f"p_value_thresholds has {len(update.p_value_thresholds)} entries for "
+                f"{count} configured detectors"
+            )
+        return list(update.p_value_thresholds)
+    return None
+
+
+def _kept_out_events(
+    batch: EventBatch, *, keep: np.ndarray, usable: np.ndarray
+) -> tuple[InferenceEvent, ...]:
+    """Events kept out of windows; an unusable embedding is a data-quality flag of its own."""
+    return tuple(
+        event if ok else replace(event, flags=(*event.flags, FLAG_UNUSABLE_EMBEDDING))
+        for event, kept, ok in zip(batch.events, keep, usable, strict=True)
+        if not kept
+    )

@@ -1,0 +1,359 @@
+"""Reference sets: float32 embeddings plus JSON lineage in one ``.npz`` file, never pickle.
+
+The file holds ``embeddings`` (float32, (N, d)), optionally ``probabilities`` (float32, (N, C):
+the model's softmax outputs on the same images, for BBSD and the default detector's confidence
+test), and ``lineage_json`` (the lineage as UTF-8 JSON bytes in a uint8 array, so loading never
+needs ``allow_pickle``). The lineage carries SHA-256 content hashes of both arrays that
+:meth:`ReferenceSet.load` verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve_drift.errors import ServeDriftError
+from serve_drift.files import atomic_write
+
+# Bumped if the file layout changes; load refuses layouts it does not know.
+_SCHEMA = "serve-drift.reference/v1"
+_EMBEDDINGS_KEY = "embeddings"
+_PROBABILITIES_KEY = "probabilities"
+_LINEAGE_KEY = "lineage_json"
+_HASH_PREFIX = "sha256:"
+
+
+class ReferenceIntegrityError(ServeDriftError, ValueError):
+    """A reference file that is corrupt, unsafe to load, or does not match its own lineage.
+
+    ``code`` is stable for telemetry and API errors: ``reference_hash_mismatch``,
+    ``reference_missing_key``, ``reference_corrupt``, ``reference_pickle_refused``,
+    ``reference_lineage_invalid`` or ``reference_lineage_mismatch``.
+    """
+
+    def __init__(self, message: str, *, code: str = "reference_corrupt") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ReferenceLineage:
+    """Where a reference set came from; stored as JSON beside the embeddings."""
+
+    model_name: str
+    model_version: str
+    data_version: str
+    created_at: str
+    count: int
+    dim: int
+    content_hash: str
+    preprocessing: str = ""
+    source: str = ""
+    # Empty when the set has no probabilities (older files, or a model without logits).
+    probabilities_hash: str = ""
+    num_classes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# eq=False: dataclass equality would compare arrays elementwise and raise.
+@dataclass(frozen=True, eq=False)
+class ReferenceSet:
+    """Reference embeddings (float32, (N, d), read-only) and their lineage.
+
+    Construction checks that the embeddings match the lineage's shape and content hash.
+
+    >>> import numpy as np, tempfile, pathlib
+    >>> ref = ReferenceSet.from_embeddings(
+    ...     np.ones((3, 2)), model_name="m", model_version="1", data_version="d1")
+    >>> path = ref.save(pathlib.Path(tempfile.mkdtemp()) / "ref.npz")
+    >>> ReferenceSet.load(path).version == ref.version
+    True
+    """
+
+    embeddings: np.ndarray
+    lineage: ReferenceLineage
+    probabilities: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        embeddings = self.embeddings
+        if not (isinstance(embeddings, np.ndarray) and embeddings.dtype == np.float32):
+            raise ReferenceIntegrityError(
+                "reference embeddings must be a float32 numpy array", code="reference_corrupt"
+            )
+        _check_lineage_matches(embeddings, self.lineage)
+        _check_probabilities_match(self.probabilities, self.lineage)
+        # Read-only views, so a frozen ReferenceSet cannot be changed through its attributes.
+        object.__setattr__(self, "embeddings", _read_only(embeddings))
+        if self.probabilities is not None:
+            object.__setattr__(self, "probabilities", _read_only(self.probabilities))
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: Any,
+        *,
+        model_name: str,
+        model_version: str,
+        data_version: str,
+        preprocessing: str = "",
+        source: str = "",
+        probabilities: Any | None = None,
+    ) -> ReferenceSet:
+        """A reference set from (N, d) embeddings, stored as a float32 copy.
+
+        ``probabilities`` (N, C) are the model's softmax outputs on the same inputs, if any.
+        """
+        array = _as_reference_array(embeddings)
+        probs = None if probabilities is None else _as_probability_array(probabilities, array)
+        lineage = ReferenceLineage(
+            model_name=model_name,
+            model_version=model_version,
+            data_version=data_version,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            count=int(array.shape[0]),
+            dim=int(array.shape[1]),
+            content_hash=content_hash(array),
+            preprocessing=preprocessing,
+            source=source,
+            probabilities_hash="" if probs is None else content_hash(probs),
+            num_classes=0 if probs is None else int(probs.shape[1]),
+        )
+        return cls(embeddings=array, lineage=lineage, probabilities=probs)
+
+    @property
+    def version(self) -> str:
+        """Short id for telemetry: ``<data_version>@<first 12 hex digits of the hash>``."""
+        return _version(self.lineage)
+
+    def lineage_dict(self) -> dict[str, Any]:
+        """The lineage as a JSON-ready dict, with ``version`` added."""
+        return {**self.lineage.to_dict(), "version": self.version}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write one ``.npz`` file atomically (temporary file, then ``os.replace``)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lineage_bytes = json.dumps(
+            {"schema": _SCHEMA, **self.lineage.to_dict()}, sort_keys=True
+        ).encode("utf-8")
+        arrays = {
+            _EMBEDDINGS_KEY: np.ascontiguousarray(self.embeddings),
+            _LINEAGE_KEY: np.frombuffer(lineage_bytes, dtype=np.uint8),
+        }
+        if self.probabilities is not None:
+            arrays[_PROBABILITIES_KEY] = np.ascontiguousarray(self.probabilities)
+        atomic_write(target, lambda stream: np.savez(stream, **arrays))
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ReferenceSet:
+        """Read and verify a file written by :meth:`save`; never unpickles anything.
+
+        Raises ``FileNotFoundError`` for a missing file and :class:`ReferenceIntegrityError`
+        for anything else wrong with it.
+        """
+        with _open_archive(Path(path)) as archive:
+            lineage = _parse_lineage(_read_member(archive, _LINEAGE_KEY))
+            embeddings = _read_member(archive, _EMBEDDINGS_KEY)
+            probabilities = (
+                _read_member(archive, _PROBABILITIES_KEY) if lineage.probabilities_hash else None
+            )
+        return cls(embeddings=embeddings, lineage=lineage, probabilities=probabilities)
+
+
+def content_hash(embeddings: np.ndarray) -> str:
+    """``"sha256:<hex>"`` over the dtype, the shape and the C-contiguous bytes.
+
+    Dtype and shape are hashed too, so the same bytes read as a different array never match.
+
+    >>> content_hash(np.zeros((2, 2), dtype=np.float32))[:7]
+    'sha256:'
+    """
+    array = np.ascontiguousarray(embeddings)
+    digest = hashlib.sha256()
+    header = f"{array.dtype.str}|{','.join(str(n) for n in array.shape)}|"
+    digest.update(header.encode("ascii"))
+    # A flat byte view hashes the data without copying it.
+    digest.update(array.reshape(-1).view(np.uint8).data)
+    return _HASH_PREFIX + digest.hexdigest()
+
+
+def read_reference_version(path: str | os.PathLike[str] | None) -> str:
+    """The reference version recorded in a file's lineage, or ``"none"`` without a path.
+
+    Reads only the lineage (cheap, for replicas that tag telemetry with it); it does not
+    verify the content hash, which :meth:`ReferenceSet.load` does.
+    """
+    if path is None:
+        return "none"
+    with _open_archive(Path(path)) as archive:
+        return _version(_parse_lineage(_read_member(archive, _LINEAGE_KEY)))
+
+
+def _version(lineage: ReferenceLineage) -> str:
+    return f"{lineage.data_version}@{lineage.content_hash.removeprefix(_HASH_PREFIX)[:12]}"
+
+
+def _as_reference_array(embeddings: Any) -> np.ndarray:
+    array = np.asarray(embeddings)
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"reference embeddings must be a non-empty 2-D array, got {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"reference embeddings must be numeric, got dtype {array.dtype}")
+    # Checked after the cast: a finite float64 beyond float32's range becomes inf.
+    with np.errstate(over="ignore"):
+        array = np.array(array, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(array).all():
+        raise ValueError("reference embeddings contain NaN or infinite values (as float32)")
+    return array
+
+
+def _as_probability_array(probabilities: Any, embeddings: np.ndarray) -> np.ndarray:
+    array = np.array(probabilities, dtype=np.float32, order="C", copy=True)
+    if array.ndim != 2 or array.shape[0] != embeddings.shape[0] or array.shape[1] < 2:
+        raise ValueError(
+            f"reference probabilities must be (N, C) with N = {embeddings.shape[0]} rows and "
+            f"C >= 2 classes, got {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError("reference probabilities contain NaN or infinite values")
+    return array
+
+
+def _check_probabilities_match(probabilities: Any, lineage: ReferenceLineage) -> None:
+    if probabilities is None:
+        if lineage.probabilities_hash:
+            raise ReferenceIntegrityError(
+                "lineage records probabilities but the reference set has none",
+                code="reference_lineage_mismatch",
+            )
+        return
+    if not (isinstance(probabilities, np.ndarray) and probabilities.dtype == np.float32):
+        raise ReferenceIntegrityError(
+            "reference probabilities must be a float32 numpy array", code="reference_corrupt"
+        )
+    _check_recorded(
+        probabilities,
+        what="probabilities",
+        shape=(lineage.count, lineage.num_classes),
+        recorded_hash=lineage.probabilities_hash,
+    )
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _check_lineage_matches(embeddings: np.ndarray, lineage: ReferenceLineage) -> None:
+    _check_recorded(
+        embeddings,
+        what="embeddings",
+        shape=(lineage.count, lineage.dim),
+        recorded_hash=lineage.content_hash,
+    )
+
+
+def _check_recorded(
+    array: np.ndarray, *, what: str, shape: tuple[int, ...], recorded_hash: str | None
+) -> None:
+    """The array has the shape and content hash its lineage recorded."""
+    if array.shape != shape:
+        raise ReferenceIntegrityError(
+            f"{what} have shape {array.shape}, lineage says {shape}",
+            code="reference_lineage_mismatch",
+        )
+    actual = content_hash(array)
+    if actual != recorded_hash:
+        raise ReferenceIntegrityError(
+            f"reference {what} hash to {actual}, lineage records {recorded_hash}: "
+            "the file was modified or corrupted",
+            code="reference_hash_mismatch",
+        )
+
+
+def _open_archive(path: Path) -> Any:
+    if not path.exists():
+        raise FileNotFoundError(f"reference file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # numpy's refusal to unpickle a non-npz file
+        raise ReferenceIntegrityError(
+            f"{path} is not a reference .npz file (numpy: {exc})", code="reference_corrupt"
+        ) from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ReferenceIntegrityError(
+            f"{path} could not be read as .npz: {exc}", code="reference_corrupt"
+        ) from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ReferenceIntegrityError(
+            f"{path} holds a single array, not a reference .npz archive",
+            code="reference_corrupt",
+        )
+    return loaded
+
+
+def _read_member(archive: Any, key: str) -> np.ndarray:
+    if key not in archive.files:
+        raise ReferenceIntegrityError(
+            f"reference file has no {key!r} array (found: {', '.join(archive.files) or 'none'})",
+            code="reference_missing_key",
+        )
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ReferenceIntegrityError(
+                f"reference array {key!r} is a pickled object array; refusing to load it",
+                code="reference_pickle_refused",
+            ) from exc
+        raise ReferenceIntegrityError(
+            f"reference array {key!r} is unreadable: {exc}", code="reference_corrupt"
+        ) from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ReferenceIntegrityError(
+            f"reference array {key!r} is unreadable: {exc}", code="reference_corrupt"
+        ) from exc
+
+
+def _parse_lineage(raw: np.ndarray) -> ReferenceLineage:
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ReferenceIntegrityError(
+            f"lineage must be a 1-D uint8 byte array, got {raw.dtype} {raw.shape}",
+            code="reference_lineage_invalid",
+        )
+    try:
+        data = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReferenceIntegrityError(
+            f"lineage is not valid UTF-8 JSON: {exc}", code="reference_lineage_invalid"
+        ) from exc
+    return _lineage_from_dict(data)
+
+
+def _lineage_from_dict(data: Any) -> ReferenceLineage:
+    if not isinstance(data, dict) or data.get("schema") != _SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ReferenceIntegrityError(
+            f"unknown reference lineage schema {found!r}, expected {_SCHEMA!r}",
+            code="reference_lineage_invalid",
+        )
+    names = {field.name for field in fields(ReferenceLineage)}
+    # Unknown keys are ignored so that a newer writer adding fields stays readable.
+    try:
+        return ReferenceLineage(**{key: value for key, value in data.items() if key in names})
+    except TypeError as exc:
+        raise ReferenceIntegrityError(
+            f"lineage is missing fields: {exc}", code="reference_lineage_invalid"
+        ) from exc

@@ -1,0 +1,211 @@
+"""What serve-drift knows about the request being handled, in context variables.
+
+- **IDs**: the client's ``X-Request-ID`` as Ray Serve saw it (sanitised), or one of ours, beside
+  an internal ID that never repeats;
+- **marks**: what the handler said about each input row (flags, exclusion, input statistics);
+- **caller context**: ``X-Serve-Drift-Context-*`` headers, cleaned for storage and export.
+
+Ingress and the replica both use it; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from serve_drift.messages import InputStats
+
+MAX_CORRELATION_ID_LENGTH = 128
+_UNSAFE = re.compile(r"[^\x21-\x7e]")  # anything but printable, non-space ASCII
+
+MAX_CONTEXT_KEYS = 16
+MAX_CONTEXT_KEY_CHARS = 64
+MAX_CONTEXT_VALUE_CHARS = 256
+# Context keys become log attributes and CLI columns: keep them to a conservative alphabet.
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
+
+
+@dataclass(frozen=True)
+class RequestIds:
+    """``correlation_id`` may repeat (clients reuse IDs); ``internal_id`` never does."""
+
+    correlation_id: str
+    internal_id: str
+
+
+def sanitize_correlation_id(raw: str) -> str:
+    """Make a client-supplied ID safe for logs, span attributes and headers.
+
+    >>> sanitize_correlation_id("abc\\r\\nSet-Cookie: x")
+    'abc__Set-Cookie:_x'
+    """
+    return _UNSAFE.sub("_", raw[:MAX_CORRELATION_ID_LENGTH])
+
+
+def _new_id() -> str:
+    return os.urandom(16).hex()  # as random as uuid4, at a third of the cost
+
+
+def _serve_request_context() -> tuple[str, str]:
+    # The getter is private and empty in local testing mode or outside a request: read it
+    # defensively so a Ray upgrade can only cost us the client's ID, never a request.
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        ctx = _get_serve_request_context()
+        return str(ctx.request_id or ""), str(getattr(ctx, "_internal_request_id", "") or "")
+    except Exception:
+        return "", ""
+
+
+# The IDs the monitoring wrapper settled on for the request being handled, so the handler sees
+# the same ones even where they were generated here (Ray's context is empty in local testing).
+_BOUND: ContextVar[RequestIds | None] = ContextVar("serve_drift_request_ids", default=None)
+
+
+@contextmanager
+def bind_request_ids(ids: RequestIds) -> Iterator[RequestIds]:
+    """Make ``ids`` what :func:`current_request_ids` returns inside the ``with`` block."""
+    token = _BOUND.set(ids)
+    try:
+        yield ids
+    finally:
+        _BOUND.reset(token)
+
+
+def current_request_ids() -> RequestIds:
+    """IDs for the request being handled, generating whatever Ray Serve did not provide."""
+    bound = _BOUND.get()
+    if bound is not None:
+        return bound
+    request_id, internal_id = _serve_request_context()
+    correlation_id = sanitize_correlation_id(request_id) if request_id else _new_id()
+    return RequestIds(correlation_id=correlation_id, internal_id=internal_id or _new_id())
+
+
+# --- marks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowMark:
+    """What the handler said about one input row of the current request."""
+
+    flags: tuple[str, ...] = ()
+    exclude_from_drift: bool = False
+    input_stats: InputStats | None = None
+
+
+@dataclass
+class RequestMarks:
+    rows: dict[int | None, RowMark] = field(default_factory=dict)
+    outcome: str | None = None
+    context: dict[str, str] = field(default_factory=dict)
+
+    def row(self, index: int) -> RowMark:
+        return self.rows.get(index) or self.rows.get(None) or RowMark()
+
+
+# One mutable record per monitored request, set before the handler runs. The handler (or a
+# thread started with ``asyncio.to_thread``, which copies the context) updates it in place.
+_REQUEST_MARKS: ContextVar[RequestMarks | None] = ContextVar(
+    "serve_drift_request_marks", default=None
+)
+
+
+@contextmanager
+def request_marks(*, context: Mapping[str, str] | None = None) -> Iterator[RequestMarks]:
+    marks = RequestMarks(context=dict(context or {}))
+    token = _REQUEST_MARKS.set(marks)
+    try:
+        yield marks
+    finally:
+        _REQUEST_MARKS.reset(token)
+
+
+def mark_request(
+    *,
+    flags: Sequence[str] = (),
+    exclude_from_drift: bool = False,
+    row: int | None = None,
+    outcome: str | None = None,
+    input_stats: InputStats | None = None,
+) -> bool:
+    """Mark the monitored request being handled; returns False outside one (then a no-op).
+
+    ``flags``, ``exclude_from_drift`` and ``input_stats`` go on the event of input ``row``
+    (every row when ``None``); the monitor keeps excluded rows out of drift windows and counts
+    them. ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g.
+    ``"rejected"`` when the handler answers a 4xx itself).
+
+    >>> mark_request(flags=["constant"], exclude_from_drift=True)
+    False
+    """
+    marks = _REQUEST_MARKS.get()
+    if marks is None:
+        return False
+    if flags or exclude_from_drift or input_stats is not None:
+        previous = marks.rows.get(row, RowMark())
+        marks.rows[row] = RowMark(
+            flags=tuple(flags) or previous.flags,
+            exclude_from_drift=exclude_from_drift or previous.exclude_from_drift,
+            input_stats=input_stats or previous.input_stats,
+        )
+    if outcome is not None:
+        marks.outcome = outcome
+    return True
+
+
+# --- caller context ----------------------------------------------------------------------------
+
+
+def clean_context(raw: Mapping[str, object] | None) -> dict[str, str]:
+    """Make caller-supplied context (camera id, site, scene, ...) safe to store and export.
+
+    Keys: characters outside ``A-Za-z0-9_.:/-`` become ``_``, cut to 64 characters; empty keys
+    are dropped. Values: ``str()`` of the value, control characters removed, cut to 256
+    characters; ``None`` values are dropped. At most 16 keys are kept, in the caller's order
+    (later ones are dropped, never an error: context must not fail a request).
+
+    >>> clean_context({"camera id": "cam-7\\n", "site": None, "n": 3})
+    {'camera_id': 'cam-7', 'n': '3'}
+    """
+    cleaned: dict[str, str] = {}
+    for key, value in (raw or {}).items():
+        if len(cleaned) >= MAX_CONTEXT_KEYS:
+            break
+        if value is None:
+            continue
+        safe_key = _KEY_UNSAFE.sub("_", str(key).strip())[:MAX_CONTEXT_KEY_CHARS]
+        if safe_key and safe_key not in cleaned:
+            cleaned[safe_key] = _clean_value(value)
+    return cleaned
+
+
+def context_from_headers(
+    headers: Mapping[str, str], *, prefix: str = "x-serve-drift-context-"
+) -> dict[str, str]:
+    """Context passed as request headers, e.g. ``X-Serve-Drift-Context-Camera: cam-7``.
+
+    >>> context_from_headers({"X-Serve-Drift-Context-Camera": "cam-7", "Accept": "*/*"})
+    {'camera': 'cam-7'}
+    """
+    lowered = prefix.lower()
+    found = {
+        name[len(lowered) :]: value
+        for name, value in headers.items()
+        if name.lower().startswith(lowered) and len(name) > len(lowered)
+    }
+    return clean_context({key.lower(): value for key, value in found.items()})
+
+
+def _clean_value(value: object) -> str:
+    text = str(value)
+    # Drop control/format characters (newlines, escapes, bidi overrides): they break table
+    # output and log parsers, and are never meaningful in an identifier like a camera id.
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    return text.strip()[:MAX_CONTEXT_VALUE_CHARS]

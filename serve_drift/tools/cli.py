@@ -1,0 +1,88 @@
+"""The ``serve-drift`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serve-drift", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="serve the embedded digits model, replay clean then shifted traffic"
+    )
+    demo.add_argument(
+        "--window-size", type=int, default=100, help="embeddings per drift test (default 100)"
+    )
+    demo.add_argument(
+        "--clean-windows", type=int, default=3, help="windows of clean traffic (default 3)"
+    )
+    demo.add_argument("--shift-windows", type=int, default=2, help="windows per shift (default 2)")
+    demo.add_argument(
+        "--concurrency", type=int, default=8, help="concurrent HTTP clients (default 8)"
+    )
+    demo.add_argument(
+        "--port", type=int, default=8000, help="HTTP port for Ray Serve (default 8000)"
+    )
+    demo.add_argument(
+        "--detectors",
+        default="combined,mmd:alibi,mmd:native",
+        help="detectors side by side, kind[:backend] (default: the default detector, combined, "
+        "beside alibi-detect's and our MMD)",
+    )
+    sentinel = commands.add_parser(
+        "sentinel", help="send the labelled sentinel set through the deployed app and record it"
+    )
+    sentinel.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
+    sentinel.add_argument("--count", type=int, default=200, help="sentinel images (default 200)")
+    sentinel.add_argument("--every", type=float, default=0, help="repeat every N seconds")
+    sentinel.add_argument("--runs", type=int, default=1, help="runs when repeating (0: forever)")
+    events = commands.add_parser(
+        "events", help="query the event store (serve-drift events --help)", add_help=False
+    )
+    events.add_argument("rest", nargs=argparse.REMAINDER)
+    reference = commands.add_parser(
+        "reference",
+        help="build, sample or inspect reference sets (serve-drift reference --help)",
+        add_help=False,
+    )
+    reference.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["events"]:  # its own parser, with its own --help
+        from serve_drift.tools.events_cli import main as events_main
+
+        return events_main(argv[1:])
+    if argv[:1] == ["reference"]:  # its own parser, with its own --help
+        from serve_drift.tools.reference_cli import main as reference_main
+
+        return reference_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from serve_drift.tools.demo import DemoOptions, run_demo
+
+        summary = run_demo(
+            DemoOptions(
+                window_size=args.window_size,
+                clean_windows=args.clean_windows,
+                shift_windows=args.shift_windows,
+                concurrency=args.concurrency,
+                port=args.port,
+                detectors=tuple(d.strip() for d in args.detectors.split(",") if d.strip()),
+            )
+        )
+        return 0 if summary.ok else 1
+    if args.command == "sentinel":
+        from serve_drift.tools.sentinel import sentinel_command
+
+        return sentinel_command(url=args.url, count=args.count, every_s=args.every, runs=args.runs)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
