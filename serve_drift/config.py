@@ -145,6 +145,31 @@ class WindowConfig(_Frozen):
         return self
 
 
+class CalibrationConfig(_Frozen):
+    """False-alarm control for the deployed reference (``serve_drift.detectors.calibration``).
+
+    Every detector's p-value is calibrated for the reference set and window size in use, from
+    ``references`` bootstrap references with ``windows`` bootstrap windows each, so that the
+    level holds for all but ``1 - quantile`` of references built this way. It runs when the
+    monitor starts and when the window size changes, off the request path; a detector whose
+    calibration would take longer than ``budget_s`` uses the draws made by then (at least
+    ``min_references``), or runs uncalibrated and says so. ``max_window_ratio`` is the largest
+    window-to-reference size ratio (M/N) that is tested without a warning.
+
+    >>> CalibrationConfig().quantile
+    0.99
+    """
+
+    enabled: bool = True
+    references: int = Field(40, ge=5, le=10_000)
+    windows: int = Field(50, ge=5, le=10_000)
+    quantile: float = Field(0.99, ge=0.5, lt=1)
+    min_references: int = Field(10, ge=2, le=10_000)
+    budget_s: float = Field(120.0, gt=0)
+    max_window_ratio: float = Field(0.5, gt=0)
+    seed: int = 0
+
+
 class MonitorUpdate(_Frozen):
     """What the monitor's Serve ``user_config`` may change without a restart.
 
@@ -232,3 +257,4 @@ class DriftConfig(_Frozen):
     # Rows of accepted traffic the monitor keeps per model version (a uniform reservoir
     # sample) for `serve-drift reference from-traffic`; 0 turns it off.
     traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)

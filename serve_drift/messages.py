@@ -115,7 +115,9 @@ class ComponentStatistic:
 class DriftStatistic:
     """What one detector computed for one window against the reference set.
 
-    A combined detector's ``p_value`` is corrected for testing several components;
+    A calibrated detector's ``p_value`` holds its level for the deployed reference and
+    ``uncalibrated_p_value`` is the detector's own. A combined detector's ``p_value`` is
+    corrected for testing several components;
     ``components`` holds each one's marginal p-value, to explain an alarm, and ``skipped``
     names components that could not run on this window (e.g. ``confidence`` without softmax
     probabilities). Single-test detectors leave both empty.
@@ -126,6 +128,9 @@ class DriftStatistic:
     distance_threshold: float | None = None
     components: tuple[ComponentStatistic, ...] = ()
     skipped: tuple[str, ...] = ()
+    # Set when ``p_value`` was calibrated for the deployed reference
+    # (``serve_drift.detectors.calibration``): the detector's own permutation p-value.
+    uncalibrated_p_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,8 @@ class DriftResult:
     """One drift test of one window by one detector.
 
     ``test_id`` and ``trace_id``/``span_id`` tie the result to its drift-test span, whose links
-    point at the request spans of (a sample of) the requests in the window.
+    point at the request spans of (a sample of) the requests in the window. ``is_drift`` is
+    ``p_value < p_value_threshold`` with the calibrated ``p_value``.
     """
 
     test_id: str
@@ -161,6 +167,13 @@ class DriftResult:
     # Only ``p_value`` (corrected) is compared with the threshold.
     component_p_values: tuple[tuple[str, float], ...] = ()
     skipped_components: tuple[str, ...] = ()
+    # ``p_value`` is calibrated for the deployed reference and window size (the level holds
+    # for this reference, not only on average); this is the detector's own p-value, or None
+    # when the detector ran uncalibrated (then ``p_value`` is that one).
+    uncalibrated_p_value: float | None = None
+    # A label-free estimate of the model's accuracy on this window (the same on every result
+    # of the window), or None without softmax probabilities.
+    estimated_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from opentelemetry import trace
@@ -12,6 +13,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from serve_drift.config import DriftConfig
 from serve_drift.detectors import DriftDetector
+from serve_drift.detectors.accuracy import AccuracyEstimator
 from serve_drift.messages import DriftResult, DriftStatistic, InferenceEvent
 from serve_drift.monitor.windows import Window
 from serve_drift.telemetry import instruments as tel
@@ -44,6 +46,15 @@ def _link(event: InferenceEvent) -> Link | None:
     return Link(context, {tel.ATTR_CORRELATION_ID: event.correlation_id})
 
 
+def _optional_attributes(result: DriftResult) -> dict[str, float]:
+    """The raw p-value of a calibrated detector and the window's accuracy estimate, if any."""
+    values = {
+        tel.ATTR_P_VALUE_UNCALIBRATED: result.uncalibrated_p_value,
+        tel.ATTR_ESTIMATED_ACCURACY: result.estimated_accuracy,
+    }
+    return {name: value for name, value in values.items() if value is not None}
+
+
 class DriftRunner:
     """Owns the detectors for one reference set and turns windows into typed results."""
 
@@ -54,8 +65,10 @@ class DriftRunner:
         detectors: Sequence[DriftDetector],
         reference_size: int,
         reference_version: str,
+        accuracy: AccuracyEstimator | None = None,
     ) -> None:
         self._config = config
+        self._accuracy = accuracy
         self._detectors = list(detectors)
         self._reference_size = reference_size
         self._reference_version = reference_version
@@ -65,10 +78,33 @@ class DriftRunner:
     def run(self, window: Window) -> list[DriftResult]:
         sampled = sample_events(window.events, k=self._config.telemetry.link_sample_size)
         links = [link for link in map(_link, sampled) if link is not None]
+        estimate = self._estimate_accuracy(window)
+        if estimate is not None:
+            self._record_estimate(estimate, window)
+        # The same estimate goes on every result of the window, so any alert rule can use it.
         return [
-            self._run_one(detector, threshold, window, links, sampled)
+            self._run_one(detector, threshold, window, links, sampled, estimate)
             for detector, threshold in zip(self._detectors, self._thresholds(), strict=True)
         ]
+
+    def _estimate_accuracy(self, window: Window) -> float | None:
+        """The window's label-free accuracy estimate, once for all its results."""
+        if self._accuracy is None or window.probabilities is None:
+            return None
+        found = self._accuracy.estimate(
+            embeddings=window.embeddings, probabilities=window.probabilities
+        )
+        return found.accuracy
+
+    def _record_estimate(self, estimate: float, window: Window) -> None:
+        self._instruments.estimated_accuracy.set(
+            estimate,
+            {
+                tel.ATTR_MODEL_NAME: self._config.model_name,
+                tel.ATTR_MODEL_VERSION: window.model_version,
+                tel.ATTR_REFERENCE_VERSION: self._reference_version,
+            },
+        )
 
     def _thresholds(self) -> list[float]:
         return list(self._p_value_thresholds)
@@ -86,6 +122,7 @@ class DriftRunner:
         window: Window,
         links: list[Link],
         sampled: list[InferenceEvent],
+        estimate: float | None,
     ) -> DriftResult:
         attributes = self._attributes(detector, window)
         with tel.tracer().start_as_current_span(
@@ -94,7 +131,10 @@ class DriftRunner:
             started = time.perf_counter()
             statistic = detector.test(window.embeddings, probabilities=window.probabilities)
             duration = time.perf_counter() - started
-            result = self._result(detector, threshold, window, statistic, duration, span, sampled)
+            result = replace(
+                self._result(detector, threshold, window, statistic, duration, span, sampled),
+                estimated_accuracy=estimate,
+            )
             span.set_attributes(
                 {
                     tel.ATTR_P_VALUE: result.p_value,
@@ -102,6 +142,7 @@ class DriftRunner:
                     tel.ATTR_IS_DRIFT: result.is_drift,
                     tel.ATTR_TEST_ID: result.test_id,
                     **{f"{tel.ATTR_P_VALUE}.{name}": p for name, p in result.component_p_values},
+                    **_optional_attributes(result),
                 }
             )
         self._record_metrics(result, attributes)
@@ -153,6 +194,7 @@ class DriftRunner:
             correlation_ids_sample=tuple(e.correlation_id for e in sampled),
             component_p_values=tuple((c.name, c.p_value) for c in statistic.components),
             skipped_components=statistic.skipped,
+            uncalibrated_p_value=statistic.uncalibrated_p_value,
         )
 
     def _record_metrics(self, result: DriftResult, attributes: dict[str, str | int]) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from serve_drift.config import DriftConfig, MonitorUpdate
-from serve_drift.detectors import build_detector
 from serve_drift.eventlog.recorder import EventLogHealth
 from serve_drift.messages import DriftResult, EventBatch, InferenceEvent
+from serve_drift.monitor.accuracy import fit_accuracy_estimator
+from serve_drift.monitor.calibration import MonitorDetectors, build_monitor_detectors
 from serve_drift.monitor.event_log import MonitorEventLog
 from serve_drift.monitor.runner import DriftRunner
 from serve_drift.monitor.traffic_sample import TrafficSample
@@ -90,6 +91,7 @@ class MonitorState:
         self.results: deque[DriftResult] = deque(maxlen=MAX_RESULTS_KEPT)
         self.counts = MonitorCounts()
         self.last_error: str | None = None
+        self.detectors: MonitorDetectors | None = None  # calibrated for reference and window
         self.runner = self._build_runner() if self.reference is not None else None
         self.event_log = self._build_event_log()
         if self.event_log is not None:
@@ -105,19 +107,14 @@ class MonitorState:
 
     def _build_runner(self) -> DriftRunner:
         assert self.reference is not None
-        detectors = [
-            build_detector(
-                d,
-                reference=self.reference.embeddings,
-                reference_probabilities=self.reference.probabilities,
-            )
-            for d in self.config.detectors
-        ]
+        self.detectors = build_monitor_detectors(self.config, self.reference)
+        self.detectors.prepare()  # calibration: at start-up, before any traffic is tested
         return DriftRunner(
             config=self.config,
-            detectors=detectors,
+            detectors=self.detectors.detectors,
             reference_size=len(self.reference.embeddings),
             reference_version=self.reference.version,
+            accuracy=fit_accuracy_estimator(self.reference),
         )
 
     def accept(self, batch: EventBatch) -> list[Job]:
@@ -204,6 +201,8 @@ class MonitorState:
         thresholds = _thresholds(update, count=len(self.config.detectors))
         if window != self.config.window:
             self.windows = reconfigure_windows(self.windows, old=self.config.window, new=window)
+            if self.detectors is not None:  # recalibrated at the first window of the new size
+                self.detectors.set_window_size(window.size)
         if thresholds is not None and self.runner is not None:
             self.runner.set_thresholds(thresholds)
         self.config = self.config.model_copy(update={"window": window})
@@ -214,6 +213,8 @@ class MonitorState:
             reasons.append("no reference set configured: windows are collected but not tested")
         if self.last_error is not None:
             reasons.append(f"last drift test failed: {self.last_error}")
+        if self.detectors is not None:
+            reasons.extend(self.detectors.warnings())
         event_log = None if self.event_log is None else self.event_log.health()
         if event_log is not None and event_log.degraded:
             reasons.append("the event store is failing: events are being dropped (see event_log)")

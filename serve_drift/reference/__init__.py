@@ -19,6 +19,7 @@ from serve_drift.reference.reference_set import (
     ReferenceIntegrityError,
     ReferenceLineage,
     ReferenceSet,
+    StoredCalibration,
     content_hash,
     read_reference_version,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ReferenceIntegrityError",
     "ReferenceLineage",
     "ReferenceSet",
+    "StoredCalibration",
     "build_reference",
     "content_hash",
     "embed_outputs",

@@ -7,7 +7,7 @@ replicas send, row for row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,18 @@ def build_reference(
     seed: int = 0,
     batch_size: int = 64,
     progress: BuildProgress | None = None,
+    labels: Mapping[str, int] | None = None,
 ) -> ReferenceSet:
     """Embed ``images`` (a folder, searched recursively, or a list of files) into a reference.
 
     ``model`` and ``preprocess`` are the served model and its own preprocessing (a list of PIL
     images to a batch tensor); ``limit`` embeds a seeded random sample of that many images;
-    ``progress(done, total)`` is called after every batch. The set is
-    returned, not saved: call :meth:`ReferenceSet.save`.
+    ``progress(done, total)`` is called after every batch; ``labels`` maps each image's
+    path (relative to the folder, or as listed) to its true class, for the label-free
+    accuracy estimate (every embedded image needs one). The set is returned, not saved: call
+    :meth:`ReferenceSet.save`; calibrate it for a detector and window size with
+    ``serve_drift.monitor.calibrate_reference`` (the ``serve-drift reference build`` command
+    does both).
     """
     if isinstance(images, Path):
         paths = find_images(images, limit=limit, seed=seed)
@@ -60,12 +65,25 @@ def build_reference(
     return ReferenceSet.from_embeddings(
         outputs.embeddings,
         probabilities=outputs.probabilities,
+        labels=None if labels is None else _labels_of(paths, labels, folder=images),
         model_name=model_name,
         model_version=model_version,
         data_version=data_version,
         preprocessing=preprocessing,
         source=source,
     )
+
+
+def _labels_of(
+    paths: Sequence[Path], labels: Mapping[str, int], *, folder: Path | Sequence[Path]
+) -> list[int]:
+    keys = [
+        p.relative_to(folder).as_posix() if isinstance(folder, Path) else str(p) for p in paths
+    ]
+    missing = [key for key in keys if key not in labels]
+    if missing:
+        raise ValueError(f"{len(missing)} images have no label, e.g. {missing[0]!r}")
+    return [int(labels[key]) for key in keys]
 
 
 def find_images(folder: Path, *, limit: int | None = None, seed: int = 0) -> list[Path]:

@@ -2,17 +2,22 @@
 
 The file holds ``embeddings`` (float32, (N, d)), optionally ``probabilities`` (float32, (N, C):
 the model's softmax outputs on the same images, for BBSD and the default detector's confidence
-test), and ``lineage_json`` (the lineage as UTF-8 JSON bytes in a uint8 array, so loading never
-needs ``allow_pickle``). The lineage carries SHA-256 content hashes of both arrays that
-:meth:`ReferenceSet.load` verifies.
+test), optionally ``labels`` (int64, (N,): the true classes, for the label-free accuracy
+estimate's fit), optionally ``calibration_<i>`` (float64 (S, J): the null p-values a detector's
+calibration drew for this reference, see :mod:`serve_drift.detectors.calibration`), and
+``lineage_json`` (the lineage as UTF-8 JSON bytes in a uint8 array, so loading never needs
+``allow_pickle``). The lineage carries SHA-256 content hashes of every array, which
+:meth:`ReferenceSet.load` verifies; each calibration's entry also says what drew it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +33,8 @@ _SCHEMA = "serve-drift.reference/v1"
 _EMBEDDINGS_KEY = "embeddings"
 _PROBABILITIES_KEY = "probabilities"
 _LINEAGE_KEY = "lineage_json"
+_LABELS_KEY = "labels"
+_CALIBRATION_PREFIX = "calibration_"
 _HASH_PREFIX = "sha256:"
 
 
@@ -60,9 +67,24 @@ class ReferenceLineage:
     # Empty when the set has no probabilities (older files, or a model without logits).
     probabilities_hash: str = ""
     num_classes: int = 0
+    # Empty when the set has no labels.
+    labels_hash: str = ""
+    # One entry per stored calibration: key, array name, shape, hash and what drew it.
+    calibrations: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredCalibration:
+    """Null p-values one detector's calibration drew for this reference (S references x J
+    windows), identified by ``key``; ``metadata`` says what drew them (detector, window size,
+    plan), as JSON. Made by :mod:`serve_drift.detectors.calibration`, only stored here."""
+
+    key: str
+    metadata: dict[str, Any]
+    null_p_values: np.ndarray
 
 
 # eq=False: dataclass equality would compare arrays elementwise and raise.
@@ -83,6 +105,8 @@ class ReferenceSet:
     embeddings: np.ndarray
     lineage: ReferenceLineage
     probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    calibrations: tuple[StoredCalibration, ...] = ()
 
     def __post_init__(self) -> None:
         embeddings = self.embeddings
@@ -92,10 +116,14 @@ class ReferenceSet:
             )
         _check_lineage_matches(embeddings, self.lineage)
         _check_probabilities_match(self.probabilities, self.lineage)
+        _check_labels_match(self.labels, self.lineage)
+        _check_calibrations_match(self.calibrations, self.lineage)
         # Read-only views, so a frozen ReferenceSet cannot be changed through its attributes.
         object.__setattr__(self, "embeddings", _read_only(embeddings))
         if self.probabilities is not None:
             object.__setattr__(self, "probabilities", _read_only(self.probabilities))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", _read_only(self.labels))
 
     @classmethod
     def from_embeddings(
@@ -108,13 +136,16 @@ class ReferenceSet:
         preprocessing: str = "",
         source: str = "",
         probabilities: Any | None = None,
+        labels: Any | None = None,
     ) -> ReferenceSet:
         """A reference set from (N, d) embeddings, stored as a float32 copy.
 
-        ``probabilities`` (N, C) are the model's softmax outputs on the same inputs, if any.
+        ``probabilities`` (N, C) are the model's softmax outputs on the same inputs, if any;
+        ``labels`` (N,) their true classes, if known (the accuracy estimate is fitted on them).
         """
         array = _as_reference_array(embeddings)
         probs = None if probabilities is None else _as_probability_array(probabilities, array)
+        classes = None if labels is None else _as_label_array(labels, array)
         lineage = ReferenceLineage(
             model_name=model_name,
             model_version=model_version,
@@ -127,8 +158,31 @@ class ReferenceSet:
             source=source,
             probabilities_hash="" if probs is None else content_hash(probs),
             num_classes=0 if probs is None else int(probs.shape[1]),
+            labels_hash="" if classes is None else content_hash(classes),
         )
-        return cls(embeddings=array, lineage=lineage, probabilities=probs)
+        return cls(embeddings=array, lineage=lineage, probabilities=probs, labels=classes)
+
+    def with_calibrations(self, stored: Sequence[StoredCalibration]) -> ReferenceSet:
+        """This set with ``stored`` calibrations added (replacing any with the same key).
+
+        The embeddings' hash, hence :attr:`version`, does not change: a calibration is
+        derived from the reference, not part of it.
+        """
+        new_keys = {item.key for item in stored}
+        kept = [item for item in self.calibrations if item.key not in new_keys]
+        calibrations = tuple(kept) + tuple(_checked_calibration(item) for item in stored)
+        entries = tuple(
+            _calibration_entry(item, index=index) for index, item in enumerate(calibrations)
+        )
+        return dataclasses.replace(
+            self,
+            lineage=dataclasses.replace(self.lineage, calibrations=entries),
+            calibrations=calibrations,
+        )
+
+    def calibration(self, key: str) -> StoredCalibration | None:
+        """The stored calibration with this key, if any."""
+        return next((item for item in self.calibrations if item.key == key), None)
 
     @property
     def version(self) -> str:
@@ -152,6 +206,10 @@ class ReferenceSet:
         }
         if self.probabilities is not None:
             arrays[_PROBABILITIES_KEY] = np.ascontiguousarray(self.probabilities)
+        if self.labels is not None:
+            arrays[_LABELS_KEY] = np.ascontiguousarray(self.labels)
+        for entry, item in zip(self.lineage.calibrations, self.calibrations, strict=True):
+            arrays[entry["array"]] = np.ascontiguousarray(item.null_p_values)
         atomic_write(target, lambda stream: np.savez(stream, **arrays))
         return target
 
@@ -168,7 +226,18 @@ class ReferenceSet:
             probabilities = (
                 _read_member(archive, _PROBABILITIES_KEY) if lineage.probabilities_hash else None
             )
-        return cls(embeddings=embeddings, lineage=lineage, probabilities=probabilities)
+            labels = _read_member(archive, _LABELS_KEY) if lineage.labels_hash else None
+            calibrations = tuple(
+                _stored_calibration(entry, _read_member(archive, str(entry.get("array"))))
+                for entry in lineage.calibrations
+            )
+        return cls(
+            embeddings=embeddings,
+            lineage=lineage,
+            probabilities=probabilities,
+            labels=labels,
+            calibrations=calibrations,
+        )
 
 
 def content_hash(embeddings: np.ndarray) -> str:
@@ -228,6 +297,82 @@ def _as_probability_array(probabilities: Any, embeddings: np.ndarray) -> np.ndar
     if not np.isfinite(array).all():
         raise ValueError("reference probabilities contain NaN or infinite values")
     return array
+
+
+def _as_label_array(labels: Any, embeddings: np.ndarray) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.shape != (embeddings.shape[0],) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"reference labels must be {embeddings.shape[0]} integer class indices, got "
+            f"{array.dtype} {array.shape}"
+        )
+    if (array < 0).any():
+        raise ValueError("reference labels must be non-negative class indices")
+    return np.array(array, dtype=np.int64, order="C", copy=True)
+
+
+def _check_labels_match(labels: Any, lineage: ReferenceLineage) -> None:
+    if labels is None:
+        if lineage.labels_hash:
+            raise ReferenceIntegrityError(
+                "lineage records labels but the reference set has none",
+                code="reference_lineage_mismatch",
+            )
+        return
+    if not (isinstance(labels, np.ndarray) and labels.dtype == np.int64):
+        raise ReferenceIntegrityError(
+            "reference labels must be an int64 numpy array", code="reference_corrupt"
+        )
+    _check_recorded(
+        labels, what="labels", shape=(lineage.count,), recorded_hash=lineage.labels_hash
+    )
+
+
+def _checked_calibration(item: StoredCalibration) -> StoredCalibration:
+    array = np.asarray(item.null_p_values, dtype=np.float64)
+    if array.ndim != 2 or not np.isfinite(array).all():
+        raise ValueError(f"calibration {item.key!r}: null p-values must be a finite 2-D array")
+    json.dumps(item.metadata)  # JSON only: fails here, not when saving
+    return StoredCalibration(key=item.key, metadata=dict(item.metadata), null_p_values=array)
+
+
+def _calibration_entry(item: StoredCalibration, *, index: int) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "array": f"{_CALIBRATION_PREFIX}{index}",
+        "shape": list(item.null_p_values.shape),
+        "hash": content_hash(item.null_p_values),
+        "metadata": item.metadata,
+    }
+
+
+def _stored_calibration(entry: dict[str, Any], array: np.ndarray) -> StoredCalibration:
+    return StoredCalibration(
+        key=str(entry.get("key")), metadata=dict(entry.get("metadata") or {}), null_p_values=array
+    )
+
+
+def _check_calibrations_match(
+    calibrations: tuple[StoredCalibration, ...], lineage: ReferenceLineage
+) -> None:
+    if len(calibrations) != len(lineage.calibrations):
+        raise ReferenceIntegrityError(
+            f"lineage records {len(lineage.calibrations)} calibrations, the set has "
+            f"{len(calibrations)}",
+            code="reference_lineage_mismatch",
+        )
+    for entry, item in zip(lineage.calibrations, calibrations, strict=True):
+        if entry.get("key") != item.key or item.null_p_values.dtype != np.float64:
+            raise ReferenceIntegrityError(
+                f"calibration {item.key!r} does not match its lineage entry",
+                code="reference_lineage_mismatch",
+            )
+        _check_recorded(
+            item.null_p_values,
+            what=f"calibration {item.key!r}",
+            shape=tuple(entry.get("shape") or ()),
+            recorded_hash=entry.get("hash"),
+        )
 
 
 def _check_probabilities_match(probabilities: Any, lineage: ReferenceLineage) -> None:
@@ -351,8 +496,15 @@ def _lineage_from_dict(data: Any) -> ReferenceLineage:
         )
     names = {field.name for field in fields(ReferenceLineage)}
     # Unknown keys are ignored so that a newer writer adding fields stays readable.
+    known = {key: value for key, value in data.items() if key in names}
+    entries = known.get("calibrations", [])
+    if not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
+        raise ReferenceIntegrityError(
+            "lineage calibrations must be a list of objects", code="reference_lineage_invalid"
+        )
+    known["calibrations"] = tuple(entries)
     try:
-        return ReferenceLineage(**{key: value for key, value in data.items() if key in names})
+        return ReferenceLineage(**known)
     except TypeError as exc:
         raise ReferenceIntegrityError(
             f"lineage is missing fields: {exc}", code="reference_lineage_invalid"

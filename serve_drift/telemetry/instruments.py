@@ -26,6 +26,9 @@ ATTR_LATENCY_S = "serve_drift.request.latency_s"
 ATTR_DETECTOR = "serve_drift.detector"
 ATTR_BACKEND = "serve_drift.detector.backend"
 ATTR_P_VALUE = "serve_drift.drift.p_value"
+# A calibrated detector's own p-value (``ATTR_P_VALUE`` is the calibrated one).
+ATTR_P_VALUE_UNCALIBRATED = "serve_drift.drift.p_value.uncalibrated"
+ATTR_ESTIMATED_ACCURACY = "serve_drift.accuracy.estimated"
 ATTR_DISTANCE = "serve_drift.drift.distance"
 ATTR_IS_DRIFT = "serve_drift.drift.is_drift"
 ATTR_WINDOW_INDEX = "serve_drift.window.index"
@@ -72,6 +75,7 @@ class MonitorInstruments:
     is_drift: Gauge
     test_duration: metrics.Histogram
     monitoring_errors: metrics.Counter
+    estimated_accuracy: Gauge
 
 
 def _meter() -> metrics.Meter:
@@ -166,6 +170,11 @@ def monitor_instruments() -> MonitorInstruments:
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
         ),
         monitoring_errors=_errors(meter),
+        estimated_accuracy=meter.create_gauge(
+            "serve_drift.accuracy.estimated",
+            unit="1",
+            description="Label-free estimate of the model's accuracy on the latest window.",
+        ),
     )
 
 
@@ -210,6 +219,7 @@ class EventLogInstruments:
     dropped: metrics.Counter
     write_duration: metrics.Histogram
     concept: dict[str, Gauge]
+    accuracy_estimate_error: Gauge
 
 
 CONCEPT_METRICS = {
@@ -243,4 +253,10 @@ def event_log_instruments() -> EventLogInstruments:
             name: meter.create_gauge(f"serve_drift.concept.{name}", unit="1", description=text)
             for name, text in CONCEPT_METRICS.items()
         },
+        accuracy_estimate_error=meter.create_gauge(
+            "serve_drift.accuracy.estimate_error",
+            unit="1",
+            description="The latest labelled window's accuracy estimate minus its accuracy "
+            "from labels.",
+        ),
     )

@@ -69,7 +69,10 @@ def test_shifted_window_is_drift(tmp_path: Path) -> None:
     state = _state(tmp_path)
     rows = np.random.default_rng(2).normal(loc=1.5, size=(20, DIM))
     (result,) = state.test(_windows(state.accept(_batch(rows)))[0])
-    assert result.is_drift and result.p_value == pytest.approx(1 / 101)
+    # The detector's own p-value is the smallest of 100 permutations; the calibrated one,
+    # which is_drift uses, is at least as large and still below the threshold.
+    assert result.uncalibrated_p_value == pytest.approx(1 / 101)
+    assert result.is_drift and 1 / 101 <= result.p_value < 0.05
 
 
 def test_non_finite_and_wrong_dimension_rows_never_reach_a_window(tmp_path: Path) -> None:
