@@ -52,6 +52,7 @@ __all__ = [
     "parse_labels",
     "record_window_metrics",
     "submit_labels",
+    "window_estimate",
     "window_metrics",
 ]
 
@@ -264,6 +265,7 @@ def metrics_record(
     first_event_at: float | None = None,
     last_event_at: float | None = None,
     now: float | None = None,
+    estimated_accuracy: float | None = None,
 ) -> ConceptMetricsRecord:
     return ConceptMetricsRecord(
         metrics_id=uuid.uuid4().hex,
@@ -275,6 +277,7 @@ def metrics_record(
         first_event_at=first_event_at,
         last_event_at=last_event_at,
         metrics=metrics,
+        estimated_accuracy=estimated_accuracy,
     )
 
 
@@ -288,7 +291,8 @@ def record_window_metrics(
 ) -> ConceptMetricsRecord | None:
     """Compute one window's metrics from its labelled events and store them; ``None`` if the
     window has no labelled events yet. Call again when more labels arrive: each call stores a
-    new record (the newest one per window is current)."""
+    new record (the newest one per window is current). The record carries the window's
+    label-free accuracy estimate, from its stored drift tests, to compare with the truth."""
     joined = store.labelled_predictions(window_index=window_index, model_version=model_version)
     if len(joined) == 0:
         return None
@@ -306,6 +310,15 @@ def record_window_metrics(
         window_index=window_index,
         first_event_at=float(joined.timestamps.min()),
         last_event_at=float(joined.timestamps.max()),
+        estimated_accuracy=window_estimate(store, window_index=window_index),
     )
     store.write_concept_metrics([record])
     return record
+
+
+def window_estimate(store: EventStore, *, window_index: int) -> float | None:
+    """The label-free accuracy estimate stored with a window's drift tests, if any."""
+    for record in store.drift_results(window_index=window_index, limit=16):
+        if record.estimated_accuracy is not None:
+            return record.estimated_accuracy
+    return None

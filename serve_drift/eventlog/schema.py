@@ -1,8 +1,8 @@
-"""Event schema v1: what was served, what was tested, what was labelled, what accuracy followed.
+"""Event schema v2: what was served, what was tested, what was labelled, what accuracy followed.
 
 Four record types, each a frozen dataclass with ``to_dict``/``from_dict`` and a ``record_type``
-tag, described by the JSON Schema file ``event-v1.schema.json`` next to this module (Draft
-2020-12; :data:`SCHEMA_PATH`):
+tag, described by the JSON Schema file ``event-v2.schema.json`` next to this module (Draft
+2020-12; :data:`SCHEMA_PATH`; ``event-v1.schema.json`` describes version 1):
 
 - :class:`InferenceRecord`: one served request (inputs summarised, outputs, lineage, context);
 - :class:`DriftTestRecord`: one drift test of one window (from a :class:`~serve_drift.DriftResult`);
@@ -10,9 +10,16 @@ tag, described by the JSON Schema file ``event-v1.schema.json`` next to this mod
 - :class:`ConceptMetricsRecord`: accuracy, precision/recall/F1 and calibration of a window (or a
   sentinel run), computed from labels.
 
-Versioning: ``schema_version`` is 1. Any change to a record's fields (even an added optional
+Versioning: ``schema_version`` is 2. Any change to a record's fields (even an added optional
 field) makes a new schema file and version, so a v1 document always validates against v1.
-Readers (``from_dict``) ignore unknown keys, so old code can still read newer records.
+Readers (``from_dict``) ignore unknown keys, so old code can still read newer records, and
+read every version listed in :data:`READABLE_VERSIONS`; a record read from a v1 document keeps
+``schema_version=1`` and writes itself back as v1.
+
+Version 2 (issue 10) adds to :class:`DriftTestRecord` ``uncalibrated_p_value`` (``p_value``
+is calibrated for the deployed reference) and ``estimated_accuracy`` (the window's label-free
+estimate), and to :class:`ConceptMetricsRecord` ``estimated_accuracy``, to compare with the
+accuracy from labels.
 
 >>> record = InferenceRecord(
 ...     timestamp=1.5, correlation_id="req-1", internal_id="a1", model_name="digits",
@@ -41,6 +48,7 @@ from serve_drift.request_context import (
 
 __all__ = [  # InputStats and clean_context are re-exported: records are built with them
     "FLAG_QUARANTINED",
+    "READABLE_VERSIONS",
     "SCHEMA_PATH",
     "SCHEMA_VERSION",
     "ClassMetrics",
@@ -58,8 +66,9 @@ __all__ = [  # InputStats and clean_context are re-exported: records are built w
     "record_from_json",
 ]
 
-SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).with_name("event-v1.schema.json")
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SCHEMA_PATH = Path(__file__).with_name("event-v2.schema.json")
 
 
 # A validation flag that marks an input the ingress kept out of normal handling; such events are
@@ -293,6 +302,10 @@ class DriftTestRecord:
     duration_s: float
     trace_id: str | None = None
     span_id: str | None = None
+    # --- v2 (issue 10): calibrated p-values and the label-free accuracy estimate ----------
+    uncalibrated_p_value: float | None = None
+    estimated_accuracy: float | None = None
+    # --- end v2 (issue 10) ----------------------------------------------------------------
     correlation_ids_sample: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
@@ -311,17 +324,18 @@ class DriftTestRecord:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "record_type": self.record_type,
             "schema_version": self.schema_version,
             **{name: getattr(self, name) for name in _DRIFT_FIELDS},
             "correlation_ids_sample": list(self.correlation_ids_sample),
         }
+        return _as_version(data, self.schema_version, _DRIFT_V2_FIELDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriftTestRecord:
         values = {name: data[name] for name in _DRIFT_FIELDS if name in data}
-        for name in ("p_value", "distance", "distance_threshold"):
+        for name in ("p_value", "distance", "distance_threshold", *_DRIFT_V2_FIELDS):
             values[name] = _finite_or_none(values.get(name))
         for name in ("trace_id", "span_id"):
             values[name] = values.get(name) or None  # "" means "no span" in DriftResult
@@ -341,6 +355,19 @@ _DRIFT_FIELDS = tuple(
     for f in fields(DriftTestRecord)
     if f.name not in ("correlation_ids_sample", "schema_version")
 )
+# --- v2 (issue 10) ----------------------------------------------------------------------------
+_DRIFT_V2_FIELDS = ("uncalibrated_p_value", "estimated_accuracy")
+_METRICS_V2_FIELDS = ("estimated_accuracy",)
+
+
+def _as_version(data: dict[str, Any], version: int, v2_fields: tuple[str, ...]) -> dict[str, Any]:
+    """A record read from a v1 document writes itself back as v1: without the v2 fields."""
+    if version >= 2:
+        return data
+    return {key: value for key, value in data.items() if key not in v2_fields}
+
+
+# --- end v2 (issue 10) ------------------------------------------------------------------------
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -521,10 +548,13 @@ class ConceptMetricsRecord:
     window_index: int | None = None
     first_event_at: float | None = None
     last_event_at: float | None = None
+    # --- v2 (issue 10): the window's label-free estimate, beside the accuracy from labels ---
+    estimated_accuracy: float | None = None
+    # --- end v2 (issue 10) ----------------------------------------------------------------
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "record_type": self.record_type,
             "schema_version": self.schema_version,
             "metrics_id": self.metrics_id,
@@ -536,7 +566,9 @@ class ConceptMetricsRecord:
             "first_event_at": self.first_event_at,
             "last_event_at": self.last_event_at,
             "metrics": self.metrics.to_dict(),
+            "estimated_accuracy": self.estimated_accuracy,
         }
+        return _as_version(data, self.schema_version, _METRICS_V2_FIELDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConceptMetricsRecord:
@@ -550,6 +582,7 @@ class ConceptMetricsRecord:
             first_event_at=_opt_float(data.get("first_event_at")),
             last_event_at=_opt_float(data.get("last_event_at")),
             metrics=ConceptDriftMetrics.from_dict(data["metrics"]),
+            estimated_accuracy=_finite_or_none(data.get("estimated_accuracy")),
             schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
         )
 
@@ -568,14 +601,15 @@ _RECORD_CLASSES: dict[str, Any] = {
 
 
 def record_from_dict(data: Mapping[str, Any]) -> EventRecord:
-    """Any v1 record from its dict, chosen by ``record_type``."""
+    """Any record of a readable version (v1 or v2) from its dict, chosen by ``record_type``."""
     kind = data.get("record_type")
     if kind not in _RECORD_CLASSES:
         raise ValueError(f"unknown record_type {kind!r}; valid: {', '.join(_RECORD_CLASSES)}")
     version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
-            f"schema_version {version!r} is not supported; this reader knows {SCHEMA_VERSION}"
+            f"schema_version {version!r} is not supported; this reader knows "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     record: EventRecord = _RECORD_CLASSES[kind].from_dict(data)
     return record
@@ -585,9 +619,12 @@ def record_from_json(text: str) -> EventRecord:
     return record_from_dict(json.loads(text))
 
 
-def load_json_schema() -> dict[str, Any]:
-    """The v1 JSON Schema (Draft 2020-12) as a dict."""
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+def load_json_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema (Draft 2020-12) of ``version`` (default: the current one) as a dict."""
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"no schema file for version {version!r}")
+    path = SCHEMA_PATH.with_name(f"event-v{version}.schema.json")
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return schema
 
 

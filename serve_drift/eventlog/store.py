@@ -54,6 +54,7 @@ import numpy as np
 
 from serve_drift.errors import ServeDriftError
 from serve_drift.eventlog.schema import (
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     ConceptMetricsRecord,
     DriftTestRecord,
@@ -575,6 +576,9 @@ def _open(path: Path, *, synchronous: str, busy_s: float) -> sqlite3.Connection:
     return db
 
 
+_OLDER_READABLE = {str(v) for v in READABLE_VERSIONS if v < SCHEMA_VERSION}
+
+
 def _create_schema(db: sqlite3.Connection) -> None:
     # Statement by statement: executescript() would COMMIT the open transaction first.
     for statement in _SCHEMA.split(";"):
@@ -583,6 +587,8 @@ def _create_schema(db: sqlite3.Connection) -> None:
     found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if found is None:
         db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif found[0] in _OLDER_READABLE:  # v1 records stay readable: the store moves to v2
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     elif found[0] != str(SCHEMA_VERSION):
         raise StoreError(
             "incompatible",

@@ -92,6 +92,7 @@ class MonitorEventLog:
             else None,
         )
         self._gauges = tel.event_log_instruments().concept
+        self._estimate_error = tel.event_log_instruments().accuracy_estimate_error
         self._sentinel_runs: dict[str, list[tuple[int, InferenceRecord]]] = {}
 
     def record(
@@ -184,6 +185,8 @@ class MonitorEventLog:
         for name, value in (("accuracy", m.accuracy), ("f1_macro", m.f1_macro), ("ece", m.ece)):
             if value is not None:  # ECE is undefined without confidences
                 self._gauges[name].set(value, attributes)
+        if record.estimated_accuracy is not None:  # the label-free estimate met the truth
+            self._estimate_error.set(record.estimated_accuracy - m.accuracy, attributes)
 
     def health(self) -> EventLogHealth:
         return self.recorder.health()

@@ -37,7 +37,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "detectors": frozenset({"config", "errors", "messages"}),
     "eventlog": frozenset({"errors", "messages", "request_context", "telemetry"}),
     "ingress": frozenset({"errors", "files", "messages", "request_context", "telemetry"}),
-    "models": frozenset({"_env", "files", "reference"}),
+    # The embedded reference carries the default detector's calibration.
+    "models": frozenset({"_env", "config", "detectors", "files", "reference"}),
     # The request path: never the event store, the monitor or the tools.
     "replica": frozenset(
         {"capture", "config", "messages", "reference", "request_context", "telemetry"}
@@ -58,7 +59,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
-    "tools": frozenset({"_env", "apps", "eventlog", "models", "monitor", "reference"}),
+    "tools": frozenset(
+        {"_env", "apps", "config", "detectors", "eventlog", "models", "monitor", "reference"}
+    ),
 }
 
 

@@ -130,7 +130,7 @@ def test_records_reject_values_json_cannot_hold() -> None:
     with pytest.raises(ValueError, match="size limits"):
         make_record(1, context={"k": "v" * 300})
     with pytest.raises(ValueError, match="schema_version"):
-        record_from_dict({**make_record(1).to_dict(), "schema_version": 2})
+        record_from_dict({**make_record(1).to_dict(), "schema_version": 3})
 
 
 @settings(max_examples=60, deadline=None)
