@@ -94,6 +94,7 @@ class AccuracyEstimator:
     gaussians: _ClassGaussians
     distance_limit: float
     confidence_threshold: float
+    tie_credit: float  # for rows exactly at the threshold (saturated confidences tie)
     num_classes: int
     reference_accuracy: float
     labelled: bool
@@ -125,10 +126,12 @@ class AccuracyEstimator:
             if labels is None
             else float((predicted == classes)[inside].mean())
         )
+        threshold, tie_credit = _atc_threshold(confidence[inside], accuracy)
         return cls(
             gaussians=_ClassGaussians.fit(x, classes, num_classes=num_classes),
             distance_limit=limit,
-            confidence_threshold=_atc_threshold(confidence[inside], accuracy),
+            confidence_threshold=threshold,
+            tie_credit=tie_credit,
             num_classes=num_classes,
             reference_accuracy=accuracy,
             labelled=labels is not None,
@@ -140,8 +143,11 @@ class AccuracyEstimator:
         probs = np.asarray(probabilities, dtype=np.float64)
         predicted = probs.argmax(axis=1)
         outside = self.gaussians.distances(x, predicted) > self.distance_limit
-        confident = probs.max(axis=1) > self.confidence_threshold
-        correct = np.where(outside, 1.0 / self.num_classes, confident.astype(np.float64))
+        confidence = probs.max(axis=1)
+        confident = (confidence > self.confidence_threshold) + self.tie_credit * (
+            confidence == self.confidence_threshold
+        )
+        correct = np.where(outside, 1.0 / self.num_classes, confident)
         return AccuracyEstimate(
             accuracy=float(correct.mean()), outside_fraction=float(outside.mean())
         )
@@ -161,10 +167,12 @@ def _cross_fitted(
     return distances
 
 
-def _atc_threshold(confidence: np.ndarray, accuracy: float) -> float:
-    """The threshold with a fraction ``accuracy`` of ``confidence`` strictly above it."""
-    ordered = np.sort(confidence)
-    below = int(round((1.0 - accuracy) * len(ordered)))
-    if below <= 0:
-        return float(np.nextafter(ordered[0], -np.inf))
-    return float(ordered[min(below, len(ordered)) - 1])
+def _atc_threshold(confidence: np.ndarray, accuracy: float) -> tuple[float, float]:
+    """A threshold ``t`` and a credit ``c`` for rows exactly at it, such that
+    ``mean(confidence > t) + c * mean(confidence == t) == accuracy``: confidences tie (a
+    confident float32 softmax saturates at 1.0), and a plain quantile would then miss."""
+    t = float(np.quantile(confidence, 1.0 - accuracy, method="lower"))
+    above = float((confidence > t).mean())
+    at = float((confidence == t).mean())
+    credit = 0.0 if at == 0 else min(max((accuracy - above) / at, 0.0), 1.0)
+    return t, credit

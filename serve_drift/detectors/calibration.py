@@ -117,9 +117,9 @@ class CalibrationMap:
         return float(max(p_value, stats.norm.cdf((z - self.center) / self.scale)))
 
     def raw_threshold(self, alpha: float) -> float:
-        """The raw p-value below which the calibrated p-value is below ``alpha``."""
-        bound = stats.norm.cdf(self.center + self.scale * stats.norm.ppf(alpha))
-        return float(min(alpha, bound))
+        """The raw p-value below which the calibrated p-value is below ``alpha`` (0: none is)."""
+        bound = float(stats.norm.cdf(self.center + self.scale * stats.norm.ppf(alpha)))
+        return 0.0 if bound < _P_FLOOR else min(alpha, bound)
 
     def false_alarm_rate(self, alpha: float, *, quantile: float | None = None) -> float:
         """Estimated false-alarm rate of *uncalibrated* ``p < alpha`` for the reference at
@@ -327,9 +327,7 @@ def _one_reference(
     return p_values
 
 
-def window_ratio_warning(
-    *, window_size: int, reference_size: int, max_ratio: float
-) -> str | None:
+def window_ratio_warning(*, window_size: int, reference_size: int, max_ratio: float) -> str | None:
     """A warning when a window of ``window_size`` rows is too large for the reference.
 
     >>> window_ratio_warning(window_size=200, reference_size=300, max_ratio=0.5) is not None

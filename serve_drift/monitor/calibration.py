@@ -97,7 +97,9 @@ class MonitorDetectors:
         ratio = self._ratio_warning()
         if ratio is not None:
             reasons.append(ratio)
-        reasons.extend(f"{label} runs uncalibrated: {why}" for label, why in self.uncalibrated.items())
+        reasons.extend(
+            f"{label} runs uncalibrated: {why}" for label, why in self.uncalibrated.items()
+        )
         return reasons
 
     def _ratio_warning(self) -> str | None:
@@ -205,7 +207,10 @@ def _calibration(
     if len(null) < plan.min_references:
         return None
     return fit_calibration(
-        null, quantile=plan.quantile, window_size=window_size, reference_size=len(reference.embeddings)
+        null,
+        quantile=plan.quantile,
+        window_size=window_size,
+        reference_size=len(reference.embeddings),
     )
 
 

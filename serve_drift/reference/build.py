@@ -77,9 +77,7 @@ def build_reference(
 def _labels_of(
     paths: Sequence[Path], labels: Mapping[str, int], *, folder: Path | Sequence[Path]
 ) -> list[int]:
-    keys = [
-        p.relative_to(folder).as_posix() if isinstance(folder, Path) else str(p) for p in paths
-    ]
+    keys = [p.relative_to(folder).as_posix() if isinstance(folder, Path) else str(p) for p in paths]
     missing = [key for key in keys if key not in labels]
     if missing:
         raise ValueError(f"{len(missing)} images have no label, e.g. {missing[0]!r}")

@@ -17,11 +17,11 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,6 +74,20 @@ class ReferenceLineage:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class CalibrationDraws(Protocol):
+    """What :meth:`ReferenceSet.with_calibrations` stores (``serve_drift.detectors``'s
+    ``NullDraws``, or a :class:`StoredCalibration` read back)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+
+    @property
+    def null_p_values(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,7 +176,7 @@ class ReferenceSet:
         )
         return cls(embeddings=array, lineage=lineage, probabilities=probs, labels=classes)
 
-    def with_calibrations(self, stored: Sequence[StoredCalibration]) -> ReferenceSet:
+    def with_calibrations(self, stored: Sequence[CalibrationDraws]) -> ReferenceSet:
         """This set with ``stored`` calibrations added (replacing any with the same key).
 
         The embeddings' hash, hence :attr:`version`, does not change: a calibration is
@@ -328,7 +342,7 @@ def _check_labels_match(labels: Any, lineage: ReferenceLineage) -> None:
     )
 
 
-def _checked_calibration(item: StoredCalibration) -> StoredCalibration:
+def _checked_calibration(item: CalibrationDraws) -> StoredCalibration:
     array = np.asarray(item.null_p_values, dtype=np.float64)
     if array.ndim != 2 or not np.isfinite(array).all():
         raise ValueError(f"calibration {item.key!r}: null p-values must be a finite 2-D array")

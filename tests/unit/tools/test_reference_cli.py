@@ -135,6 +135,8 @@ def test_build_embeds_a_folder_through_the_served_model(
             "digits-40",
             "--source",
             "digits",
+            "--window-size",
+            "10",
             "--no-progress",
         ]
     )
@@ -155,7 +157,88 @@ def test_build_embeds_a_folder_through_the_served_model(
     expected = embed_outputs(loaded.model.eval(), images, preprocess=loaded.preprocess)
     np.testing.assert_allclose(reference.embeddings, expected.embeddings, rtol=1e-6)
     assert lineage.model_version == loaded.version
-    assert "40 x 64 embeddings, 10 classes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "40 x 64 embeddings, 10 classes" in printed
+    # Calibrated by default, for the default detector at the window size asked for.
+    (stored,) = reference.calibrations
+    assert (
+        stored.metadata["window_size"] == 10 and stored.metadata["detector"]["kind"] == "combined"
+    )
+    assert "calibration: combined/native, window 10 (M/N = 0.25)" in printed
+
+
+APP_WITH_DRIFT = """applications:
+  - name: digits
+    args:
+      model:
+        source: digits
+      drift:
+        window: {size: 30}
+        detectors: [{kind: mmd, backend: native}]
+        calibration: {references: 10, windows: 10, min_references: 5}
+"""
+
+
+def test_build_calibrates_for_the_app_configs_detectors_and_window(
+    digit_folder: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = digit_folder
+    config = tmp_path / "app.yaml"
+    config.write_text(APP_WITH_DRIFT)
+    out = tmp_path / "ref.npz"
+    args = ["build", "--images", str(folder), "--out", str(out), "--data-version", "v"]
+    main([*args, "--app-config", str(config), "--no-progress"])
+    (stored,) = ReferenceSet.load(out).calibrations
+    assert stored.metadata["window_size"] == 30 and stored.null_p_values.shape == (10, 10)
+    assert stored.metadata["detector"]["kind"] == "mmd"
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "calibration: mmd/native, window 30 (M/N = 0.75), 10 x 10 bootstrap draws" in printed
+    assert "uncalibrated p < 0.05: false-alarm rate up to" in printed
+    assert "calibrated p < 0.05: false-alarm rate at most 0.05" in printed
+    # 30 of 40 rows per window: too many for the reference, and inspect says so.
+    assert "warning: the window (30 rows) is too large" in printed
+
+
+def test_build_stores_labels_and_can_skip_calibration(
+    digit_folder: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = digit_folder
+    paths = find_images(folder)
+    labels = {p.relative_to(folder).as_posix(): i % 10 for i, p in enumerate(paths)}
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    out = tmp_path / "ref.npz"
+    args = ["build", "--images", str(folder), "--out", str(out), "--data-version", "v"]
+    main(
+        [
+            *args,
+            "--source",
+            "digits",
+            "--labels",
+            str(tmp_path / "labels.json"),
+            "--no-calibration",
+            "--no-progress",
+        ]
+    )
+    reference = ReferenceSet.load(out)
+    assert reference.labels is not None and list(reference.labels) == [i % 10 for i in range(40)]
+    assert reference.calibrations == ()
+    assert "calibration: none stored" in capsys.readouterr().out
+    del labels[paths[0].relative_to(folder).as_posix()]
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(ValueError, match="1 images have no label"):
+        main(
+            [
+                *args,
+                "--source",
+                "digits",
+                "--labels",
+                str(tmp_path / "labels.json"),
+                "--no-calibration",
+                "--no-progress",
+            ]
+        )
 
 
 def test_build_reads_the_model_from_an_app_config_and_samples(
@@ -182,6 +265,7 @@ def test_build_reads_the_model_from_an_app_config_and_samples(
             "12",
             "--seed",
             "3",
+            "--no-calibration",
             "--no-progress",
         ]
     )
