@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import resource
 import sys
 import time
 import warnings
@@ -55,6 +56,7 @@ from scipy import stats
 
 from serve_drift.config import DetectorConfig, DriftConfig, WindowConfig, default_detectors
 from serve_drift.detectors.accuracy import AccuracyEstimator
+from serve_drift.detectors.calibration import smallest_p_value
 from serve_drift.models import digits
 from serve_drift.models.default_reference import ensure_digits_reference
 from serve_drift.monitor.accuracy import fit_accuracy_estimator
@@ -119,6 +121,7 @@ class DetectorRun:
     raw: list[float]
     calibrated: list[float]
     raw_threshold: float
+    smallest_p_value: float  # the detector's smallest p-value: it cannot alarm below it
     shifted_raw: dict[str, list[float]] = field(default_factory=dict)
     shifted_calibrated: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -237,6 +240,7 @@ def _run_detector(
         raw=[r.uncalibrated_p_value for r in results],
         calibrated=[r.p_value for r in results],
         raw_threshold=calibration.raw_threshold(ALPHA),
+        smallest_p_value=smallest_p_value(config),
     )
     for shift, windows in shifted.items():
         found = _p_values(detector, _pool().shifted[shift], windows)
@@ -290,6 +294,11 @@ def _print_table(design: str, detector: str, runs: list[DetectorRun]) -> bool:
         f"{sum(b > TARGET_UPPER for b in upper['raw'])} of {len(runs)} upper bounds > "
         f"{TARGET_UPPER}; calibrated: {min(calibrated_rates):.3f} to {max(calibrated_rates):.3f}, "
         f"{sum(b > TARGET_UPPER for b in upper['calibrated'])} > {TARGET_UPPER}"
+    )
+    mute = [r for r in runs if r.raw_threshold <= r.smallest_p_value]
+    print(
+        f"  calibrated, cannot alarm at all (raw threshold <= smallest p-value "
+        f"{runs[0].smallest_p_value:.4f}): {len(mute)} of {len(runs)} references"
     )
     print(
         f"  target (every calibrated 99% upper bound <= {TARGET_UPPER}): "
@@ -421,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     POOL = embed_pool()
     tasks = [(design, i) for design in DESIGNS for i in range(SCALE.references)]
     context = multiprocessing.get_context("fork")  # workers inherit the embedded pool
-    with context.Pool(args.workers, initializer=_init_worker) as workers:
-        runs = [run for found in workers.imap_unordered(run_reference, tasks) for run in found]
+    workers = context.Pool(args.workers, initializer=_init_worker)
+    runs = [run for found in workers.imap_unordered(run_reference, tasks) for run in found]
+    workers.close()
+    workers.join()  # reaped, so their CPU time is counted below
     print(
         f"digits CNN, reference {REFERENCE_SIZE} rows, window {WINDOW_SIZE} "
         f"(M/N = {WINDOW_SIZE / REFERENCE_SIZE:.2f}), p < {ALPHA}; calibration: the default plan"
@@ -450,7 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfalse alarms (fresh traffic, every detector): {'met' if fresh_met else 'NOT met'}; "
         f"accuracy estimate: {'met' if accuracy_met else 'NOT met'}"
     )
-    print(f"took {time.perf_counter() - started:.0f} s with {args.workers} workers")
+    cpu = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+    print(
+        f"took {time.perf_counter() - started:.0f} s with {args.workers} workers "
+        f"({cpu:.0f} s of CPU: the wall time on an idle machine is about CPU / workers)"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump(

@@ -179,6 +179,44 @@ def calibration_target(config: DetectorConfig) -> tuple[DetectorConfig, PTransfo
     return config, lambda p: p
 
 
+# Detectors whose p-value is a permutation count: the smallest is 1 / (P + 1) (alibi-detect's MMD
+# reports k / P, which its calibration target maps onto the same scale).
+_PERMUTATION_KINDS = {
+    ("mmd", "native"),
+    ("mmd", "alibi"),
+    ("classifier", "native"),
+    ("combined", "native"),
+}
+
+
+def smallest_p_value(config: DetectorConfig) -> float:
+    """The smallest raw p-value ``config``'s detector can report, on its calibration scale."""
+    if (config.kind, config.resolved_backend) in _PERMUTATION_KINDS:
+        return 1.0 / (config.resolved_n_permutations + 1)
+    return 0.0
+
+
+def cannot_alarm_warning(
+    config: DetectorConfig, calibration: CalibrationMap, *, alpha: float
+) -> str | None:
+    """A warning when, after calibration, no p-value the detector can report alarms at
+    ``alpha``: the calibrated raw threshold is below its smallest p-value."""
+    smallest, threshold = smallest_p_value(config), calibration.raw_threshold(alpha)
+    if threshold > smallest:
+        return None
+    need = f"a raw p-value below {threshold:.4f}" if threshold > 0 else "no raw p-value"
+    hint = (
+        f"; with {config.resolved_n_permutations} permutations the smallest is {smallest:.4f}: "
+        "raise n_permutations (500 allows 0.002)"
+        if smallest > 0
+        else ""
+    )
+    return (
+        f"cannot alarm at p < {alpha:g} after calibration for window {calibration.window_size} "
+        f"(M/N = {calibration.window_ratio:.2f}): it would need {need}{hint}"
+    )
+
+
 def calibration_key(
     config: DetectorConfig, *, window_size: int, plan: CalibrationConfig, reference_hash: str
 ) -> str:
@@ -187,14 +225,8 @@ def calibration_key(
     The threshold and the device do not change the draws' distribution and are left out.
     """
     target, _ = calibration_target(config)
-    detector = target.model_dump(mode="json", exclude={"p_value_threshold", "device"})
     identity = {
-        "method": METHOD,
-        "detector": detector,
-        "window_size": window_size,
-        "references": plan.references,
-        "windows": plan.windows,
-        "seed": plan.seed,
+        **_metadata(target, window_size=window_size, plan=plan),
         "reference": reference_hash,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8"))
@@ -237,27 +269,38 @@ def draw_nulls(
         key = calibration_key(
             config, window_size=window_size, plan=plan, reference_hash=reference_hash
         )
-        if key in draws:
-            continue
-        target, _ = calibration_target(config)
-        started = clock()
-        null = null_p_values(
-            target,
-            embeddings=embeddings,
-            probabilities=probabilities,
-            window_size=window_size,
-            plan=plan,
-            clock=clock,
-        )
-        metadata = {
-            "method": METHOD,
-            "detector": target.model_dump(mode="json", exclude={"p_value_threshold", "device"}),
-            "window_size": window_size,
-            "plan": {"references": plan.references, "windows": plan.windows, "seed": plan.seed},
-            "seconds": round(clock() - started, 3),
-        }
-        draws[key] = NullDraws(key=key, metadata=metadata, null_p_values=null)
+        if key not in draws:
+            target, _ = calibration_target(config)
+            started = clock()
+            null = null_p_values(
+                target,
+                embeddings=embeddings,
+                probabilities=probabilities,
+                window_size=window_size,
+                plan=plan,
+                clock=clock,
+            )
+            metadata = _metadata(target, window_size=window_size, plan=plan)
+            metadata["seconds"] = round(clock() - started, 3)
+            draws[key] = NullDraws(key=key, metadata=metadata, null_p_values=null)
     return list(draws.values())
+
+
+def _metadata(
+    target: DetectorConfig, *, window_size: int, plan: CalibrationConfig
+) -> dict[str, Any]:
+    """What drew a set of null p-values, as stored beside them."""
+    return {
+        "method": METHOD,
+        "detector": _identity(target),
+        "window_size": window_size,
+        "plan": {"references": plan.references, "windows": plan.windows, "seed": plan.seed},
+    }
+
+
+def _identity(target: DetectorConfig) -> dict[str, Any]:
+    # The threshold and the device do not change the draws' distribution.
+    return target.model_dump(mode="json", exclude={"p_value_threshold", "device"})
 
 
 def null_p_values(
@@ -378,6 +421,10 @@ class CalibratedDetector:
 
     def prepare(self) -> CalibrationMap | None:
         return self.calibration
+
+    def cached(self) -> CalibrationMap | None:
+        """The calibration for the current window size if already computed; never computes."""
+        return self._maps.get(self.window_size)
 
     def test(
         self, window: np.ndarray, *, probabilities: np.ndarray | None = None

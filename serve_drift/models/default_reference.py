@@ -18,9 +18,9 @@ from serve_drift.reference.embed import embed_outputs
 from serve_drift.reference.reference_set import ReferenceSet
 
 DATA_VERSION = "sklearn-load_digits-reference-pool-seed0"
-# "-c1": sets with labels and the default detector's calibration; caches from before are not
+# "-c2": sets with labels and the default detector's calibration; caches from before are not
 # reused (older ones, "-p", had probabilities only).
-_CACHE_SUFFIX = "c1"
+_CACHE_SUFFIX = "c2"
 
 
 def ensure_digits_reference(*, cache_dir: Path | None = None) -> tuple[Path, str]:

@@ -24,6 +24,7 @@ from serve_drift.detectors.calibration import (
     CalibrationMap,
     calibration_key,
     calibration_target,
+    cannot_alarm_warning,
     draw_nulls,
     fit_calibration,
     window_ratio_warning,
@@ -74,6 +75,7 @@ class MonitorDetectors:
     reference: ReferenceSet
     plan: CalibrationConfig
     window_size: int
+    configs: list[DetectorConfig] = field(default_factory=list)  # one per detector
     uncalibrated: dict[str, str] = field(default_factory=dict)  # detector label -> why
 
     def set_window_size(self, window_size: int) -> None:
@@ -92,7 +94,8 @@ class MonitorDetectors:
         self._log_ratio()
 
     def warnings(self) -> list[str]:
-        """Health reasons: a window too large for the reference, detectors left uncalibrated."""
+        """Health reasons: a window too large for the reference, detectors left uncalibrated,
+        and calibrated detectors that can no longer alarm. Never calibrates (cheap)."""
         reasons = []
         ratio = self._ratio_warning()
         if ratio is not None:
@@ -100,7 +103,21 @@ class MonitorDetectors:
         reasons.extend(
             f"{label} runs uncalibrated: {why}" for label, why in self.uncalibrated.items()
         )
+        reasons.extend(self._cannot_alarm())
         return reasons
+
+    def _cannot_alarm(self) -> list[str]:
+        found = []
+        for detector, config in zip(self.detectors, self.configs, strict=True):
+            calibration = detector.cached() if isinstance(detector, CalibratedDetector) else None
+            warning = (
+                None
+                if calibration is None
+                else cannot_alarm_warning(config, calibration, alpha=config.p_value_threshold)
+            )
+            if warning is not None:
+                found.append(f"{detector.name}/{detector.backend} {warning}")
+        return found
 
     def _ratio_warning(self) -> str | None:
         return window_ratio_warning(
@@ -133,6 +150,7 @@ def build_monitor_detectors(config: DriftConfig, reference: ReferenceSet) -> Mon
         if config.calibration.enabled:
             detector = _calibrated(detector, detector_config, built=built, drawn=drawn)
         built.detectors.append(detector)
+        built.configs.append(detector_config)
     return built
 
 
@@ -162,6 +180,9 @@ def _calibrated(
             return None
         built.uncalibrated.pop(label, None)
         _log_calibration(label, calibration, alpha=config.p_value_threshold)
+        warning = cannot_alarm_warning(config, calibration, alpha=config.p_value_threshold)
+        if warning is not None:
+            logger.warning("serve-drift: %s %s", label, warning)
         return calibration
 
     return CalibratedDetector(

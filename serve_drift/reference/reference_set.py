@@ -326,19 +326,12 @@ def _as_label_array(labels: Any, embeddings: np.ndarray) -> np.ndarray:
 
 
 def _check_labels_match(labels: Any, lineage: ReferenceLineage) -> None:
-    if labels is None:
-        if lineage.labels_hash:
-            raise ReferenceIntegrityError(
-                "lineage records labels but the reference set has none",
-                code="reference_lineage_mismatch",
-            )
-        return
-    if not (isinstance(labels, np.ndarray) and labels.dtype == np.int64):
-        raise ReferenceIntegrityError(
-            "reference labels must be an int64 numpy array", code="reference_corrupt"
-        )
-    _check_recorded(
-        labels, what="labels", shape=(lineage.count,), recorded_hash=lineage.labels_hash
+    _check_optional(
+        labels,
+        what="labels",
+        dtype=np.int64,
+        shape=(lineage.count,),
+        recorded_hash=lineage.labels_hash,
     )
 
 
@@ -390,23 +383,33 @@ def _check_calibrations_match(
 
 
 def _check_probabilities_match(probabilities: Any, lineage: ReferenceLineage) -> None:
-    if probabilities is None:
-        if lineage.probabilities_hash:
-            raise ReferenceIntegrityError(
-                "lineage records probabilities but the reference set has none",
-                code="reference_lineage_mismatch",
-            )
-        return
-    if not (isinstance(probabilities, np.ndarray) and probabilities.dtype == np.float32):
-        raise ReferenceIntegrityError(
-            "reference probabilities must be a float32 numpy array", code="reference_corrupt"
-        )
-    _check_recorded(
+    _check_optional(
         probabilities,
         what="probabilities",
+        dtype=np.float32,
         shape=(lineage.count, lineage.num_classes),
         recorded_hash=lineage.probabilities_hash,
     )
+
+
+def _check_optional(
+    array: Any, *, what: str, dtype: Any, shape: tuple[int, ...], recorded_hash: str
+) -> None:
+    """An optional array: absent exactly when the lineage records no hash for it, else of the
+    recorded dtype, shape and hash."""
+    if array is None:
+        if recorded_hash:
+            raise ReferenceIntegrityError(
+                f"lineage records {what} but the reference set has none",
+                code="reference_lineage_mismatch",
+            )
+        return
+    if not (isinstance(array, np.ndarray) and array.dtype == dtype):
+        raise ReferenceIntegrityError(
+            f"reference {what} must be a {np.dtype(dtype).name} numpy array",
+            code="reference_corrupt",
+        )
+    _check_recorded(array, what=what, shape=shape, recorded_hash=recorded_hash)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 from serve_drift.config import CalibrationConfig, DetectorConfig, DriftConfig
 from serve_drift.detectors.calibration import (
     CalibrationMap,
+    cannot_alarm_warning,
     fit_calibration,
     window_ratio_warning,
 )
@@ -270,19 +271,23 @@ def calibration_lines(
             window_size=window_size,
             reference_size=len(reference.embeddings),
         )
-        lines.extend(_describe(stored.metadata, calibration, alpha=alpha))
-        warning = window_ratio_warning(
-            window_size=window_size,
-            reference_size=len(reference.embeddings),
-            max_ratio=plan.max_window_ratio,
+        detector = DetectorConfig.model_validate(stored.metadata.get("detector") or {})
+        lines.extend(_describe(detector, stored.metadata, calibration, alpha=alpha))
+        warnings = (
+            window_ratio_warning(
+                window_size=window_size,
+                reference_size=len(reference.embeddings),
+                max_ratio=plan.max_window_ratio,
+            ),
+            cannot_alarm_warning(detector, calibration, alpha=alpha),
         )
-        if warning is not None:
-            lines.append(f"  warning: {warning}")
+        lines.extend(f"  warning: {warning}" for warning in warnings if warning is not None)
     return lines
 
 
-def _describe(metadata: dict[str, Any], calibration: CalibrationMap, *, alpha: float) -> list[str]:
-    detector = DetectorConfig.model_validate(metadata.get("detector") or {})
+def _describe(
+    detector: DetectorConfig, metadata: dict[str, Any], calibration: CalibrationMap, *, alpha: float
+) -> list[str]:
     share = f"{100 * calibration.quantile:.0f} % of references like this one"
     return [
         f"calibration: {detector.kind}/{detector.resolved_backend}, window "

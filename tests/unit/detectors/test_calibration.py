@@ -17,9 +17,11 @@ from serve_drift.detectors.calibration import (
     CalibrationMap,
     calibration_key,
     calibration_target,
+    cannot_alarm_warning,
     draw_nulls,
     fit_calibration,
     null_p_values,
+    smallest_p_value,
     window_ratio_warning,
 )
 
@@ -227,3 +229,25 @@ def test_a_window_too_large_for_the_reference_is_named() -> None:
     assert window_ratio_warning(window_size=100, reference_size=400, max_ratio=0.5) is None
     warning = window_ratio_warning(window_size=300, reference_size=400, max_ratio=0.5)
     assert warning is not None and "M/N = 0.75 > 0.5" in warning
+
+
+def test_a_detector_too_coarse_to_alarm_after_calibration_is_named() -> None:
+    strict = CalibrationMap(
+        center=-1.0,  # the raw threshold for 0.05 becomes Phi(-1 - 1.645) = 0.004
+        scale=1.0,
+        spread=0.3,
+        mean_center=-0.3,
+        quantile=0.99,
+        window_size=200,
+        reference_size=449,
+        references=40,
+        windows=50,
+    )
+    assert strict.raw_threshold(ALPHA) == pytest.approx(0.0041, abs=1e-4)
+    coarse = DetectorConfig(kind="mmd", backend="native")  # 100 permutations: p >= 1/101
+    warning = cannot_alarm_warning(coarse, strict, alpha=ALPHA)
+    assert warning is not None and "raise n_permutations" in warning
+    assert smallest_p_value(coarse) == pytest.approx(1 / 101)
+    fine = DetectorConfig(kind="mmd", backend="native", n_permutations=500)
+    assert cannot_alarm_warning(fine, strict, alpha=ALPHA) is None
+    assert cannot_alarm_warning(DetectorConfig(kind="bbsd"), strict, alpha=ALPHA) is None

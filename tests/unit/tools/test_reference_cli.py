@@ -210,17 +210,8 @@ def test_build_stores_labels_and_can_skip_calibration(
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "ref.npz"
     args = ["build", "--images", str(folder), "--out", str(out), "--data-version", "v"]
-    main(
-        [
-            *args,
-            "--source",
-            "digits",
-            "--labels",
-            str(tmp_path / "labels.json"),
-            "--no-calibration",
-            "--no-progress",
-        ]
-    )
+    args += ["--source", "digits", "--labels", str(tmp_path / "labels.json")]
+    main([*args, "--no-calibration", "--no-progress"])
     reference = ReferenceSet.load(out)
     assert reference.labels is not None and list(reference.labels) == [i % 10 for i in range(40)]
     assert reference.calibrations == ()
@@ -228,17 +219,7 @@ def test_build_stores_labels_and_can_skip_calibration(
     del labels[paths[0].relative_to(folder).as_posix()]
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(ValueError, match="1 images have no label"):
-        main(
-            [
-                *args,
-                "--source",
-                "digits",
-                "--labels",
-                str(tmp_path / "labels.json"),
-                "--no-calibration",
-                "--no-progress",
-            ]
-        )
+        main([*args, "--no-calibration", "--no-progress"])
 
 
 def test_build_reads_the_model_from_an_app_config_and_samples(
