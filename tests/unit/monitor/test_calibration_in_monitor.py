@@ -77,7 +77,7 @@ def test_results_carry_the_calibrated_and_raw_p_values_and_the_accuracy_estimate
 ) -> None:
     spans, reader = memory_telemetry()
     spans.clear()
-    state = _state(tmp_path)
+    state = _state(tmp_path, model_name="estimates")
     (result,) = state.test(_one_window(state))
     assert result.uncalibrated_p_value is not None
     assert result.uncalibrated_p_value <= result.p_value <= 1
@@ -87,7 +87,7 @@ def test_results_carry_the_calibrated_and_raw_p_values_and_the_accuracy_estimate
     assert span.attributes[tel.ATTR_P_VALUE] == result.p_value
     assert span.attributes[tel.ATTR_P_VALUE_UNCALIBRATED] == result.uncalibrated_p_value
     assert span.attributes[tel.ATTR_ESTIMATED_ACCURACY] == result.estimated_accuracy
-    (point,) = metric_points(reader, "serve_drift.accuracy.estimated")
+    (point,) = _points(reader, "serve_drift.accuracy.estimated", model="estimates")
     assert point.value == result.estimated_accuracy
 
 
@@ -151,7 +151,8 @@ def test_labels_compare_the_window_estimate_with_the_truth(tmp_path: Path) -> No
     from serve_drift.eventlog.labels import parse_labels
 
     _, reader = memory_telemetry()
-    state = _state(tmp_path, events={"path": str(tmp_path / "e.sqlite"), "sample_rate": 1.0})
+    events = {"path": str(tmp_path / "e.sqlite"), "sample_rate": 1.0}
+    state = _state(tmp_path, model_name="estimate-vs-labels", events=events)
     (result,) = state.process(_one_window(state))
     assert state.event_log is not None and result.estimated_accuracy is not None
     (stored,) = state.event_log.store.drift_results()
@@ -163,8 +164,13 @@ def test_labels_compare_the_window_estimate_with_the_truth(tmp_path: Path) -> No
     (metrics,) = state.event_log.store.concept_metrics()
     assert metrics.metrics.accuracy == pytest.approx(0.6)
     assert metrics.estimated_accuracy == result.estimated_accuracy
-    (point,) = metric_points(reader, "serve_drift.accuracy.estimate_error")
+    (point,) = _points(reader, "serve_drift.accuracy.estimate_error", model="estimate-vs-labels")
     assert point.value == pytest.approx(result.estimated_accuracy - 0.6)
+
+
+def _points(reader: Any, name: str, *, model: str) -> list[Any]:
+    """This test's points: the in-memory SDK is shared by every test of the run."""
+    return [p for p in metric_points(reader, name) if p.attributes[tel.ATTR_MODEL_NAME] == model]
 
 
 def _update(**fields: Any) -> Any:
