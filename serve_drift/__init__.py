@@ -6,6 +6,7 @@ re-exports the public surface; the README's "Architecture" section maps the pack
 """
 
 from serve_drift.config import (
+    CalibrationConfig,
     DetectorConfig,
     DriftConfig,
     EventLogConfig,
@@ -15,13 +16,19 @@ from serve_drift.config import (
 )
 from serve_drift.errors import ServeDriftError
 from serve_drift.messages import DriftResult, DriftStatistic
-from serve_drift.monitor import DriftMonitor, monitor_deployment, monitored_app
+from serve_drift.monitor import (
+    DriftMonitor,
+    calibrate_reference,
+    monitor_deployment,
+    monitored_app,
+)
 from serve_drift.reference import ReferenceLineage, ReferenceSet, build_reference, embed_outputs
 from serve_drift.replica import monitored
 from serve_drift.request_context import mark_request
 from serve_drift.telemetry import TelemetryDestination, configure_telemetry
 
 __all__ = [
+    "CalibrationConfig",
     "DetectorConfig",
     "DriftConfig",
     "DriftMonitor",
@@ -36,6 +43,7 @@ __all__ = [
     "TelemetryDestination",
     "WindowConfig",
     "build_reference",
+    "calibrate_reference",
     "configure_telemetry",
     "embed_outputs",
     "mark_request",

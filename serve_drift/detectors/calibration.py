@@ -64,7 +64,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +132,6 @@ class CalibrationMap:
     def window_ratio(self) -> float:
         """M/N: the window's size over the reference's."""
         return self.window_size / self.reference_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": METHOD, **dataclasses.asdict(self)}
 
 
 def fit_calibration(
@@ -435,9 +432,3 @@ class CalibratedDetector:
             return raw
         calibrated = calibration.calibrate(self._transform(raw.p_value))
         return dataclasses.replace(raw, p_value=calibrated, uncalibrated_p_value=raw.p_value)
-
-
-def map_from_dict(data: Mapping[str, Any]) -> CalibrationMap:
-    """A :class:`CalibrationMap` from :meth:`CalibrationMap.to_dict`."""
-    names = {field.name for field in dataclasses.fields(CalibrationMap)}
-    return CalibrationMap(**{key: value for key, value in data.items() if key in names})

@@ -44,7 +44,7 @@ def build_reference(
     path (relative to the folder, or as listed) to its true class, for the label-free
     accuracy estimate (every embedded image needs one). The set is returned, not saved: call
     :meth:`ReferenceSet.save`; calibrate it for a detector and window size with
-    ``serve_drift.monitor.calibrate_reference`` (the ``serve-drift reference build`` command
+    :func:`serve_drift.calibrate_reference` (the ``serve-drift reference build`` command
     does both).
     """
     if isinstance(images, Path):
