@@ -644,20 +644,21 @@ class EventStore:
     # --- health -------------------------------------------------------------------------------
 
     def health(self) -> StoreHealth:
-        with self._lock:
-            reason, message, at = self._last_error or (None, None, None)
-            return StoreHealth(
-                path=str(self.path),
-                degraded=self._consecutive_failures > 0,
-                last_error=message,
-                last_error_reason=reason,
-                last_error_at=at,
-                write_failures=self._failures,
-                consecutive_failures=self._consecutive_failures,
-                last_write_at=self._last_write_at,
-                size_bytes=self.size_bytes(),
-                synchronous=self.synchronous,
-            )
+        # Never takes the I/O lock: a write stuck on a locked database must not make health
+        # wait (the monitor answers health from its event loop). Each field is one read.
+        reason, message, at = self._last_error or (None, None, None)
+        return StoreHealth(
+            path=str(self.path),
+            degraded=self._consecutive_failures > 0,
+            last_error=message,
+            last_error_reason=reason,
+            last_error_at=at,
+            write_failures=self._failures,
+            consecutive_failures=self._consecutive_failures,
+            last_write_at=self._last_write_at,
+            size_bytes=self.size_bytes(),
+            synchronous=self.synchronous,
+        )
 
 
 # --- opening ----------------------------------------------------------------------------------
