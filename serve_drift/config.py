@@ -249,6 +249,9 @@ class DriftConfig(_Frozen):
     reference_path: str | None = None
     model_attr: str | None = None
     embedding_layer: str | None = None
+    # Probabilities come from the model's own (batch, classes) output ("model"), or from the
+    # hooked classifier layer ("classifier"); see serve_drift.capture.EmbeddingCapture.
+    scores: Literal["model", "classifier"] = "model"
     monitor_deployment: str = "DriftMonitor"
     # Drift tests share nodes with serving replicas: the monitor process lowers its CPU
     # priority (Unix nice) so that, under contention, tests wait and requests do not.
