@@ -31,7 +31,7 @@ def event_db() -> Path | None:
 
 
 def event_db_dir() -> Path:
-    """Where monitors keep their event stores by default (one ``<model_name>.sqlite`` each)."""
+    """Where monitors keep their event stores by default (``<app>/<monitor>.sqlite`` each)."""
     return cache_dir() / "events"
 
 

@@ -224,7 +224,7 @@ class EventLogConfig(_Frozen):
     """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
 
     enabled: bool = True
-    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<model_name>.sqlite
+    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<app>/<monitor>.sqlite
     sample_rate: float = Field(0.1, ge=0, le=1)
     keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
     max_age_s: float = Field(7 * 24 * 3600, gt=0)
@@ -252,7 +252,9 @@ class DriftConfig(_Frozen):
     # Probabilities come from the model's own (batch, classes) output ("model"), or from the
     # hooked classifier layer ("classifier"); see serve_drift.capture.EmbeddingCapture.
     scores: Literal["model", "classifier"] = "model"
-    monitor_deployment: str = "DriftMonitor"
+    # The drift monitor's Serve deployment; None: "<deployment>DriftMonitor", so that several
+    # monitored deployments of one app each get their own monitor (and event store).
+    monitor_deployment: str | None = None
     # Drift tests share nodes with serving replicas: the monitor process lowers its CPU
     # priority (Unix nice) so that, under contention, tests wait and requests do not.
     monitor_niceness: int = Field(10, ge=0, le=19)
@@ -265,6 +267,15 @@ class DriftConfig(_Frozen):
     events: EventLogConfig = Field(default_factory=EventLogConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     context: ContextConfig = Field(default_factory=ContextConfig)
+
+    def monitor_name(self, deployment: str) -> str:
+        """The monitor deployment's name for the monitored deployment named ``deployment``.
+
+        >>> DriftConfig().monitor_name("Classifier")
+        'ClassifierDriftMonitor'
+        """
+        return self.monitor_deployment or f"{deployment}DriftMonitor"
+
     # Rows of accepted traffic the monitor keeps per model version (a uniform reservoir
     # sample) for `serve-drift reference from-traffic`; 0 turns it off.
     traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)

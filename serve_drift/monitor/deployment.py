@@ -167,7 +167,7 @@ class DriftMonitor:
         self._config = self._state.config
 
 
-def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
+def monitor_deployment(config: DriftConfig, *, name: str, **options: Any) -> Any:
     """The drift monitor as a Serve deployment; ``options`` go to ``Deployment.options``.
 
     One replica: it owns the windows. Give it a GPU with ``ray_actor_options={"num_gpus": 1}``.
@@ -175,7 +175,7 @@ def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
     from ray import serve
 
     defaults: dict[str, Any] = {
-        "name": config.monitor_deployment,
+        "name": name,
         "num_replicas": 1,
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.5},
@@ -194,7 +194,9 @@ def monitored_app(
     config: DriftConfig | None = getattr(deployment.func_or_class, "serve_drift_config", None)
     if config is None:
         raise TypeError("monitored_app needs a deployment whose class is decorated with @monitored")
-    monitor = monitor_deployment(config, **(monitor_options or {})).bind(
-        config.model_dump(mode="json")
+    name = config.monitor_name(deployment.name)
+    monitor_config = config.model_copy(update={"monitor_deployment": name})
+    monitor = monitor_deployment(monitor_config, name=name, **(monitor_options or {})).bind(
+        monitor_config.model_dump(mode="json")
     )
     return deployment.bind(*args, **{MONITOR_KWARG: monitor}, **kwargs)

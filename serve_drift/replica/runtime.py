@@ -293,7 +293,7 @@ class ReplicaMonitor:
     def monitor(self) -> Any:
         """Handle to this app's drift monitor (passed in by ``monitored_app`` or looked up)."""
         if self._monitor_handle is None:
-            self._monitor_handle = _lookup_monitor(self.config.monitor_deployment)
+            self._monitor_handle = _lookup_monitor(self.config)
         return self._monitor_handle
 
     async def monitor_call(self, method: str, *args: Any) -> Any:
@@ -361,11 +361,12 @@ class Predictions:
         )
 
 
-def _lookup_monitor(name: str) -> Any:
+def _lookup_monitor(config: DriftConfig) -> Any:
     from ray import serve
 
-    app_name = serve.get_replica_context().app_name
-    return serve.get_deployment_handle(name, app_name=app_name)
+    context = serve.get_replica_context()
+    name = config.monitor_name(context.deployment)
+    return serve.get_deployment_handle(name, app_name=context.app_name)
 
 
 def _replica_id() -> str:
