@@ -1,99 +1,20 @@
-"""configure_telemetry, each case in a fresh subprocess.
+"""configure_telemetry, each case in a fresh subprocess (see tests/support/telemetry_subprocess).
 
-Global OpenTelemetry providers can be set once per process, so every case runs
-``sys.executable -c <script>`` with an explicit environment. The scripts register a bare
-``serve_drift`` package object first so that ``serve_drift/__init__`` (torch, Ray) is not
-imported: each subprocess then starts in well under a second, and the module under test is shown
-not to depend on the rest of the package. ``test_package_import_installs_no_provider`` is the one
-case that imports the real package.
+``test_package_import_installs_no_provider`` is the one case that imports the real package.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-PACKAGE_DIR = REPO_ROOT / "serve_drift"
-
-_BARE_PACKAGE = f"""
-import sys, types
-_pkg = types.ModuleType("serve_drift")
-_pkg.__path__ = [{str(PACKAGE_DIR)!r}]
-sys.modules["serve_drift"] = _pkg
-"""
-
-_PRELUDE = """
-import json, os, sys, time
-from opentelemetry import metrics, trace
-from serve_drift.telemetry.setup import configure_telemetry, force_flush
-
-def report(dest, **extra):
-    out = {"pid": os.getpid()}
-    if dest is not None:
-        out |= {"traces": dest.traces, "metrics": dest.metrics, "logs": dest.logs}
-    print("RESULT " + json.dumps({**out, **extra}), flush=True)
-
-def emit(span_name="unit.span", counter="serve_drift.test.requests"):
-    tracer = trace.get_tracer("serve_drift.tests")
-    with tracer.start_as_current_span("unit.request", attributes={"k": "v"}) as request:
-        pass
-    with tracer.start_as_current_span(
-        span_name,
-        attributes={"serve_drift.n": 3, "serve_drift.ids": ["a", "b"], "serve_drift.ok": True},
-        links=[trace.Link(request.get_span_context(), {"serve_drift.why": "batch"})],
-    ) as span:
-        span.add_event("unit.event", {"serve_drift.p": 0.5})
-        with tracer.start_as_current_span("unit.child"):
-            pass
-    meter = metrics.get_meter("serve_drift.tests")
-    meter.create_counter(counter).add(2, {"route": "/predict"})
-    meter.create_counter(counter).add(5, {"route": "/predict"})
-    meter.create_histogram("serve_drift.test.pvalue").record(0.04, {"detector": "mmd"})
-"""
+from tests.support.telemetry_subprocess import run_script
 
 _RECEIVE_TIMEOUT_S = 15
-
-
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """The parent's environment minus anything that would steer telemetry or proxies."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "SERVE_DRIFT_", "RAY_")) and "proxy" not in key.lower()
-    }
-    env.update(extra)
-    return env
-
-
-def run_script(
-    script: str, env: dict[str, str] | None = None, *, bare_package: bool = True
-) -> dict[str, Any]:
-    """Run a script after the prelude in a fresh interpreter; return its ``report`` dict."""
-    prologue = _BARE_PACKAGE if bare_package else ""
-    proc = subprocess.run(
-        [sys.executable, "-c", prologue + _PRELUDE + textwrap.dedent(script)],
-        env=_clean_env(env or {}),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no RESULT line\n{proc.stdout}\n{proc.stderr}"
-    return {**json.loads(lines[-1].removeprefix("RESULT ")), "stderr": proc.stderr}
 
 
 @pytest.fixture(scope="module")
