@@ -32,9 +32,12 @@ class BlackHole:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._port = 0
+        self._accepted = 0
 
     def __enter__(self) -> BlackHole:
         self._socket.bind(("127.0.0.1", 0))
+        self._port = int(self._socket.getsockname()[1])
         if self.mode == "hang":
             self._socket.listen(128)
             self._socket.settimeout(0.1)  # so the accept loop notices close()
@@ -54,7 +57,7 @@ class BlackHole:
 
     @property
     def port(self) -> int:
-        return int(self._socket.getsockname()[1])
+        return self._port
 
     @property
     def endpoint(self) -> str:
@@ -63,9 +66,9 @@ class BlackHole:
 
     @property
     def connections(self) -> int:
-        """How many connections a ``hang`` endpoint has accepted (and is holding)."""
+        """How many connections a ``hang`` endpoint has accepted (held until it closes)."""
         with self._lock:
-            return len(self._held)
+            return self._accepted
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -75,3 +78,4 @@ class BlackHole:
                 continue
             with self._lock:
                 self._held.append(conn)
+                self._accepted += 1

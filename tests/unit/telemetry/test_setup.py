@@ -356,3 +356,81 @@ def test_receiver_wait_for_reports_what_arrived() -> None:
         with pytest.raises(AssertionError, match=r"export requests: none"):
             receiver.wait_for(lambda r: r.spans(), timeout_s=0.2, interval_s=0.05)
         assert receiver.endpoint.startswith("http://127.0.0.1:")
+
+
+def test_shutdown_delivers_everything_to_a_live_receiver(receiver: OtlpReceiver) -> None:
+    result = run_script(
+        """
+        dest = configure_telemetry(shutdown_timeout_s=10)
+        emit_many(1500)
+        done = shutdown_telemetry()
+        report(dest, completed=done.completed, exported=done.spans_exported,
+               dropped=done.spans_dropped, points=done.metric_points_exported,
+               points_dropped=done.metric_points_dropped)
+        """,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+    )
+    assert result["completed"] and (result["exported"], result["dropped"]) == (1500, 0)
+    assert result["points_dropped"] == 0
+    spans = receiver.wait_for(
+        lambda r: len(_spans_of(r, result["pid"])) >= 1500 and _spans_of(r, result["pid"]),
+        timeout_s=_RECEIVE_TIMEOUT_S,
+    )
+    assert len(spans) == 1500  # what the result counts as exported did arrive, once each
+
+
+def test_file_fallback_rotates_at_the_configured_size(tmp_path: Path) -> None:
+    result = run_script(
+        f"""
+        dest = configure_telemetry(fallback_dir={str(tmp_path)!r})
+        emit_many(400)
+        done = shutdown_telemetry()
+        report(dest, exported=done.spans_exported)
+        """,
+        {
+            "SERVE_DRIFT_TELEMETRY_FILE_MAX_BYTES": "20000",
+            "SERVE_DRIFT_TELEMETRY_FILE_BACKUPS": "2",
+        },
+    )
+    name = f"spans-{result['pid']}.jsonl"
+    spans_files = sorted(p.name for p in tmp_path.glob(f"{name}*"))
+    assert spans_files == [name, f"{name}.1", f"{name}.2"]  # more were written: capped at 2
+    assert all((tmp_path / f).stat().st_size <= 20000 for f in spans_files)
+    newest = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+    assert newest[-1]["attributes"]["i"] == 399 and result["exported"] == 400
+
+
+def test_invalid_bounds_fall_back_to_the_defaults_with_a_note(tmp_path: Path) -> None:
+    result = run_script(
+        f"""
+        dest = configure_telemetry(
+            fallback_dir={str(tmp_path)!r}, shutdown_timeout_s=-1, file_max_bytes=0
+        )
+        report(dest, flush=force_flush().timeout_s)
+        """,
+        {"SERVE_DRIFT_TELEMETRY_FLUSH_TIMEOUT_S": "soon"},  # a bad knob: the documented default
+    )
+    for text in (result["traces"], result["metrics"]):
+        assert "shutdown_timeout_s=-1 is invalid, using 5 s" in text, text
+        assert "file_max_bytes=0 is invalid, using 16777216" in text, text
+    assert result["flush"] == 5.0
+
+
+def test_providers_skip_the_sdks_unbounded_exit_hook(tmp_path: Path) -> None:
+    # The SDK would register TracerProvider.shutdown and MeterProvider.shutdown here.
+    result = run_script(
+        f"""
+        import atexit
+        registered = []
+        real_register = atexit.register
+
+        def spy(fn, *args, **kwargs):
+            registered.append(getattr(fn, "__qualname__", repr(fn)))
+            return real_register(fn, *args, **kwargs)
+
+        atexit.register = spy
+        dest = configure_telemetry(fallback_dir={str(tmp_path)!r})
+        report(dest, registered=registered)
+        """
+    )
+    assert result["registered"] == ["_shutdown_at_exit"]
