@@ -19,11 +19,11 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from serve_drift import monitored, monitored_app
+from serve_drift import monitored_app
 from tests.support.blackhole import BlackHole
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.scorer import scorer_class
 from tests.support.serve import ServeInstance
 
 pytestmark = pytest.mark.integration
@@ -37,30 +37,11 @@ def _user_deployment(config: dict, env_vars: dict[str, str]):
     """A user's deployment that stops its telemetry when Serve stops the replica."""
     from ray import serve
 
-    @serve.deployment(
+    return serve.deployment(
+        scorer_class(config, stop_telemetry_on_delete=True),
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
         ray_actor_options={"runtime_env": {"env_vars": env_vars}},
     )
-    @monitored(config)
-    class Scorer:
-        def __init__(self) -> None:
-            torch.manual_seed(0)
-            self.model = torch.nn.Sequential(
-                torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
-            )
-
-        async def __call__(self, request) -> dict:
-            values = (await request.json())["x"]
-            with torch.no_grad():
-                scores = self.model(torch.tensor([values], dtype=torch.float32))
-            return {"scores": scores[0].tolist()}
-
-        def __del__(self) -> None:
-            from serve_drift.telemetry import shutdown_telemetry
-
-            shutdown_telemetry()
-
-    return Scorer
 
 
 def _app(name: str, env_vars: dict[str, str]):
