@@ -190,7 +190,7 @@ class ShippingConfig(_Frozen):
 class TelemetryConfig(_Frozen):
     """OpenTelemetry behaviour. The library itself only ever uses the OTel API.
 
-    The other fields apply when serve-drift configures the SDK (``configure_sdk``). Flush and
+    The bounds apply when serve-drift configures the SDK (``configure_sdk``). Flush and
     shutdown (also the one at process exit) return within ``flush_timeout_s`` and
     ``shutdown_timeout_s`` whatever the exporter does; what is still buffered when the shutdown
     bound is reached is dropped and counted. Without an OTLP endpoint, telemetry goes to JSON-lines
@@ -202,6 +202,9 @@ class TelemetryConfig(_Frozen):
 
     configure_sdk: bool = Field(default_factory=_env.configure_otel_default)
     link_sample_size: int = Field(32, ge=0, le=1000)
+    # A client's W3C ``traceparent`` makes the request span its child. Public endpoints that
+    # do not want callers to choose trace IDs turn this off (the span starts a new trace).
+    trust_client_traceparent: bool = True
     flush_timeout_s: float = Field(default_factory=_env.telemetry_flush_timeout_s, gt=0, le=600)
     shutdown_timeout_s: float = Field(
         default_factory=_env.telemetry_shutdown_timeout_s, gt=0, le=600
@@ -216,6 +219,29 @@ class TelemetryConfig(_Frozen):
         )
 
 
+class AdminConfig(_Frozen):
+    """Where replicas find the admin bearer token (see :mod:`serve_drift.credentials`).
+
+    ``token_file`` (a mounted secret) wins over the environment variable named ``token_env``.
+    The token itself never goes into the config.
+    """
+
+    token_env: str = "SERVE_DRIFT_ADMIN_TOKEN"
+    token_file: str | None = None
+
+
+class ContextConfig(_Frozen):
+    """Which ``X-Serve-Drift-Context-<key>`` headers are kept on events, and how long.
+
+    Only these keys are stored and exported; anything else a client sends is dropped. The
+    ``source`` key is not caller context: ``source: sentinel`` marks a sentinel run and is
+    honoured only on requests that carry the admin credential.
+    """
+
+    allow: tuple[str, ...] = ("camera", "site", "scene")
+    max_value_chars: int = Field(64, ge=1, le=256)
+
+
 class EventLogConfig(_Frozen):
     """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
 
@@ -226,6 +252,11 @@ class EventLogConfig(_Frozen):
     max_age_s: float = Field(7 * 24 * 3600, gt=0)
     max_bytes: int = Field(1 << 30, gt=0)
     export_otlp_logs: bool = False
+    # The event log's own writer: jobs waiting beyond this are refused and counted as dropped.
+    writer_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    # How long a batch waits for its compact rows to be committed before the monitor answers
+    # the replica "not recorded" (the rows still reach the windows).
+    arrival_timeout_s: float = Field(2.0, gt=0, le=60)
 
 
 class DriftConfig(_Frozen):
@@ -251,6 +282,8 @@ class DriftConfig(_Frozen):
     shipping: ShippingConfig = Field(default_factory=ShippingConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     events: EventLogConfig = Field(default_factory=EventLogConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
     # Rows of accepted traffic the monitor keeps per model version (a uniform reservoir
     # sample) for `serve-drift reference from-traffic`; 0 turns it off.
     traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)
