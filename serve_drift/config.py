@@ -188,13 +188,35 @@ class ShippingConfig(_Frozen):
 
 
 class TelemetryConfig(_Frozen):
-    """OpenTelemetry behaviour. The library itself only ever uses the OTel API."""
+    """OpenTelemetry behaviour. The library itself only ever uses the OTel API.
+
+    The bounds apply when serve-drift configures the SDK (``configure_sdk``). Flush and
+    shutdown (also the one at process exit) return within ``flush_timeout_s`` and
+    ``shutdown_timeout_s`` whatever the exporter does; what is still buffered when the shutdown
+    bound is reached is dropped and counted. Without an OTLP endpoint, telemetry goes to JSON-lines
+    files that rotate at ``file_max_bytes`` and keep ``file_backup_count`` rotated files each.
+
+    >>> TelemetryConfig(shutdown_timeout_s=2).sdk_arguments()["shutdown_timeout_s"]
+    2.0
+    """
 
     configure_sdk: bool = Field(default_factory=_env.configure_otel_default)
     link_sample_size: int = Field(32, ge=0, le=1000)
     # A client's W3C ``traceparent`` makes the request span its child. Public endpoints that
     # do not want callers to choose trace IDs turn this off (the span starts a new trace).
     trust_client_traceparent: bool = True
+    flush_timeout_s: float = Field(default_factory=_env.telemetry_flush_timeout_s, gt=0, le=600)
+    shutdown_timeout_s: float = Field(
+        default_factory=_env.telemetry_shutdown_timeout_s, gt=0, le=600
+    )
+    file_max_bytes: int = Field(default_factory=_env.telemetry_file_max_bytes, ge=1)
+    file_backup_count: int = Field(default_factory=_env.telemetry_file_backup_count, ge=0, le=1000)
+
+    def sdk_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``configure_telemetry`` that this config decides."""
+        return self.model_dump(
+            include={"flush_timeout_s", "shutdown_timeout_s", "file_max_bytes", "file_backup_count"}
+        )
 
 
 class AdminConfig(_Frozen):
