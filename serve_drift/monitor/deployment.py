@@ -8,6 +8,7 @@ edge (the ready-made app) turns them into JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ from serve_drift.monitor.traffic_sample import TrafficSnapshot
 from serve_drift.monitor.windows import Window
 from serve_drift.monitor.writer import EventLogWriter, WriterQueueFull
 from serve_drift.replica.decorator import MONITOR_KWARG
+from serve_drift.telemetry.setup import shutdown_telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,10 @@ class DriftMonitor:
         if self._config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
-            configure_telemetry(service_name=f"{self._config.model_name}-drift-monitor")
+            configure_telemetry(
+                service_name=f"{self._config.model_name}-drift-monitor",
+                **self._config.telemetry.sdk_arguments(),
+            )
         self._state = MonitorState(self._config)
         self._detection = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-drift-test")
         self._writer = EventLogWriter(queue_size=self._config.events.writer_queue_size)
@@ -155,6 +160,13 @@ class DriftMonitor:
         return self._state.health(
             pending_windows=self._pending_windows, event_log_queue=self._writer.pending()
         )
+
+    def __del__(self) -> None:
+        # Serve calls __del__ before it kills a stopped replica: let queued store writes
+        # finish, then export buffered telemetry, each within its bound (no exit hook runs).
+        with contextlib.suppress(Exception):
+            self._writer.close(timeout_s=self._config.events.arrival_timeout_s)
+            shutdown_telemetry()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: window and threshold changes apply without a restart.

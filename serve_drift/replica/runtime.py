@@ -104,7 +104,9 @@ class ReplicaMonitor:
         if config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
-            destination = configure_telemetry(service_name=config.model_name)
+            destination = configure_telemetry(
+                service_name=config.model_name, **config.telemetry.sdk_arguments()
+            )
             logger.info("serve-drift: telemetry to %s", destination)
         self.config = config
         self.capture = EmbeddingCapture(
