@@ -61,7 +61,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
-    "tools": frozenset({"_env", "apps", "eventlog", "models", "monitor", "reference"}),
+    "tools": frozenset(
+        {"_env", "alerts", "apps", "eventlog", "messages", "models", "monitor", "reference"}
+    ),
 }
 
 
