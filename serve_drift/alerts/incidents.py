@@ -217,7 +217,7 @@ class Incident:
             rule=str(data["rule"]),
             severity=str(data["severity"]),
             owner=str(data["owner"]),
-            scope=tuple((str(k), str(v)) for k, v in dict(data["scope"]).items()),
+            scope=ordered_scope(dict(data["scope"])),
             state="resolved" if data["state"] == "resolved" else "open",
             opened_at=float(data["opened_at"]),
             updated_at=float(data["updated_at"]),
@@ -288,6 +288,16 @@ class Transition:
             notify=bool(data["notify"]),
             suppressed_by=data.get("suppressed_by"),
         )
+
+
+_SCOPE_ORDER = ("model_name", "model_version", "detector")
+
+
+def ordered_scope(scope: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Scope labels in the engine's order (JSON documents may sort them otherwise)."""
+    rank = {key: i for i, key in enumerate(_SCOPE_ORDER)}
+    keys = sorted(scope, key=lambda k: (rank.get(k, len(rank)), k))
+    return tuple((str(k), str(scope[k])) for k in keys)
 
 
 def _opt_float(value: Any) -> float | None:

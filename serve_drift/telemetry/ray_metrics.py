@@ -118,16 +118,19 @@ def replay_values(point: HistogramDataPoint) -> list[tuple[float, int]]:
         if count:
             lo = min(point.min, bounds[0]) if i == 0 else bounds[i - 1]
             hi = bounds[i] if i < len(bounds) else max(point.max, bounds[-1])
-            spans.append((lo, hi, count))
-    floor = sum(lo * c for lo, _, c in spans)
-    room = sum((hi - lo) * c for lo, hi, c in spans)
+            spans.append((i, lo, hi, count))
+    floor = sum(lo * c for _, lo, _, c in spans)
+    room = sum((hi - lo) * c for _, lo, hi, c in spans)
     t = 1.0 if room <= 0 else min(1.0, max(0.0, (point.sum - floor) / room))
-    # Bucket bounds are inclusive above: a value exactly on ``lo`` belongs to the bucket below.
-    return [(_above(lo, lo + t * (hi - lo)), c) for lo, hi, c in spans]
+    return [(_inside(i, lo, lo + t * (hi - lo)), c) for i, lo, hi, c in spans]
 
 
-def _above(lo: float, value: float) -> float:
-    return value if value > lo else math.nextafter(lo, math.inf)
+def _inside(bucket: int, lo: float, value: float) -> float:
+    # Bounds are inclusive above: a value exactly on a bucket's lower bound belongs to the
+    # bucket below, so move it up by one ulp. The first bucket's ``lo`` is its minimum: fine.
+    if bucket == 0 or value > lo:
+        return value
+    return math.nextafter(lo, math.inf)
 
 
 class RayMetricsExporter(MetricExporter):
@@ -208,7 +211,9 @@ class RayMetricsExporter(MetricExporter):
         return None
 
 
-def _metrics(data: MetricsData) -> Iterable[Metric]:
+def _metrics(data: MetricsData | None) -> Iterable[Metric]:
+    if data is None:  # a collection with nothing new (delta temporality)
+        return
     for resource_metrics in data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
             yield from scope_metrics.metrics

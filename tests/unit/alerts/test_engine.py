@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.engine import AlertEngine
+from serve_drift.alerts.incidents import Incident
 from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.signals import DetectorFailed, LabelMetrics, SentinelRun, Tick
 from tests.support.alert_signals import MODEL, kinds, replay, window, windows
@@ -294,8 +297,9 @@ def test_a_restarted_engine_continues_open_incidents_without_reopening_them() ->
     config = _only("input-drift")
     first = AlertEngine(config, started_at=0.0, model_names=(MODEL,))
     (opened,) = replay(windows([SHIFT, SHIFT]), engine=first)
+    stored = json.loads(opened.incident_json())  # as the event store gives it back
     restarted = AlertEngine(
-        config, started_at=200.0, model_names=(MODEL,), open_incidents=[opened.incident]
+        config, started_at=200.0, model_names=(MODEL,), open_incidents=[Incident.from_dict(stored)]
     )
     later = replay(windows([SHIFT, SHIFT, CLEAN, CLEAN, CLEAN, CLEAN], start=2), engine=restarted)
     assert kinds(later) == ["resolved"]
