@@ -1,7 +1,7 @@
 """Maintenance as an operation: the engine, the stored record, and an Alertmanager silence.
 
 :class:`MaintenanceService` is what the monitor exposes (the HTTP handler in
-:mod:`serve_drift.alerts.http` and the CLI call it): starting maintenance holds the engine's
+:mod:`serve_drift.alerts.endpoints` and the CLI call it): starting maintenance holds the engine's
 notifications back, persists the window (so a restarted monitor continues it), and, with an
 Alertmanager configured, creates a silence on the app's alerts; stopping does the reverse. An
 Alertmanager that cannot be reached does not stop maintenance from being set in the engine: the

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.control import MaintenanceService
-from serve_drift.alerts.http import MAINTENANCE_PATH, maintenance_endpoint
+from serve_drift.alerts.endpoints import MAINTENANCE_PATH, maintenance_endpoint
 from serve_drift.alerts.pipeline import AlertPipeline
 from serve_drift.eventlog.schema import DriftTestRecord
 from serve_drift.eventlog.store import EventStore

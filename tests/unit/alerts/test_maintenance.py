@@ -17,7 +17,7 @@ from starlette.routing import Route
 from serve_drift.alerts.alertmanager import AlertmanagerSilences, maintenance_matchers
 from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.control import MaintenanceService
-from serve_drift.alerts.http import (
+from serve_drift.alerts.endpoints import (
     ALERTS_PATH,
     MAINTENANCE_PATH,
     alerts_endpoint,

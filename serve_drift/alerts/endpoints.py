@@ -14,6 +14,22 @@ answer is 401 ``unauthorized``. Suggested paths (the CLI uses them):
 
 ``control`` is a :class:`~serve_drift.alerts.control.MaintenanceService` or anything with the
 same methods, returning values or awaitables (a Ray Serve handle's ``.remote()`` calls do).
+
+>>> import asyncio, httpx
+>>> from starlette.applications import Starlette
+>>> from starlette.routing import Route
+>>> from serve_drift.alerts import AlertPipeline, AlertsConfig, MaintenanceService
+>>> pipeline = AlertPipeline.from_config(AlertsConfig(sinks=()), model_name="m", started_at=0.0)
+>>> async def route(request):
+...     return await maintenance_endpoint(
+...         request, control=MaintenanceService(pipeline), check_admin=lambda r: False)
+>>> app = Starlette(routes=[Route(MAINTENANCE_PATH, route)])
+>>> async def status_code():
+...     transport = httpx.ASGITransport(app=app)
+...     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+...         return (await client.get(MAINTENANCE_PATH)).status_code
+>>> asyncio.run(status_code())  # no admin credential
+401
 """
 
 from __future__ import annotations
