@@ -14,7 +14,7 @@ from serve_drift.alerts.alertmanager import (
     compile_alertmanager,
     maintenance_matchers,
 )
-from serve_drift.alerts.config import AlertRule, AlertsConfig, config_from_mapping
+from serve_drift.alerts.config import AlertsConfig, config_from_mapping
 from serve_drift.alerts.control import MaintenanceService, MaintenanceStatus
 from serve_drift.alerts.dashboard import dashboard_queries, grafana_dashboard
 from serve_drift.alerts.defaults import default_rules
@@ -23,6 +23,7 @@ from serve_drift.alerts.incidents import Evidence, Incident, Transition, WindowE
 from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.pipeline import AlertPipeline
 from serve_drift.alerts.prometheus import compile_rules
+from serve_drift.alerts.rules import AlertRule
 from serve_drift.alerts.signals import (
     DetectorFailed,
     LabelMetrics,

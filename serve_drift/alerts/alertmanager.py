@@ -30,10 +30,11 @@ from typing import Any
 
 import httpx
 
-from serve_drift.alerts.config import AlertRule, AlertsConfig, SuppressionSchedule
+from serve_drift.alerts.config import AlertsConfig, SuppressionSchedule
 from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.payload import iso_time
 from serve_drift.alerts.prometheus import duration, quote, rule_names
+from serve_drift.alerts.rules import AlertRule
 from serve_drift.errors import ServeDriftError
 
 __all__ = [

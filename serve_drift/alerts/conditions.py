@@ -5,7 +5,7 @@ that was not measured, a baseline that is not known, too few labels. It never fi
 and it counts as "not holding" for resolving an open incident, so an alert needs positive
 evidence to stay open.
 
->>> from serve_drift.alerts.config import DriftCondition
+>>> from serve_drift.alerts.rules import DriftCondition
 >>> from serve_drift.alerts.state import StateNeeds, VersionState
 >>> state = VersionState(model_name="m", model_version="v1",
 ...     needs=StateNeeds(history=3, cusums=frozenset(), firsts=frozenset()))
@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from serve_drift.alerts.config import (
+from serve_drift.alerts.incidents import ConditionOutcome, SignalValue, WindowEvidence
+from serve_drift.alerts.rules import (
     Condition,
     CusumCondition,
     DetectorFailingCondition,
@@ -26,7 +27,6 @@ from serve_drift.alerts.config import (
     SilenceCondition,
     ThresholdCondition,
 )
-from serve_drift.alerts.incidents import ConditionOutcome, SignalValue, WindowEvidence
 from serve_drift.alerts.state import Reading, VersionState
 
 __all__ = ["Evaluation", "combine", "evaluate"]

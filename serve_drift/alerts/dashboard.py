@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from serve_drift.alerts.config import AlertsConfig, DriftCondition, ThresholdCondition
+from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.metrics import METRIC_ACTIVE, METRIC_MAINTENANCE, METRIC_SIGNAL
 from serve_drift.alerts.prometheus import metric, quote
+from serve_drift.alerts.rules import DriftCondition, ThresholdCondition
 from serve_drift.telemetry.instruments import P_VALUE_BUCKETS
 
 __all__ = ["dashboard_queries", "grafana_dashboard"]

@@ -38,7 +38,7 @@ Label metrics on fewer than 50 labels are not trusted for alerting.
 
 from __future__ import annotations
 
-from serve_drift.alerts.config import (
+from serve_drift.alerts.rules import (
     AlertRule,
     DetectorFailingCondition,
     DriftCondition,

@@ -32,17 +32,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from serve_drift.alerts.conditions import Evaluation, Trigger, combine, evaluate, triggers
-from serve_drift.alerts.config import (
+from serve_drift.alerts.config import AlertsConfig, inhibition_order
+from serve_drift.alerts.incidents import Evidence, Incident, Transition, TransitionKind
+from serve_drift.alerts.maintenance import MaintenanceWindow
+from serve_drift.alerts.rules import (
     AlertRule,
-    AlertsConfig,
     CusumCondition,
     DriftCondition,
     SilenceCondition,
     ThresholdCondition,
-    inhibition_order,
 )
-from serve_drift.alerts.incidents import Evidence, Incident, Transition, TransitionKind
-from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.signals import (
     DetectorFailed,
     LabelMetrics,

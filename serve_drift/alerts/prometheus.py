@@ -29,9 +29,10 @@ from typing import Any
 
 import yaml
 
-from serve_drift.alerts.config import AlertRule, AlertsConfig, SilenceCondition
+from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.metrics import METRIC_ACTIVE, METRIC_RULES
 from serve_drift.alerts.payload import alert_annotations
+from serve_drift.alerts.rules import AlertRule, SilenceCondition
 from serve_drift.telemetry.ray_metrics import prometheus_label, ray_metric_name
 
 __all__ = [

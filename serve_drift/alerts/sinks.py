@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 import httpx
-from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
 from opentelemetry.context import Context
 
@@ -49,6 +48,7 @@ from serve_drift.alerts.config import (
 from serve_drift.alerts.incidents import Transition
 from serve_drift.alerts.payload import notification
 from serve_drift.errors import ServeDriftError
+from serve_drift.telemetry.spans import remote_span_context
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -275,15 +275,7 @@ def _trigger_context(transition: Transition) -> Context | None:
     if not triggering:
         return None
     latest = max(triggering, key=lambda w: w.tested_at)
-    span = trace.NonRecordingSpan(
-        trace.SpanContext(
-            trace_id=int(latest.trace_id, 16),
-            span_id=int(latest.span_id, 16),
-            is_remote=True,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-        )
-    )
-    return trace.set_span_in_context(span)
+    return remote_span_context(latest.trace_id, latest.span_id)
 
 
 # --- dispatch ---------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ from serve_drift.alerts.alertmanager import (
 )
 from serve_drift.alerts.config import AlertsConfig, config_from_mapping
 from serve_drift.alerts.dashboard import grafana_dashboard
-from serve_drift.alerts.engine import AlertEngine
 from serve_drift.alerts.endpoints import MAINTENANCE_PATH
+from serve_drift.alerts.engine import AlertEngine
 from serve_drift.alerts.incidents import Incident, Transition
 from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.prometheus import compile_rules, render_yaml
