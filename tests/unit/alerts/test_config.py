@@ -58,6 +58,14 @@ def test_a_yaml_alerts_section_builds_every_part() -> None:
     assert page.false_alert_rate_per_1000 == pytest.approx(exact)
 
 
+def test_the_readme_example_is_a_valid_alerts_section() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(alerts:\n.*?)```", readme, flags=re.S)
+    assert blocks, "the README's alerts example is gone"
+    config = AlertsConfig.model_validate(yaml.safe_load(blocks[0])["alerts"])
+    assert [r.name for r in config.rules] == ["drift-costs-accuracy", "slow-or-drifting"]
+
+
 def test_the_cli_finds_the_alerts_section_of_a_serve_config(tmp_path: Path) -> None:
     serve_config = {
         "applications": [
