@@ -77,8 +77,7 @@ def _drift_rules() -> tuple[AlertRule, ...]:
     ticket = AlertRule(
         name="input-drift",
         severity="warning",
-        summary="{model_name} {model_version}: inputs drifted ({detector}); "
-        "estimated accuracy has not fallen 10 points",
+        summary="{model_name} {model_version}: inputs drifted ({detector})",
         runbook_url=f"{DEFAULT_RUNBOOK}input-drift",
         suggested_checks=_DRIFT_CHECKS,
         all=(SUSTAINED_DRIFT,),

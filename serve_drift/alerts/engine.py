@@ -171,7 +171,8 @@ class AlertEngine:
 
     def _scopes(self, rule: AlertRule, signal: Signal) -> list[Scope]:
         if any(isinstance(c, SilenceCondition) for c in rule.conditions):
-            names = [signal.model_name] if not isinstance(signal, Tick) else self._last_window_at
+            # Silence is per model name: on a tick, every model watched; else the signal's.
+            names = list(self._last_window_at) if isinstance(signal, Tick) else [signal.model_name]
             return [(("model_name", name),) for name in names]
         if isinstance(signal, Tick):
             return []

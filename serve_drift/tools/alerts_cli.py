@@ -167,31 +167,46 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _describe(incident: Incident, history: list[Transition]) -> str:
-    lines = [
+    return "\n".join(
+        [*_summary_lines(incident), *_evidence_lines(incident), *_history_lines(history)]
+    )
+
+
+def _summary_lines(incident: Incident) -> list[str]:
+    resolution = f" ({incident.resolution})" if incident.resolution else ""
+    return [
         f"{incident.incident_id}  {incident.rule}  {incident.severity}  {incident.state}",
         f"  summary:   {incident.summary}",
         f"  scope:     {incident.scope_text}",
         f"  owner:     {incident.owner}",
         f"  opened:    {_when(incident.opened_at)}   resolved: {_when(incident.resolved_at)}"
-        + (f" ({incident.resolution})" if incident.resolution else ""),
+        + resolution,
         f"  runbook:   {incident.runbook_url or '-'}",
         *(f"  dashboard: {d}" for d in incident.dashboards),
         "  suggested checks:",
         *(f"    - {c}" for c in incident.suggested_checks),
+    ]
+
+
+def _evidence_lines(incident: Incident) -> list[str]:
+    evidence = incident.evidence
+    return [
         "  conditions (latest evaluation):",
-        *(
-            f"    [{_state(c.active)}] {c.description}: {c.detail}"
-            for c in incident.evidence.conditions
-        ),
+        *(f"    [{_state(c.active)}] {c.description}: {c.detail}" for c in evidence.conditions),
         "  signals:",
-        *(f"    {s.name} = {s.value} (baseline {s.baseline})" for s in incident.evidence.signals),
+        *(f"    {s.name} = {s.value} (baseline {s.baseline})" for s in evidence.signals),
         "  windows (p-value, test, trace, sample requests):",
         *(
             f"    #{w.window_index} {w.detector}/{w.backend} p={w.p_value:.4g}"
             f"{' *' if w.significant else '  '} test {w.test_id} trace {w.trace_id or '-'} "
             f"requests {','.join(w.correlation_ids_sample[:3]) or '-'}"
-            for w in incident.evidence.windows
+            for w in evidence.windows
         ),
+    ]
+
+
+def _history_lines(history: list[Transition]) -> list[str]:
+    return [
         "  history:",
         *(
             f"    {_when(t.at)} {t.kind:10} "
@@ -199,7 +214,6 @@ def _describe(incident: Incident, history: list[Transition]) -> str:
             for t in history
         ),
     ]
-    return "\n".join(lines)
 
 
 def _state(active: bool | None) -> str:
