@@ -6,6 +6,20 @@ After each tested window (and on labels, sentinel runs, and a timer) the monitor
 any of those is logged and counted (``serve_drift.alerts.errors{stage}``), and detection goes on.
 ``record`` blocks on disk: call ``observe`` from a worker thread in asyncio code.
 
+How a monitor wires it (``store`` is its event store)::
+
+    open_incidents = [Incident.from_dict(s.document) for s in store.alert_incidents(state="open")]
+    stored = store.active_maintenance(at=time.time())
+    pipeline = AlertPipeline.from_config(
+        alerts_config, model_name=config.model_name, started_at=time.time(),
+        record=store.write_alert_transitions, open_incidents=open_incidents,
+        maintenance=MaintenanceWindow.from_dict(stored) if stored else None)
+    pipeline.observe(WindowTested(...))     # after each window: its DriftResults, estimates
+    pipeline.observe(DetectorFailed(...))   # when a detector could not test a window
+    pipeline.observe(LabelMetrics(...))     # when a window's label metrics are recomputed
+    pipeline.observe(SentinelRun(...))      # after a sentinel run
+    pipeline.observe(Tick(at=time.time()))  # every half minute or so: silence, reminders
+
 >>> from serve_drift.alerts.config import AlertsConfig
 >>> from serve_drift.alerts.signals import Tick
 >>> pipeline = AlertPipeline.from_config(AlertsConfig(sinks=()), model_name="digits",
