@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     sentinel.add_argument("--count", type=int, default=200, help="sentinel images (default 200)")
     sentinel.add_argument("--every", type=float, default=0, help="repeat every N seconds")
     sentinel.add_argument("--runs", type=int, default=1, help="runs when repeating (0: forever)")
+    sentinel.add_argument("--token-file", help="file holding the admin bearer token")
+    sentinel.add_argument(
+        "--token-env",
+        default="SERVE_DRIFT_ADMIN_TOKEN",
+        help="environment variable holding the admin token (default SERVE_DRIFT_ADMIN_TOKEN)",
+    )
     events = commands.add_parser(
         "events", help="query the event store (serve-drift events --help)", add_help=False
     )
@@ -88,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sentinel":
         from serve_drift.tools.sentinel import sentinel_command
 
-        return sentinel_command(url=args.url, count=args.count, every_s=args.every, runs=args.runs)
+        return sentinel_command(
+            url=args.url,
+            count=args.count,
+            every_s=args.every,
+            runs=args.runs,
+            token_file=args.token_file,
+            token_env=args.token_env,
+        )
     return 2
 
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "serve_drift"
 # Bottom to top; a stage may import only stages of strictly lower layers.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_env", "errors", "files", "messages"}),
-    frozenset({"config", "request_context", "capture", "telemetry"}),
+    frozenset({"config", "request_context", "capture", "telemetry", "credentials"}),
     frozenset({"reference", "detectors", "eventlog", "ingress", "alerts"}),
     frozenset({"models", "replica"}),
     frozenset({"monitor"}),
@@ -33,6 +33,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "request_context": frozenset({"messages"}),
     "capture": frozenset({"errors"}),
     "telemetry": frozenset({"_env"}),
+    "credentials": frozenset(),
     "reference": frozenset({"capture", "errors", "files"}),
     "detectors": frozenset({"config", "errors", "messages"}),
     "eventlog": frozenset({"errors", "messages", "request_context", "telemetry"}),
@@ -43,15 +44,34 @@ ALLOWED: dict[str, frozenset[str]] = {
     "models": frozenset({"_env", "files", "reference"}),
     # The request path: never the event store, the monitor or the tools.
     "replica": frozenset(
-        {"capture", "config", "messages", "reference", "request_context", "telemetry"}
+        {
+            "capture",
+            "config",
+            "credentials",
+            "messages",
+            "reference",
+            "request_context",
+            "telemetry",
+        }
     ),
     "monitor": frozenset(
-        {"_env", "config", "detectors", "eventlog", "messages", "reference", "replica", "telemetry"}
+        {
+            "_env",
+            "config",
+            "detectors",
+            "errors",
+            "eventlog",
+            "messages",
+            "reference",
+            "replica",
+            "telemetry",
+        }
     ),
     "apps": frozenset(
         {
             "_env",
             "config",
+            "credentials",
             "eventlog",
             "ingress",
             "models",
@@ -62,7 +82,17 @@ ALLOWED: dict[str, frozenset[str]] = {
         }
     ),
     "tools": frozenset(
-        {"_env", "alerts", "apps", "eventlog", "messages", "models", "monitor", "reference"}
+        {
+            "_env",
+            "alerts",
+            "apps",
+            "eventlog",
+            "files",
+            "messages",
+            "models",
+            "monitor",
+            "reference",
+        }
     ),
 }
 
