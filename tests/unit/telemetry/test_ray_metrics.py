@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,8 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from serve_drift.telemetry import ray_metrics
 from serve_drift.telemetry.instruments import DISTANCE_BUCKETS, P_VALUE_BUCKETS
 from serve_drift.telemetry.ray_metrics import RayMetricsExporter, replay_values
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class _FakeRayMetric:
@@ -150,9 +156,18 @@ def test_without_ray_the_data_is_dropped_and_counted(monkeypatch: pytest.MonkeyP
 
 
 def test_otel_metrics_exporter_ray_is_a_choice_of_the_sdk_setup(tmp_path: Any) -> None:
-    from serve_drift.telemetry import setup
-
-    plan = setup._Plan(resource=setup._build_resource("t"), fallback_dir=tmp_path)
-    exporter, text = setup._build_one("metrics", "ray", plan)
-    assert isinstance(exporter, RayMetricsExporter) and text.startswith("ray metrics")
-    assert setup._build_one("traces", "ray", plan) == (None, "none (ray exports metrics only)")
+    # In a fresh process: the SDK setup installs its providers once per process.
+    script = (
+        "from serve_drift.telemetry.setup import configure_telemetry\n"
+        f"destination = configure_telemetry(fallback_dir={str(tmp_path)!r})\n"
+        "print(destination.metrics)\nprint(destination.traces)\n"
+    )
+    env = {**os.environ, "OTEL_METRICS_EXPORTER": "ray", "OTEL_TRACES_EXPORTER": "ray"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    metrics, traces = done.stdout.splitlines()[-2:]
+    assert metrics == "ray metrics (Prometheus scrapes Ray's metrics agent)"
+    assert traces == "none (ray exports metrics only)"
