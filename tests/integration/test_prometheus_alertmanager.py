@@ -52,7 +52,7 @@ from serve_drift.tools.cli import main as cli_main
 from serve_drift.tools.imageio import encode_png
 from serve_drift.tools.shifts import apply_shift
 from tests.support.prometheus import AlertmanagerServer, PrometheusServer, run_tool, wait_until
-from tests.support.serve import ServeInstance
+from tests.support.serve import ADMIN, ServeInstance
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -218,7 +218,7 @@ def _send(app: ServeInstance) -> tuple[dict[str, float], list[dict[str, Any]]]:
 
 def _all_results(app: ServeInstance) -> dict[int, list[dict[str, Any]]]:
     def tested() -> dict[int, list[dict[str, Any]]] | None:
-        body = httpx.get(app.url(f"/{APP}/drift?limit=500"), timeout=10).json()
+        body = httpx.get(app.url(f"/{APP}/drift?limit=500"), headers=ADMIN, timeout=10).json()
         by_window: dict[int, list[dict[str, Any]]] = {}
         for result in body["results"]:
             by_window.setdefault(result["window_index"], []).append(result)
@@ -248,7 +248,9 @@ def traffic(serve_instance: ServeInstance) -> Iterator[Traffic]:
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
     confidence, labels = _send(serve_instance)
     results = _all_results(serve_instance)
-    answer = httpx.post(serve_instance.url(f"/{APP}/labels"), json={"labels": labels}, timeout=30)
+    answer = httpx.post(
+        serve_instance.url(f"/{APP}/labels"), json={"labels": labels}, headers=ADMIN, timeout=30
+    )
     assert {r["status"] for r in answer.json()["results"]} == {"accepted"}
     yield Traffic(results=results, confidence=confidence)
     serve.delete(APP)
