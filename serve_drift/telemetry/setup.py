@@ -6,7 +6,8 @@ monitor, a script), from the standard ``OTEL_*`` environment variables:
 
 - ``OTEL_SDK_DISABLED=true`` installs nothing;
 - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp`` (default), ``console``, ``none``
-  (a comma-separated list is accepted);
+  (a comma-separated list is accepted); metrics also take ``ray``, into Ray's metrics agent for
+  Prometheus to scrape (:mod:`serve_drift.telemetry.ray_metrics`);
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` and ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``;
 - ``OTEL_EXPORTER_OTLP_PROTOCOL`` and ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL``:
   ``grpc`` (default) or ``http/protobuf``;
@@ -95,7 +96,7 @@ _OTLP_CLASSES = {
 }
 _DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
 _FILE_PREFIXES = {"traces": "spans", "metrics": "metrics"}
-_KNOWN_EXPORTERS = {"otlp", "console", "none"}
+_KNOWN_EXPORTERS = {"otlp", "console", "none", "ray"}
 
 
 @dataclass(frozen=True)
@@ -499,6 +500,12 @@ def _exporter_names(signal: str) -> tuple[list[str], str | None]:
 
 
 def _build_one(signal: str, name: str, plan: _Plan) -> tuple[Any, str]:
+    if name == "ray":  # metrics into Ray's metrics agent, which Prometheus scrapes
+        if signal != "metrics":
+            return None, "none (ray exports metrics only)"
+        from serve_drift.telemetry.ray_metrics import RayMetricsExporter
+
+        return RayMetricsExporter(), "ray metrics (Prometheus scrapes Ray's metrics agent)"
     if name == "console":
         return (ConsoleSpanExporter() if signal == "traces" else ConsoleMetricExporter()), "console"
     if name == "default" and not _endpoint_configured(signal):

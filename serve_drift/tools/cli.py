@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     reference.add_argument("rest", nargs=argparse.REMAINDER)
+    alerts = commands.add_parser(
+        "alerts", help="alert history, rules, compiled configs, maintenance", add_help=False
+    )
+    alerts.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -68,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_drift.tools.reference_cli import main as reference_main
 
         return reference_main(argv[1:])
+    if argv[:1] == ["alerts"]:  # its own parser, with its own --help
+        from serve_drift.tools.alerts_cli import main as alerts_main
+
+        return alerts_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from serve_drift.tools.demo import DemoOptions, run_demo

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "serve_drift"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_env", "errors", "files", "messages"}),
     frozenset({"config", "request_context", "capture", "telemetry", "credentials"}),
-    frozenset({"reference", "detectors", "eventlog", "ingress"}),
+    frozenset({"reference", "detectors", "eventlog", "ingress", "alerts"}),
     frozenset({"models", "replica"}),
     frozenset({"monitor"}),
     frozenset({"apps"}),
@@ -37,6 +37,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "reference": frozenset({"capture", "errors", "files"}),
     "detectors": frozenset({"config", "errors", "messages"}),
     "eventlog": frozenset({"errors", "messages", "request_context", "telemetry"}),
+    # Alerting sits beside the event log: its incidents are stored there through a protocol,
+    # never by importing it (the monitor joins the two).
+    "alerts": frozenset({"config", "errors", "messages", "request_context", "telemetry"}),
     "ingress": frozenset({"errors", "files", "messages", "request_context", "telemetry"}),
     "models": frozenset({"_env", "files", "reference"}),
     # The request path: never the event store, the monitor or the tools.
@@ -78,7 +81,19 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
-    "tools": frozenset({"_env", "apps", "eventlog", "files", "models", "monitor", "reference"}),
+    "tools": frozenset(
+        {
+            "_env",
+            "alerts",
+            "apps",
+            "eventlog",
+            "files",
+            "messages",
+            "models",
+            "monitor",
+            "reference",
+        }
+    ),
 }
 
 
