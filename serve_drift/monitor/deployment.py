@@ -206,9 +206,10 @@ def monitored_app(
     config: DriftConfig | None = getattr(deployment.func_or_class, "serve_drift_config", None)
     if config is None:
         raise TypeError("monitored_app needs a deployment whose class is decorated with @monitored")
-    name = config.monitor_name(deployment.name)
+    options = dict(monitor_options or {})
+    name = str(options.pop("name", None) or config.monitor_name(deployment.name))
     monitor_config = config.model_copy(update={"monitor_deployment": name})
-    monitor = monitor_deployment(monitor_config, name=name, **(monitor_options or {})).bind(
+    monitor = monitor_deployment(monitor_config, name=name, **options).bind(
         monitor_config.model_dump(mode="json")
     )
     return deployment.bind(*args, **{MONITOR_KWARG: monitor}, **kwargs)
