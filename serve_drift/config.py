@@ -213,22 +213,75 @@ class ShippingConfig(_Frozen):
 
 
 class TelemetryConfig(_Frozen):
-    """OpenTelemetry behaviour. The library itself only ever uses the OTel API."""
+    """OpenTelemetry behaviour. The library itself only ever uses the OTel API.
+
+    The bounds apply when serve-drift configures the SDK (``configure_sdk``). Flush and
+    shutdown (also the one at process exit) return within ``flush_timeout_s`` and
+    ``shutdown_timeout_s`` whatever the exporter does; what is still buffered when the shutdown
+    bound is reached is dropped and counted. Without an OTLP endpoint, telemetry goes to JSON-lines
+    files that rotate at ``file_max_bytes`` and keep ``file_backup_count`` rotated files each.
+
+    >>> TelemetryConfig(shutdown_timeout_s=2).sdk_arguments()["shutdown_timeout_s"]
+    2.0
+    """
 
     configure_sdk: bool = Field(default_factory=_env.configure_otel_default)
     link_sample_size: int = Field(32, ge=0, le=1000)
+    # A client's W3C ``traceparent`` makes the request span its child. Public endpoints that
+    # do not want callers to choose trace IDs turn this off (the span starts a new trace).
+    trust_client_traceparent: bool = True
+    flush_timeout_s: float = Field(default_factory=_env.telemetry_flush_timeout_s, gt=0, le=600)
+    shutdown_timeout_s: float = Field(
+        default_factory=_env.telemetry_shutdown_timeout_s, gt=0, le=600
+    )
+    file_max_bytes: int = Field(default_factory=_env.telemetry_file_max_bytes, ge=1)
+    file_backup_count: int = Field(default_factory=_env.telemetry_file_backup_count, ge=0, le=1000)
+
+    def sdk_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``configure_telemetry`` that this config decides."""
+        return self.model_dump(
+            include={"flush_timeout_s", "shutdown_timeout_s", "file_max_bytes", "file_backup_count"}
+        )
+
+
+class AdminConfig(_Frozen):
+    """Where replicas find the admin bearer token (see :mod:`serve_drift.credentials`).
+
+    ``token_file`` (a mounted secret) wins over the environment variable named ``token_env``.
+    The token itself never goes into the config.
+    """
+
+    token_env: str = "SERVE_DRIFT_ADMIN_TOKEN"
+    token_file: str | None = None
+
+
+class ContextConfig(_Frozen):
+    """Which ``X-Serve-Drift-Context-<key>`` headers are kept on events, and how long.
+
+    Only these keys are stored and exported; anything else a client sends is dropped. The
+    ``source`` key is not caller context: ``source: sentinel`` marks a sentinel run and is
+    honoured only on requests that carry the admin credential.
+    """
+
+    allow: tuple[str, ...] = ("camera", "site", "scene")
+    max_value_chars: int = Field(64, ge=1, le=256)
 
 
 class EventLogConfig(_Frozen):
     """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
 
     enabled: bool = True
-    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<model_name>.sqlite
+    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<app>/<monitor>.sqlite
     sample_rate: float = Field(0.1, ge=0, le=1)
     keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
     max_age_s: float = Field(7 * 24 * 3600, gt=0)
     max_bytes: int = Field(1 << 30, gt=0)
     export_otlp_logs: bool = False
+    # The event log's own writer: jobs waiting beyond this are refused and counted as dropped.
+    writer_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    # How long a batch waits for its compact rows to be committed before the monitor answers
+    # the replica "not recorded" (the rows still reach the windows).
+    arrival_timeout_s: float = Field(2.0, gt=0, le=60)
 
 
 class DriftConfig(_Frozen):
@@ -243,7 +296,12 @@ class DriftConfig(_Frozen):
     reference_path: str | None = None
     model_attr: str | None = None
     embedding_layer: str | None = None
-    monitor_deployment: str = "DriftMonitor"
+    # Probabilities come from the model's own (batch, classes) output ("model"), or from the
+    # hooked classifier layer ("classifier"); see serve_drift.capture.EmbeddingCapture.
+    scores: Literal["model", "classifier"] = "model"
+    # The drift monitor's Serve deployment; None: "<deployment>DriftMonitor", so that several
+    # monitored deployments of one app each get their own monitor (and event store).
+    monitor_deployment: str | None = None
     # Drift tests share nodes with serving replicas: the monitor process lowers its CPU
     # priority (Unix nice) so that, under contention, tests wait and requests do not.
     monitor_niceness: int = Field(10, ge=0, le=19)
@@ -254,6 +312,17 @@ class DriftConfig(_Frozen):
     shipping: ShippingConfig = Field(default_factory=ShippingConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     events: EventLogConfig = Field(default_factory=EventLogConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
+
+    def monitor_name(self, deployment: str) -> str:
+        """The monitor deployment's name for the monitored deployment named ``deployment``.
+
+        >>> DriftConfig().monitor_name("Classifier")
+        'ClassifierDriftMonitor'
+        """
+        return self.monitor_deployment or f"{deployment}DriftMonitor"
+
     # Rows of accepted traffic the monitor keeps per model version (a uniform reservoir
     # sample) for `serve-drift reference from-traffic`; 0 turns it off.
     traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)

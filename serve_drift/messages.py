@@ -2,6 +2,7 @@
 
 - :class:`InferenceEvent` and :class:`EventBatch`: what a replica ships per served request;
 - :class:`InputStats`: the handler's summary of one input image, carried on the event;
+- :class:`IngestReceipt`: the monitor's answer to a batch;
 - :class:`DriftStatistic` and :class:`DriftResult`: what a drift test found.
 
 Plain frozen dataclasses with no behaviour beyond validation, so every stage can import them.
@@ -100,6 +101,20 @@ class EventBatch:
                 f"batch has {len(self.events)} events "
                 f"but embeddings of shape {self.embeddings.shape}"
             )
+
+
+@dataclass(frozen=True)
+class IngestReceipt:
+    """The monitor's answer to a replica's batch.
+
+    ``recorded`` is True once every request of the batch has its compact row committed to the
+    event store (so a restart cannot lose it and a label for it joins at once), False when the
+    store could not record it in time (the rows still reached the drift windows), and None
+    when the monitor keeps no event log.
+    """
+
+    accepted: int
+    recorded: bool | None
 
 
 @dataclass(frozen=True)

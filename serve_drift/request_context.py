@@ -63,6 +63,21 @@ def _serve_request_context() -> tuple[str, str]:
         return "", ""
 
 
+def serve_batch_request_ids() -> list[str] | None:
+    """Inside a ``@serve.batch`` call, the internal IDs of its requests in row order, else None.
+
+    Ray Serve sets the batch's request contexts just before running the batched function; the
+    getter is private, so it is read defensively like the single-request one."""
+    try:
+        from ray.serve.context import _get_serve_batch_request_context
+
+        contexts = _get_serve_batch_request_context()
+    except Exception:
+        return None
+    ids = [str(getattr(ctx, "_internal_request_id", "") or "") for ctx in contexts or ()]
+    return ids if ids and all(ids) else None
+
+
 # The IDs the monitoring wrapper settled on for the request being handled, so the handler sees
 # the same ones even where they were generated here (Ray's context is empty in local testing).
 _BOUND: ContextVar[RequestIds | None] = ContextVar("serve_drift_request_ids", default=None)
@@ -105,6 +120,8 @@ class RequestMarks:
     rows: dict[int | None, RowMark] = field(default_factory=dict)
     outcome: str | None = None
     context: dict[str, str] = field(default_factory=dict)
+    # A sentinel run (verified: the request carried the admin credential).
+    sentinel: bool = False
 
     def row(self, index: int) -> RowMark:
         return self.rows.get(index) or self.rows.get(None) or RowMark()
@@ -118,8 +135,10 @@ _REQUEST_MARKS: ContextVar[RequestMarks | None] = ContextVar(
 
 
 @contextmanager
-def request_marks(*, context: Mapping[str, str] | None = None) -> Iterator[RequestMarks]:
-    marks = RequestMarks(context=dict(context or {}))
+def request_marks(
+    *, context: Mapping[str, str] | None = None, sentinel: bool = False
+) -> Iterator[RequestMarks]:
+    marks = RequestMarks(context=dict(context or {}), sentinel=sentinel)
     token = _REQUEST_MARKS.set(marks)
     try:
         yield marks
@@ -186,21 +205,45 @@ def clean_context(raw: Mapping[str, object] | None) -> dict[str, str]:
     return cleaned
 
 
-def context_from_headers(
-    headers: Mapping[str, str], *, prefix: str = "x-serve-drift-context-"
-) -> dict[str, str]:
-    """Context passed as request headers, e.g. ``X-Serve-Drift-Context-Camera: cam-7``.
+CONTEXT_PREFIX = "x-serve-drift-context-"
+SOURCE_HEADER = f"{CONTEXT_PREFIX}source"
 
-    >>> context_from_headers({"X-Serve-Drift-Context-Camera": "cam-7", "Accept": "*/*"})
+
+def context_from_headers(
+    headers: Mapping[str, str],
+    *,
+    allow: Sequence[str] | None = None,
+    max_value_chars: int = MAX_CONTEXT_VALUE_CHARS,
+) -> dict[str, str]:
+    """Caller context passed as request headers, e.g. ``X-Serve-Drift-Context-Camera: cam-7``.
+
+    Only the keys in ``allow`` are kept (``None``: any key, for trusted callers), each value
+    cut to ``max_value_chars``; ``source`` is never caller context (see ``request_source``).
+
+    >>> headers = {"X-Serve-Drift-Context-Camera": "cam-7", "X-Serve-Drift-Context-Email": "a@b"}
+    >>> context_from_headers(headers, allow=["camera"])
     {'camera': 'cam-7'}
     """
-    lowered = prefix.lower()
+    allowed = None if allow is None else {key.lower() for key in allow}
     found = {
-        name[len(lowered) :]: value
+        key: value[:max_value_chars]
         for name, value in headers.items()
-        if name.lower().startswith(lowered) and len(name) > len(lowered)
+        if (key := _context_key(name)) and key != "source" and (allowed is None or key in allowed)
     }
-    return clean_context({key.lower(): value for key, value in found.items()})
+    return clean_context(found)
+
+
+def request_source(headers: Mapping[str, str]) -> str | None:
+    """What the caller says the request is (``sentinel``), before anyone checked who it is."""
+    value = next((v for k, v in headers.items() if k.lower() == SOURCE_HEADER), None)
+    return None if value is None else value.strip().lower()
+
+
+def _context_key(header: str) -> str | None:
+    name = header.lower()
+    if not name.startswith(CONTEXT_PREFIX) or len(name) == len(CONTEXT_PREFIX):
+        return None
+    return name[len(CONTEXT_PREFIX) :]
 
 
 def _clean_value(value: object) -> str:

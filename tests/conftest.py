@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from serve_drift.tools.local_ray import bind_ray_to_loopback
 from tests.support.otlp_receiver import OtlpReceiver
+
+# Before any test module imports Ray: it reads the switch once, at import.
+bind_ray_to_loopback()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,17 +32,17 @@ from serve_drift.ingress import (
     InputProfile,
     QuarantineStore,
 )
-from serve_drift.ingress.stats import compute_input_stats
 from serve_drift.monitor.deployment import monitored_app
 from serve_drift.replica.decorator import monitored, replica_monitor
-from serve_drift.request_context import current_request_ids, mark_request
+from serve_drift.replica.runtime import SENTINEL_SOURCE
+from serve_drift.request_context import current_request_ids, mark_request, request_source
 from serve_drift.telemetry import instruments as tel
 
 MONITOR_TIMEOUT_S = 2.0
 LABELS_TIMEOUT_S = 10.0
 LABEL_SOURCES = ("feedback", "sentinel")
-INPUT_STATS_MAX_SIDE = 64  # stats on a strided thumbnail: cheap, and enough for drift forensics
 MAX_DRIFT_LIMIT = 500
+_LIMIT = re.compile(r"[1-9][0-9]?|[1-4][0-9]{2}|500")  # 1..500, ASCII digits ("²".isdigit())
 # Backpressure: a replica takes this many requests at once and each proxy queues this many
 # more; beyond that Ray Serve's proxy answers 503 at once (with Retry-After) instead of
 # letting latency grow without bound. Override under ``deployment:`` in the app's args.
@@ -149,32 +150,62 @@ class ImageClassifier:
             return _error_response(self.gate.internal_error(exc, request_id=correlation_id), 500)
 
     async def _route(self, request: Request, correlation_id: str) -> Response:
-        # Match the last path segment, so the app works under any route_prefix.
-        route = (request.method, request.url.path.rstrip("/").rsplit("/", 1)[-1])
+        # Match the last path segments, so the app works under any route_prefix.
+        segments = request.url.path.rstrip("/").rsplit("/", 2)
+        route = (request.method, segments[-1])
         if route == ("POST", "predict"):
             return await self.predict(request)
-        if route == ("GET", "drift"):
-            return await self._drift(request, correlation_id)
         if route == ("GET", "healthz"):
             return await self._health()
-        if route == ("POST", "labels"):
-            return await self._labels(request, correlation_id)
-        error = IngressError(
-            "not_found", "try POST /predict, POST /labels, GET /drift or GET /healthz"
-        )
-        return self._reject(error, correlation_id)
+        admin_routes = {
+            ("GET", "drift"): self._drift,
+            ("POST", "labels"): self._labels,
+            ("GET", "health"): self._admin_health,
+        }
+        handler = admin_routes.get(route)
+        if handler is None or (route[1] == "health" and segments[-2:-1] != ["admin"]):
+            error = IngressError(
+                "not_found",
+                "try POST /predict or GET /healthz; admin: GET /drift, POST /labels, "
+                "GET /admin/health",
+            )
+            return self._reject(error, correlation_id)
+        refused = self._refuse_unless_admin(request)
+        if refused is not None:
+            return self._reject(refused, correlation_id)
+        return await handler(request, correlation_id)
+
+    def _refuse_unless_admin(self, request: Request) -> IngressError | None:
+        """Admin operations need the bearer credential; the answer never says which part of
+        a wrong one was wrong."""
+        admin = replica_monitor(self).admin
+        if admin is None:
+            return IngressError(
+                "admin_disabled",
+                "admin operations are disabled: no admin token is configured on the replicas",
+            )
+        if not admin.verify_headers(request.headers):
+            return IngressError("unauthorized", "this operation needs a valid admin bearer token")
+        return None
 
     def _reject(self, error: IngressError, correlation_id: str) -> JSONResponse:
-        return _error_response(self.gate.reject(error, request_id=correlation_id), error.status)
+        response: JSONResponse = self.gate.error_response(error, request_id=correlation_id)
+        return response
 
     async def predict(self, request: Request) -> Response:
         """The monitored method: its span is the current span while ingress runs."""
         ids = current_request_ids()
+        if request_source(request.headers) == SENTINEL_SOURCE and not replica_monitor(
+            self
+        ).is_sentinel(request.headers):
+            # Sentinel runs stay out of drift windows: only the admin credential may ask that.
+            mark_request(outcome="rejected")
+            error = IngressError("unauthorized", "sentinel runs need a valid admin bearer token")
+            return self._reject(error, ids.correlation_id)
         try:
             admitted = await self.gate.admit(
                 request, correlation_id=ids.correlation_id, internal_id=ids.internal_id
             )
-            _mark_input_stats(admitted)
             body = self._answer(admitted, ids.correlation_id)
         except IngressError as error:
             return self._reject(error, ids.correlation_id)
@@ -215,13 +246,15 @@ class ImageClassifier:
 
     async def _drift(self, request: Request, correlation_id: str) -> Response:
         limit = request.query_params.get("limit", "50")
-        if not limit.isdigit():
-            error = IngressError("invalid_query", "limit must be a whole number")
+        if not _LIMIT.fullmatch(limit):
+            error = IngressError(
+                "invalid_query", f"limit must be a whole number 1..{MAX_DRIFT_LIMIT}"
+            )
             return self._reject(error, correlation_id)
         monitor = replica_monitor(self)
         try:
             results = await asyncio.wait_for(
-                monitor.monitor_call("results", max(1, min(int(limit), MAX_DRIFT_LIMIT))),
+                monitor.monitor_call("results", int(limit)),
                 MONITOR_TIMEOUT_S,
             )
         except Exception:
@@ -241,7 +274,11 @@ class ImageClassifier:
             )
             return self._reject(invalid, correlation_id)
         try:
-            items = parse_labels(await self.gate.read_json(request), source=source)
+            items = parse_labels(
+                await self.gate.read_json(request),
+                source=source,
+                num_classes=len(self.loaded.labels),
+            )
         except IngressError as error:
             return self._reject(error, correlation_id)
         except ValueError as exc:
@@ -264,6 +301,15 @@ class ImageClassifier:
         )
 
     async def _health(self) -> Response:
+        """Public: ready or degraded, nothing more (details are an admin operation)."""
+        status, _ = await self._status()
+        return JSONResponse({"status": status})
+
+    async def _admin_health(self, request: Request, correlation_id: str) -> Response:
+        status, details = await self._status()
+        return JSONResponse({"status": status, **details})
+
+    async def _status(self) -> tuple[str, dict[str, Any]]:
         monitor = replica_monitor(self)
         replica = monitor.replica_health()
         try:
@@ -276,16 +322,14 @@ class ImageClassifier:
             }
         reasons = [*monitor_health["reasons"], *replica.reasons]
         ready = monitor_health["status"] == "ready" and not replica.reasons
-        return JSONResponse(
-            {
-                "status": "ready" if ready else "degraded",
-                "reasons": reasons,
-                "model_version": self.loaded.version,
-                "replica": replica.to_dict(),
-                "monitor": monitor_health,
-                "ingress": self._ingress_health(),
-            }
-        )
+        details = {
+            "reasons": reasons,
+            "model_version": self.loaded.version,
+            "replica": replica.to_dict(),
+            "monitor": monitor_health,
+            "ingress": self._ingress_health(),
+        }
+        return ("ready" if ready else "degraded"), details
 
     def _ingress_health(self) -> dict[str, Any]:
         profile = self.gate.profile
@@ -294,15 +338,6 @@ class ImageClassifier:
             "input_profile": None if profile is None else profile.source,
             "quarantine_directory": None if store is None else str(store.directory),
         }
-
-
-def _mark_input_stats(admitted: Admitted) -> None:
-    """Per-image statistics for the event log (brightness, contrast, sharpness, channel means)."""
-    if not mark_request():  # not a monitored request: nobody would record them
-        return
-    for row, decoded in enumerate(admitted.payload.images):
-        stats = compute_input_stats(np.asarray(decoded.image), max_side=INPUT_STATS_MAX_SIDE)
-        mark_request(row=row, input_stats=stats)
 
 
 def _drift_config(args: AppArgs) -> DriftConfig:

@@ -97,6 +97,9 @@ class AccuracyEstimator:
     tie_credit: float  # for rows exactly at the threshold (saturated confidences tie)
     num_classes: int
     reference_accuracy: float
+    # The estimate on the reference itself (its rows judged as new ones, cross-fitted): what
+    # a clean window should get, to compare a window's estimate with (alert rules do).
+    baseline: float
     labelled: bool
 
     @classmethod
@@ -127,6 +130,7 @@ class AccuracyEstimator:
             else float((predicted == classes)[inside].mean())
         )
         threshold, tie_credit = _atc_threshold(confidence[inside], accuracy)
+        credit = _credit(confidence, threshold=threshold, tie_credit=tie_credit)
         return cls(
             gaussians=_ClassGaussians.fit(x, classes, num_classes=num_classes),
             distance_limit=limit,
@@ -134,6 +138,7 @@ class AccuracyEstimator:
             tie_credit=tie_credit,
             num_classes=num_classes,
             reference_accuracy=accuracy,
+            baseline=float(np.where(inside, credit, 1.0 / num_classes).mean()),
             labelled=labels is not None,
         )
 
@@ -143,9 +148,8 @@ class AccuracyEstimator:
         probs = np.asarray(probabilities, dtype=np.float64)
         predicted = probs.argmax(axis=1)
         outside = self.gaussians.distances(x, predicted) > self.distance_limit
-        confidence = probs.max(axis=1)
-        confident = (confidence > self.confidence_threshold) + self.tie_credit * (
-            confidence == self.confidence_threshold
+        confident = _credit(
+            probs.max(axis=1), threshold=self.confidence_threshold, tie_credit=self.tie_credit
         )
         correct = np.where(outside, 1.0 / self.num_classes, confident)
         return AccuracyEstimate(
@@ -165,6 +169,11 @@ def _cross_fitted(
         gaussians = _ClassGaussians.fit(x[~held], classes[~held], num_classes=num_classes)
         distances[held] = gaussians.distances(x[held], predicted[held])
     return distances
+
+
+def _credit(confidence: np.ndarray, *, threshold: float, tie_credit: float) -> np.ndarray:
+    """Each row's ATC credit: 1 above the threshold, ``tie_credit`` exactly at it."""
+    return (confidence > threshold) + tie_credit * (confidence == threshold)
 
 
 def _atc_threshold(confidence: np.ndarray, accuracy: float) -> tuple[float, float]:

@@ -41,6 +41,7 @@ from serve_drift.eventlog.store import EventStore, LabelAnswer, LabelStatus
 
 __all__ = [
     "ECE_BINS",
+    "MAX_LABEL",
     "MAX_LABELS_PER_REQUEST",
     "ClassMetrics",
     "ConceptDriftMetrics",
@@ -58,6 +59,7 @@ __all__ = [
 
 ECE_BINS = 15
 MAX_LABELS_PER_REQUEST = 10_000
+MAX_LABEL = 2**31 - 1  # when the model's classes are unknown: fits any store's integer column
 _MAX_ID_CHARS = 256
 
 
@@ -65,23 +67,34 @@ _MAX_ID_CHARS = 256
 
 
 def parse_labels(
-    payload: Any, *, source: str = "feedback", now: float | None = None
+    payload: Any,
+    *,
+    source: str = "feedback",
+    num_classes: int | None = None,
+    now: float | None = None,
 ) -> list[LabelRecord | LabelAnswer]:
     """Label records from a request body, in order; malformed items become ``invalid`` answers.
 
     Accepts one ``{"correlation_id": "...", "label": 3}``, a list of them, or
-    ``{"labels": [...]}``. Raises ``ValueError`` for a body that is none of these or holds more
-    than :data:`MAX_LABELS_PER_REQUEST` items (answer 400/413).
+    ``{"labels": [...]}``. A label must be a class index of the model: ``0 <= label <
+    num_classes`` (below :data:`MAX_LABEL` when the classes are not known). Raises
+    ``ValueError`` for a body that is none of these or holds more than
+    :data:`MAX_LABELS_PER_REQUEST` items (answer 400/413).
 
-    >>> items = parse_labels({"labels": [{"correlation_id": "a", "label": 1}, {"label": 2}]})
+    >>> items = parse_labels(
+    ...     {"labels": [{"correlation_id": "a", "label": 1}, {"label": 2},
+    ...                 {"correlation_id": "b", "label": 10}]}, num_classes=10)
     >>> [getattr(item, "status", "label") for item in items]
-    ['label', 'invalid']
+    ['label', 'invalid', 'invalid']
     """
     items = _items(payload)
     if len(items) > MAX_LABELS_PER_REQUEST:
         raise ValueError(f"{len(items)} labels in one request; at most {MAX_LABELS_PER_REQUEST}")
     received_at = time.time() if now is None else now
-    return [_parse_item(item, source=source, received_at=received_at) for item in items]
+    classes = MAX_LABEL + 1 if num_classes is None else num_classes
+    return [
+        _parse_item(item, source=source, received_at=received_at, classes=classes) for item in items
+    ]
 
 
 def _items(payload: Any) -> list[Any]:
@@ -94,7 +107,9 @@ def _items(payload: Any) -> list[Any]:
     raise ValueError('expected {"correlation_id", "label"}, a list of them, or {"labels": [...]}')
 
 
-def _parse_item(item: Any, *, source: str, received_at: float) -> LabelRecord | LabelAnswer:
+def _parse_item(
+    item: Any, *, source: str, received_at: float, classes: int
+) -> LabelRecord | LabelAnswer:
     if not isinstance(item, Mapping):
         return LabelAnswer("", "invalid", "each label must be an object")
     cid = item.get("correlation_id")
@@ -102,8 +117,8 @@ def _parse_item(item: Any, *, source: str, received_at: float) -> LabelRecord | 
         return LabelAnswer("", "invalid", "correlation_id must be a non-empty string")
     label = item.get("label")
     # bool is an int subclass; True as a class index is almost certainly a client bug.
-    if not isinstance(label, int) or isinstance(label, bool) or label < 0:
-        return LabelAnswer(cid, "invalid", "label must be a non-negative integer class index")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < classes:
+        return LabelAnswer(cid, "invalid", f"label must be a class index from 0 to {classes - 1}")
     return LabelRecord(correlation_id=cid, label=label, received_at=received_at, source=source)
 
 

@@ -47,6 +47,7 @@ from serve_drift.request_context import (
 )
 
 __all__ = [  # InputStats and clean_context are re-exported: records are built with them
+    "DRIFT_RECORD_FIELDS",
     "FLAG_QUARANTINED",
     "READABLE_VERSIONS",
     "SCHEMA_PATH",
@@ -327,14 +328,14 @@ class DriftTestRecord:
         data = {
             "record_type": self.record_type,
             "schema_version": self.schema_version,
-            **{name: getattr(self, name) for name in _DRIFT_FIELDS},
+            **{name: getattr(self, name) for name in DRIFT_RECORD_FIELDS},
             "correlation_ids_sample": list(self.correlation_ids_sample),
         }
         return _as_version(data, self.schema_version, _DRIFT_V2_FIELDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriftTestRecord:
-        values = {name: data[name] for name in _DRIFT_FIELDS if name in data}
+        values = {name: data[name] for name in DRIFT_RECORD_FIELDS if name in data}
         for name in ("p_value", "distance", "distance_threshold", *_DRIFT_V2_FIELDS):
             values[name] = _finite_or_none(values.get(name))
         for name in ("trace_id", "span_id"):
@@ -350,7 +351,7 @@ class DriftTestRecord:
 
 
 # The scalar fields of a drift record, in order; the sample of IDs is a list and handled apart.
-_DRIFT_FIELDS = tuple(
+DRIFT_RECORD_FIELDS = tuple(
     f.name
     for f in fields(DriftTestRecord)
     if f.name not in ("correlation_ids_sample", "schema_version")

@@ -48,13 +48,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from serve_drift.errors import ServeDriftError
 from serve_drift.eventlog.schema import (
-    READABLE_VERSIONS,
     SCHEMA_VERSION,
     ConceptMetricsRecord,
     DriftTestRecord,
@@ -70,6 +69,9 @@ LabelStatus = Literal[
     "accepted", "unknown_correlation_id", "duplicate_label", "ambiguous", "invalid"
 ]
 
+# The layout of the tables (not of the JSON records, which carry their own schema_version).
+# 2: a compact ``served_requests`` row for every served request.
+LAYOUT_VERSION = 2
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 1 << 30
 _SIZE_TARGET = 0.9  # delete down to 90 % of max_bytes, so retention does not run on every write
@@ -123,6 +125,22 @@ CREATE TABLE IF NOT EXISTS label_links (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS label_links_by_time ON label_links (received_at);
+CREATE TABLE IF NOT EXISTS served_requests (
+    internal_id TEXT PRIMARY KEY,
+    correlation_id TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    deployment TEXT,
+    flagged INTEGER NOT NULL,
+    drift_window INTEGER,
+    predicted_class INTEGER,
+    confidence REAL
+);
+CREATE INDEX IF NOT EXISTS served_by_time ON served_requests (timestamp);
+CREATE INDEX IF NOT EXISTS served_by_correlation ON served_requests (correlation_id);
+CREATE INDEX IF NOT EXISTS served_by_window ON served_requests (drift_window)
+    WHERE drift_window IS NOT NULL;
 CREATE TABLE IF NOT EXISTS concept_metrics (
     metrics_id TEXT NOT NULL UNIQUE,
     computed_at REAL NOT NULL,
@@ -219,13 +237,8 @@ class LabelAnswer:
     drift_windows: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "correlation_id": self.correlation_id,
-            "status": self.status,
-            "detail": self.detail,
-            "internal_ids": list(self.internal_ids),
-            "drift_windows": list(self.drift_windows),
-        }
+        """The caller's answer: internal ids and windows stay inside the monitor."""
+        return {"correlation_id": self.correlation_id, "status": self.status, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,56 @@ class LabelledPredictions:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedRequest:
+    """The compact row kept for every served request, whatever sampling decides.
+
+    Written when the request reaches the monitor, before its window is tested: a label for any
+    served request joins at once, and per-window accuracy from labels counts every labelled
+    request once, not only the sampled ones. About 200 bytes per row with its indexes.
+    """
+
+    internal_id: str
+    correlation_id: str
+    timestamp: float
+    model_name: str
+    model_version: str
+    predicted_class: int | None
+    confidence: float | None
+    deployment: str | None = None
+    flagged: bool = False
+    drift_window: int | None = None
+
+    @classmethod
+    def of(cls, record: InferenceRecord) -> ServedRequest:
+        return cls(
+            internal_id=record.internal_id,
+            correlation_id=record.correlation_id,
+            timestamp=record.timestamp,
+            model_name=record.model_name,
+            model_version=record.model_version,
+            predicted_class=record.outputs.predicted_class,
+            confidence=record.outputs.confidence,
+            deployment=record.deployment,
+            flagged=record.flagged,
+            drift_window=record.drift_window,
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.internal_id,
+            self.correlation_id,
+            self.timestamp,
+            self.model_name,
+            self.model_version,
+            self.deployment,
+            int(self.flagged),
+            self.drift_window,
+            self.predicted_class,
+            self.confidence,
+        )
 
 
 @dataclass(frozen=True)
@@ -315,12 +378,32 @@ class EventStore:
     def write_batch(self, records: Sequence[InferenceRecord]) -> WriteReceipt:
         """Store inference events in one transaction; returns after the commit.
 
-        Raises :class:`StoreWriteError` (nothing committed) on failure.
+        Each event's compact :class:`ServedRequest` row is written (or given its window) in the
+        same transaction. Raises :class:`StoreWriteError` (nothing committed) on failure.
         """
         rows = [_event_row(r) for r in records]  # serialise before taking the write lock
-        receipt = self._write("write events", lambda db: _insert_unique(db, _EVENTS, rows))
+        served = [ServedRequest.of(r).row() for r in records]
+
+        def work(db: sqlite3.Connection) -> WriteReceipt:
+            _upsert_served(db, served)
+            return _insert_unique(db, _EVENTS, rows)
+
+        receipt = self._write("write events", work)
         self._maybe_enforce_retention()
         return receipt
+
+    def record_served(self, requests: Sequence[ServedRequest]) -> WriteReceipt:
+        """Store compact rows of served requests (idempotent by ``internal_id``)."""
+        rows = [r.row() for r in requests]
+        receipt = self._write("record served", lambda db: _insert_unique(db, _SERVED, rows))
+        self._maybe_enforce_retention()
+        return receipt
+
+    def assign_window(self, window_index: int, internal_ids: Sequence[str]) -> int:
+        """Record that these requests were in drift window ``window_index`` (the first window
+        that contained a row keeps it); returns how many rows changed."""
+        ids = list(dict.fromkeys(internal_ids))
+        return self._write("assign window", lambda db: _assign_window(db, window_index, ids))
 
     def write_drift_results(self, records: Sequence[DriftTestRecord]) -> WriteReceipt:
         rows = [_drift_row(r) for r in records]
@@ -398,12 +481,12 @@ class EventStore:
         target = int(self.max_bytes * _SIZE_TARGET)
         deleted = 0
         for _ in range(20):  # each round deletes an estimate of the excess; rarely more than 2
-            used, rows = _used_bytes(db), _count(db, "inference_events")
+            used, rows = _used_bytes(db), _count(db, "served_requests")
             # Start only above max_bytes; once started, go down to the lower target.
             if rows == 0 or used <= (self.max_bytes if deleted == 0 else target):
                 break
             excess_rows = math.ceil((used - target) / max(1.0, used / rows))
-            deleted += _delete_oldest_events(db, max(1, min(rows, excess_rows)))
+            deleted += _delete_oldest_requests(db, max(1, min(rows, excess_rows)))
         return deleted
 
     def size_bytes(self) -> int:
@@ -466,6 +549,18 @@ class EventStore:
         rows = self._read("query concept metrics", sql, (*params, limit))
         return [ConceptMetricsRecord.from_dict(_loads(row[0])) for row in rows]
 
+    def served(self, correlation_ids: Iterable[str]) -> dict[str, list[ServedRequest]]:
+        """The compact rows of the requests served under these correlation ids."""
+        ids = list(dict.fromkeys(correlation_ids))
+        found: dict[str, list[ServedRequest]] = {}
+        columns = ", ".join(_SERVED.columns)
+        for chunk in _chunks(ids):
+            sql = f"SELECT {columns} FROM served_requests WHERE correlation_id IN ({_marks(chunk)})"
+            for row in self._read("query served", sql, tuple(chunk)):
+                request = _served_from_row(row)
+                found.setdefault(request.correlation_id, []).append(request)
+        return found
+
     def labels(self, correlation_ids: Iterable[str]) -> dict[str, LabelRecord]:
         """Stored labels of these correlation ids (absent ids are left out)."""
         ids = list(dict.fromkeys(correlation_ids))
@@ -497,9 +592,10 @@ class EventStore:
             if where
             else "WHERE e.predicted_class IS NOT NULL"
         )
+        # Every served request has a compact row: each labelled request counts once (weight 1).
         sql = (
-            "SELECT e.predicted_class, l.label, e.confidence, e.sampling_weight, e.timestamp "
-            "FROM label_links k JOIN inference_events e ON e.internal_id = k.internal_id "
+            "SELECT e.predicted_class, l.label, e.confidence, 1.0, e.timestamp "
+            "FROM label_links k JOIN served_requests e ON e.internal_id = k.internal_id "
             f"JOIN labels l ON l.correlation_id = k.correlation_id {clause}"
         )
         rows = self._read("query labelled events", sql, params)
@@ -519,7 +615,7 @@ class EventStore:
         (window indices restart at 0 in a new monitor process; reusing them would merge windows)."""
         sql = (
             "SELECT MAX(m) FROM (SELECT MAX(window_index) AS m FROM drift_results "
-            "UNION ALL SELECT MAX(drift_window) FROM inference_events "
+            "UNION ALL SELECT MAX(drift_window) FROM served_requests "
             "UNION ALL SELECT MAX(window_index) FROM concept_metrics)"
         )
         highest = self._read("next window index", sql, ())[0][0]
@@ -527,6 +623,16 @@ class EventStore:
 
     def count_events(self) -> int:
         return int(self._read("count events", "SELECT COUNT(*) FROM inference_events", ())[0][0])
+
+    def count_served(self, *, unwindowed_since: float | None = None) -> int:
+        """Compact rows of served requests; with ``unwindowed_since``, only those newer than
+        that time in no tested window yet (an open window's rows, after a restart)."""
+        sql = "SELECT COUNT(*) FROM served_requests"
+        params: tuple[float, ...] = ()
+        if unwindowed_since is not None:
+            sql += " WHERE drift_window IS NULL AND flagged = 0 AND timestamp > ?"
+            params = (unwindowed_since,)
+        return int(self._read("count served", sql, params)[0][0])
 
     def _read(self, operation: str, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
@@ -538,20 +644,89 @@ class EventStore:
     # --- health -------------------------------------------------------------------------------
 
     def health(self) -> StoreHealth:
-        with self._lock:
-            reason, message, at = self._last_error or (None, None, None)
-            return StoreHealth(
-                path=str(self.path),
-                degraded=self._consecutive_failures > 0,
-                last_error=message,
-                last_error_reason=reason,
-                last_error_at=at,
-                write_failures=self._failures,
-                consecutive_failures=self._consecutive_failures,
-                last_write_at=self._last_write_at,
-                size_bytes=self.size_bytes(),
-                synchronous=self.synchronous,
-            )
+        # Never takes the I/O lock: a write stuck on a locked database must not make health
+        # wait (the monitor answers health from its event loop). Each field is one read.
+        reason, message, at = self._last_error or (None, None, None)
+        return StoreHealth(
+            path=str(self.path),
+            degraded=self._consecutive_failures > 0,
+            last_error=message,
+            last_error_reason=reason,
+            last_error_at=at,
+            write_failures=self._failures,
+            consecutive_failures=self._consecutive_failures,
+            last_write_at=self._last_write_at,
+            size_bytes=self.size_bytes(),
+            synchronous=self.synchronous,
+        )
+
+    # --- alerts (issue 10): helpers and record types in the alert block at the end -----------
+
+    def write_alert_transitions(self, transitions: Sequence[AlertTransitionLike]) -> WriteReceipt:
+        """Store transitions and the incidents' latest state in one transaction (idempotent)."""
+        rows = [_alert_rows(t) for t in transitions]
+        return self._write("write alert transitions", lambda db: _write_alert_transitions(db, rows))
+
+    def alert_incidents(
+        self,
+        *,
+        state: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredIncident]:
+        """Incidents, newest first, filtered by state (``open``/``resolved``), rule, start."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, op, value in (
+            ("state", "=", state),
+            ("rule", "=", rule),
+            ("opened_at", ">=", since),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = "ORDER BY opened_at DESC LIMIT ?"
+        sql = f"SELECT {_INCIDENT_COLUMNS} FROM alert_incidents {where} {order}"
+        rows = self._read("query alerts", sql, (*params, max(0, limit)))
+        return [_stored_incident(row) for row in rows]
+
+    def alert_incident(self, incident_id: str) -> StoredIncident | None:
+        """The incident whose id is (or starts with) ``incident_id``; ``None`` if none or
+        several match."""
+        sql = f"SELECT {_INCIDENT_COLUMNS} FROM alert_incidents WHERE incident_id LIKE ? LIMIT 2"
+        pattern = incident_id.replace("%", "").replace("_", "") + "%"
+        rows = self._read("query alert", sql, (pattern,))
+        return _stored_incident(rows[0]) if len(rows) == 1 else None
+
+    def alert_transitions(self, incident_id: str) -> list[StoredTransition]:
+        """An incident's transitions, oldest first."""
+        sql = (
+            "SELECT transition_id, incident_id, at, kind, notified, record FROM alert_transitions "
+            "WHERE incident_id = ? ORDER BY at, rowid"
+        )
+        rows = self._read("query alert transitions", sql, (incident_id,))
+        return [StoredTransition(r[0], r[1], r[2], r[3], bool(r[4]), _loads(r[5])) for r in rows]
+
+    def write_maintenance(self, window: MaintenanceLike) -> None:
+        """Store a maintenance window as it starts, and again when it is cleared."""
+        row = _maintenance_row(window)
+        sql = (
+            "INSERT INTO maintenance_windows (maintenance_id, started_at, until, cleared_at, "
+            "record) VALUES (?, ?, ?, ?, ?) ON CONFLICT (maintenance_id) DO UPDATE SET "
+            "cleared_at = excluded.cleared_at, record = excluded.record"
+        )
+        self._write("write maintenance", lambda db: db.execute(sql, row))
+
+    def active_maintenance(self, *, at: float) -> dict[str, Any] | None:
+        """The maintenance in force at ``at`` (the latest started), as stored."""
+        sql = (
+            "SELECT record FROM maintenance_windows WHERE started_at <= ? AND until > ? "
+            "AND cleared_at IS NULL ORDER BY started_at DESC LIMIT 1"
+        )
+        rows = self._read("query maintenance", sql, (at, at))
+        return _loads(rows[0][0]) if rows else None
 
 
 # --- opening ----------------------------------------------------------------------------------
@@ -576,24 +751,48 @@ def _open(path: Path, *, synchronous: str, busy_s: float) -> sqlite3.Connection:
     return db
 
 
-_OLDER_READABLE = {str(v) for v in READABLE_VERSIONS if v < SCHEMA_VERSION}
-
-
 def _create_schema(db: sqlite3.Connection) -> None:
+    """Create what is missing and migrate older layouts, idempotently, in one transaction."""
     # Statement by statement: executescript() would COMMIT the open transaction first.
-    for statement in _SCHEMA.split(";"):
+    for statement in (_SCHEMA + _ALERT_SCHEMA).split(";"):  # alert tables: see the alert block
         if statement.strip():
             db.execute(statement)
-    found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if found is None:
-        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif found[0] in _OLDER_READABLE:  # v1 records stay readable: the store moves to v2
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-    elif found[0] != str(SCHEMA_VERSION):
+    found = _layout_version(db)
+    if found > LAYOUT_VERSION:
         raise StoreError(
             "incompatible",
-            f"store has schema version {found[0]}, this code writes {SCHEMA_VERSION}",
+            f"store has layout version {found}, this code knows up to {LAYOUT_VERSION}",
         )
+    for version, migrate in _MIGRATIONS:
+        if found < version:
+            migrate(db)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('layout_version', ?)", (str(LAYOUT_VERSION),))
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def _layout_version(db: sqlite3.Connection) -> int:
+    """0 for a new file; 1 for stores written before layouts were versioned."""
+    found = db.execute("SELECT value FROM meta WHERE key = 'layout_version'").fetchone()
+    if found is not None:
+        return int(found[0])
+    old = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return 0 if old is None else 1
+
+
+def _backfill_served_requests(db: sqlite3.Connection) -> None:
+    # Layout 2 keeps a compact row for every served request; give stored events theirs.
+    db.execute(
+        "INSERT OR IGNORE INTO served_requests (internal_id, correlation_id, timestamp, "
+        "model_name, model_version, deployment, flagged, drift_window, predicted_class, "
+        "confidence) SELECT internal_id, correlation_id, timestamp, model_name, model_version, "
+        "deployment, flagged, drift_window, predicted_class, confidence FROM inference_events"
+    )
+
+
+# (layout version, migration from the one before); each step must be idempotent.
+_MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+    (2, _backfill_served_requests),
+)
 
 
 def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -667,6 +866,22 @@ _EVENTS = _Table(
         "record",
     ),
 )
+_SERVED = _Table(
+    "served_requests",
+    "internal_id",
+    (
+        "internal_id",
+        "correlation_id",
+        "timestamp",
+        "model_name",
+        "model_version",
+        "deployment",
+        "flagged",
+        "drift_window",
+        "predicted_class",
+        "confidence",
+    ),
+)
 _DRIFT = _Table(
     "drift_results",
     "test_id",
@@ -731,6 +946,43 @@ def _insert_unique(
     )
 
 
+def _served_from_row(row: Sequence[Any]) -> ServedRequest:
+    iid, cid, ts, name, version, deployment, flagged, window, predicted, confidence = row
+    return ServedRequest(
+        internal_id=iid,
+        correlation_id=cid,
+        timestamp=float(ts),
+        model_name=name,
+        model_version=version,
+        deployment=deployment,
+        flagged=bool(flagged),
+        drift_window=window,
+        predicted_class=predicted,
+        confidence=confidence,
+    )
+
+
+def _upsert_served(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    columns = ", ".join(_SERVED.columns)
+    db.executemany(
+        f"INSERT INTO served_requests ({columns}) VALUES ({_marks(_SERVED.columns)}) "
+        "ON CONFLICT(internal_id) DO UPDATE SET "
+        "drift_window = coalesce(served_requests.drift_window, excluded.drift_window)",
+        rows,
+    )
+
+
+def _assign_window(db: sqlite3.Connection, window_index: int, ids: list[str]) -> int:
+    changed = 0
+    for chunk in _chunks(ids):
+        changed += db.execute(
+            f"UPDATE served_requests SET drift_window = ? WHERE drift_window IS NULL "
+            f"AND internal_id IN ({_marks(chunk)})",
+            (window_index, *chunk),
+        ).rowcount
+    return changed
+
+
 def _existing_keys(db: sqlite3.Connection, table: _Table, ids: list[str]) -> set[str]:
     present: set[str] = set()
     for chunk in _chunks(ids):
@@ -790,6 +1042,7 @@ def _delete_old(db: sqlite3.Connection, cutoff: float | None) -> int:
     if cutoff is None:
         return 0
     deleted = db.execute("DELETE FROM inference_events WHERE timestamp < ?", (cutoff,)).rowcount
+    db.execute("DELETE FROM served_requests WHERE timestamp < ?", (cutoff,))
     db.execute("DELETE FROM drift_results WHERE tested_at < ?", (cutoff,))
     db.execute("DELETE FROM labels WHERE received_at < ?", (cutoff,))
     db.execute("DELETE FROM label_links WHERE received_at < ?", (cutoff,))
@@ -804,12 +1057,18 @@ def _used_bytes(db: sqlite3.Connection) -> int:
     return int((pages - free) * size)
 
 
-def _delete_oldest_events(db: sqlite3.Connection, n: int) -> int:
-    sql = (
-        "DELETE FROM inference_events WHERE rowid IN "
-        "(SELECT rowid FROM inference_events ORDER BY timestamp ASC LIMIT ?)"
+def _delete_oldest_requests(db: sqlite3.Connection, n: int) -> int:
+    """Delete the ``n`` oldest served requests and every stored event as old; returns how many
+    stored events went (every stored event has a served row, so the two age together)."""
+    found = db.execute(
+        "SELECT timestamp FROM served_requests ORDER BY timestamp ASC LIMIT 1 OFFSET ?", (n - 1,)
+    ).fetchone()
+    if found is None:
+        return 0
+    db.execute("DELETE FROM served_requests WHERE timestamp <= ?", (found[0],))
+    return int(
+        db.execute("DELETE FROM inference_events WHERE timestamp <= ?", (found[0],)).rowcount
     )
-    return int(db.execute(sql, (n,)).rowcount)
 
 
 # --- labels -----------------------------------------------------------------------------------
@@ -834,16 +1093,12 @@ def _attach_labels(db: sqlite3.Connection, labels: Sequence[LabelRecord]) -> lis
 def _judge(label: LabelRecord, events: list[_Event], existing: LabelRecord | None) -> LabelAnswer:
     cid = label.correlation_id
     if existing is not None:
-        same = "the same" if existing.label == label.label else f"a different ({label.label})"
-        detail = (
-            f"already labelled {existing.label} (source {existing.source}); "
-            f"this is {same} label and was not applied"
-        )
-        return LabelAnswer(cid, "duplicate_label", detail)
+        # Never echo the stored label or its source: the answer goes back to the caller.
+        return LabelAnswer(cid, "duplicate_label", "already labelled; the first label stands")
     if not events:
         detail = (
-            "no stored event has this correlation id (never served, not yet written by the "
-            "monitor, sampled out, or past retention); a recent request may be retried later"
+            "no served request has this correlation id (never served, not yet recorded by the "
+            "monitor, or past retention); a label for a recent request may be retried later"
         )
         return LabelAnswer(cid, "unknown_correlation_id", detail)
     groups: dict[tuple[str, str, str], list[_Event]] = {}
@@ -868,7 +1123,7 @@ def _events_by_correlation(db: sqlite3.Connection, ids: list[str]) -> dict[str, 
     for chunk in _chunks(ids):
         sql = (
             "SELECT correlation_id, internal_id, coalesce(deployment, ''), model_name, "
-            "model_version, drift_window FROM inference_events "
+            "model_version, drift_window FROM served_requests "
             f"WHERE correlation_id IN ({_marks(chunk)})"
         )
         for cid, iid, deployment, name, version, window in db.execute(sql, chunk):
@@ -899,3 +1154,168 @@ def _insert_label(
         "VALUES (?, ?, ?)",
         [(iid, label.correlation_id, label.received_at) for iid in internal_ids],
     )
+
+
+# === Alerts: incidents, their transitions, maintenance ========================================
+# A block of its own (issue 10). Alert documents are versioned by the alerts package's own
+# schema (``serve_drift/alerts/alert-v1.schema.json``), not by the event schema: the store keeps
+# them as JSON beside a few indexed columns and never interprets more of them than that. The
+# store cannot import the alerts package (same layer), so it takes any object with the
+# attributes below; ``serve_drift.alerts.Transition`` and ``MaintenanceWindow`` have them.
+
+_ALERT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_incidents (
+    incident_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    resolved_at REAL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_incidents_by_time ON alert_incidents (opened_at);
+CREATE INDEX IF NOT EXISTS alert_incidents_open ON alert_incidents (rule) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS alert_transitions (
+    transition_id TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    notified INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_transitions_by_incident ON alert_transitions (incident_id, at);
+CREATE TABLE IF NOT EXISTS maintenance_windows (
+    maintenance_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    until REAL NOT NULL,
+    cleared_at REAL,
+    record TEXT NOT NULL
+);
+"""
+
+
+class AlertTransitionLike(Protocol):
+    """What the store needs of an alert transition."""
+
+    @property
+    def transition_id(self) -> str: ...
+    @property
+    def incident_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def notify(self) -> bool: ...
+    def to_json(self) -> str: ...
+    def incident_json(self) -> str: ...
+
+
+class MaintenanceLike(Protocol):
+    """What the store needs of a maintenance window."""
+
+    @property
+    def maintenance_id(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def until(self) -> float: ...
+    @property
+    def cleared_at(self) -> float | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StoredIncident:
+    """An incident as last written; ``document`` is its JSON (alert schema v1)."""
+
+    incident_id: str
+    rule: str
+    severity: str
+    state: str
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredTransition:
+    transition_id: str
+    incident_id: str
+    at: float
+    kind: str
+    notified: bool
+    document: dict[str, Any]
+
+
+def _write_alert_transitions(
+    db: sqlite3.Connection, rows: list[tuple[tuple[Any, ...], tuple[Any, ...]]]
+) -> WriteReceipt:
+    written: list[str] = []
+    present: list[str] = []
+    for incident_row, transition_row in rows:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO alert_transitions "
+            "(transition_id, incident_id, at, kind, notified, record) VALUES (?, ?, ?, ?, ?, ?)",
+            transition_row,
+        )
+        (written if cursor.rowcount else present).append(transition_row[0])
+        # The newest state of an incident wins, whatever order writes arrive in.
+        db.execute(
+            "INSERT INTO alert_incidents (incident_id, rule, severity, state, opened_at, "
+            "updated_at, resolved_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (incident_id) DO UPDATE SET state = excluded.state, "
+            "updated_at = excluded.updated_at, resolved_at = excluded.resolved_at, "
+            "record = excluded.record WHERE excluded.updated_at >= alert_incidents.updated_at",
+            incident_row,
+        )
+    return WriteReceipt(written_ids=tuple(written), already_present_ids=tuple(present))
+
+
+def _alert_rows(transition: AlertTransitionLike) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    incident_text = transition.incident_json()
+    incident = _loads(incident_text)
+    incident_row = (
+        transition.incident_id,
+        str(incident["rule"]),
+        str(incident["severity"]),
+        str(incident["state"]),
+        float(incident["opened_at"]),
+        float(incident["updated_at"]),
+        incident.get("resolved_at"),
+        incident_text,
+    )
+    transition_row = (
+        transition.transition_id,
+        transition.incident_id,
+        transition.at,
+        transition.kind,
+        int(transition.notify),
+        transition.to_json(),
+    )
+    return incident_row, transition_row
+
+
+_INCIDENT_COLUMNS = "incident_id, rule, severity, state, opened_at, updated_at, resolved_at, record"
+
+
+def _stored_incident(row: Sequence[Any]) -> StoredIncident:
+    return StoredIncident(
+        incident_id=row[0],
+        rule=row[1],
+        severity=row[2],
+        state=row[3],
+        opened_at=row[4],
+        updated_at=row[5],
+        resolved_at=row[6],
+        document=_loads(row[7]),
+    )
+
+
+def _maintenance_row(window: MaintenanceLike) -> tuple[Any, ...]:
+    import json
+
+    record = json.dumps(window.to_dict(), sort_keys=True)
+    return (window.maintenance_id, window.started_at, window.until, window.cleared_at, record)

@@ -20,6 +20,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "client_disconnected": 400,
     "invalid_query": 400,
     "invalid_labels": 400,
+    "unauthorized": 401,
+    "admin_disabled": 403,
     "not_found": 404,
     "body_timeout": 408,
     "body_too_large": 413,

@@ -8,20 +8,28 @@ edge (the ready-made app) turns them into JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
+import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serve_drift.config import DriftConfig, MonitorUpdate
-from serve_drift.eventlog.store import LabelAnswer
-from serve_drift.messages import DriftResult, EventBatch
+from serve_drift.eventlog.store import LabelAnswer, StoreError
+from serve_drift.messages import DriftResult, EventBatch, InferenceEvent, IngestReceipt
 from serve_drift.monitor.state import MAX_PENDING_WINDOWS, Job, MonitorHealth, MonitorState
 from serve_drift.monitor.traffic_sample import TrafficSnapshot
 from serve_drift.monitor.windows import Window
+from serve_drift.monitor.writer import EventLogWriter, WriterQueueFull
 from serve_drift.replica.decorator import MONITOR_KWARG
+from serve_drift.telemetry.setup import shutdown_telemetry
 
 logger = logging.getLogger(__name__)
+
+TICK_S = 1.0  # how often time windows are checked for their end, at most
 
 
 def _lower_priority(niceness: int) -> None:
@@ -32,7 +40,13 @@ def _lower_priority(niceness: int) -> None:
 
 
 class DriftMonitor:
-    """Serve deployment body; see :func:`monitor_deployment` for the deployment."""
+    """Serve deployment body; see :func:`monitor_deployment` for the deployment.
+
+    Three lanes, so that none waits for another: the event loop takes batches and answers
+    calls; one detection thread tests windows (at most ``MAX_PENDING_WINDOWS`` waiting, beyond
+    that a window is logged untested and counted); the event log's writer thread does every
+    store write (:class:`~serve_drift.monitor.writer.EventLogWriter`, bounded).
+    """
 
     def __init__(self, config: Mapping[str, Any] | DriftConfig) -> None:
         self._config = (
@@ -42,55 +56,117 @@ class DriftMonitor:
         if self._config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
-            configure_telemetry(service_name=f"{self._config.model_name}-drift-monitor")
+            configure_telemetry(
+                service_name=f"{self._config.model_name}-drift-monitor",
+                **self._config.telemetry.sdk_arguments(),
+            )
         self._state = MonitorState(self._config)
-        self._queue: asyncio.Queue[Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._detection = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-drift-test")
+        self._writer = EventLogWriter(queue_size=self._config.events.writer_queue_size)
         self._pending_windows = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticking = False
 
-    async def ingest(self, batch: EventBatch) -> int:
-        """Accept a batch from a replica; drift tests and event logging run in the background."""
+    async def ingest(self, batch: EventBatch) -> IngestReceipt:
+        """Take a replica's batch into the windows at once, then wait (bounded) until the
+        event store has recorded its requests; tests and logging run in the background."""
+        self._start_ticking()
         for job in self._state.accept(batch):
-            self._enqueue(job)
-        return len(batch.events)
+            self._dispatch(job)
+        recorded = await self._record_arrivals(batch.events)
+        return IngestReceipt(accepted=len(batch.events), recorded=recorded)
 
-    def _enqueue(self, job: Job) -> None:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-        if isinstance(job, Window):
-            if self._pending_windows >= MAX_PENDING_WINDOWS:
-                job = self._state.skip(job)
-            else:
-                self._pending_windows += 1
-        self._queue.put_nowait(job)
+    def _dispatch(self, job: Job) -> None:
+        if not isinstance(job, Window):
+            self._log(job, [])
+        elif self._pending_windows >= MAX_PENDING_WINDOWS:
+            self._log(self._state.skip(job), [])
+        else:
+            self._pending_windows += 1
+            self._spawn(self._detect(job))
 
-    async def _work(self) -> None:
-        # One worker thread at a time: detectors and the SQLite store are used serially.
-        assert self._queue is not None
+    async def _detect(self, window: Window) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._detection, self._state.test, window)
+        finally:
+            self._pending_windows -= 1
+        self._log(window, results)
+
+    def _log(self, job: Job, results: list[DriftResult]) -> None:
+        event_log = self._state.event_log
+        if event_log is None:
+            return
+        try:
+            self._writer.submit(functools.partial(self._state.log, job, results))
+        except WriterQueueFull:
+            event_log.recorder.drop(len(job.events), reason="event_log_queue_full")
+            if results:
+                logger.warning("serve-drift: %d drift results not stored", len(results))
+
+    async def _record_arrivals(self, events: tuple[InferenceEvent, ...]) -> bool | None:
+        event_log = self._state.event_log
+        if event_log is None:
+            return None
+        try:
+            future = self._writer.submit(functools.partial(event_log.record_arrivals, events))
+            await asyncio.wait_for(
+                asyncio.wrap_future(future), self._config.events.arrival_timeout_s
+            )
+        except (WriterQueueFull, StoreError, TimeoutError) as exc:
+            self._state.counts.unrecorded += len(events)
+            logger.warning("serve-drift: %d requests not recorded at arrival: %s", len(events), exc)
+            return False
+        return True
+
+    def _start_ticking(self) -> None:
+        # Time windows close on the clock, not only when the next batch arrives.
+        if not self._ticking and self._config.window.duration_s is not None:
+            self._ticking = True
+            self._spawn(self._tick())
+
+    async def _tick(self) -> None:
+        interval_s = min(
+            TICK_S, (self._config.window.stride_s or self._config.window.duration_s or TICK_S) / 4
+        )
         while True:
-            job = await self._queue.get()
-            await asyncio.to_thread(self._state.process, job)
-            if isinstance(job, Window):
-                self._pending_windows -= 1
+            await asyncio.sleep(interval_s)
+            for job in self._state.due(time.time()):
+                self._dispatch(job)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._tasks.discard)
 
     async def submit_labels(self, items: list[Any]) -> list[LabelAnswer] | None:
-        """Join parsed ground-truth labels to stored events by correlation ID; ``None`` when
+        """Join parsed ground-truth labels to served requests by correlation ID; ``None`` when
         the event log is disabled. Raises when the store fails (nothing was joined)."""
-        if self._state.event_log is None:
+        event_log = self._state.event_log
+        if event_log is None:
             return None
-        return await asyncio.to_thread(self._state.event_log.submit_labels, items)
+        future = self._writer.submit(functools.partial(event_log.submit_labels, items))
+        return await asyncio.wrap_future(future)
 
     async def traffic_sample(self, model_version: str | None = None) -> TrafficSnapshot:
         """The uniform sample of accepted traffic, for ``serve-drift reference from-traffic``."""
         return self._state.traffic.snapshot(model_version=model_version)
 
     async def results(self, limit: int = 50) -> list[DriftResult]:
-        """Latest drift results, newest last."""
+        """Latest drift results, newest last (after a restart, the stored ones first)."""
         return list(self._state.results)[-limit:]
 
     async def health(self) -> MonitorHealth:
-        return self._state.health(pending_windows=self._pending_windows)
+        return self._state.health(
+            pending_windows=self._pending_windows, event_log_queue=self._writer.pending()
+        )
+
+    def __del__(self) -> None:
+        # Serve calls __del__ before it kills a stopped replica: let queued store writes
+        # finish, then export buffered telemetry, each within its bound (no exit hook runs).
+        with contextlib.suppress(Exception):
+            self._writer.close(timeout_s=self._config.events.arrival_timeout_s)
+            shutdown_telemetry()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: window and threshold changes apply without a restart.
@@ -100,9 +176,10 @@ class DriftMonitor:
         An invalid update raises and changes nothing.
         """
         self._state.reconfigure(MonitorUpdate.model_validate(dict(user_config)))
+        self._config = self._state.config
 
 
-def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
+def monitor_deployment(config: DriftConfig, *, name: str, **options: Any) -> Any:
     """The drift monitor as a Serve deployment; ``options`` go to ``Deployment.options``.
 
     One replica: it owns the windows. Give it a GPU with ``ray_actor_options={"num_gpus": 1}``.
@@ -110,7 +187,7 @@ def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
     from ray import serve
 
     defaults: dict[str, Any] = {
-        "name": config.monitor_deployment,
+        "name": name,
         "num_replicas": 1,
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.5},
@@ -129,7 +206,10 @@ def monitored_app(
     config: DriftConfig | None = getattr(deployment.func_or_class, "serve_drift_config", None)
     if config is None:
         raise TypeError("monitored_app needs a deployment whose class is decorated with @monitored")
-    monitor = monitor_deployment(config, **(monitor_options or {})).bind(
-        config.model_dump(mode="json")
+    options = dict(monitor_options or {})
+    name = str(options.pop("name", None) or config.monitor_name(deployment.name))
+    monitor_config = config.model_copy(update={"monitor_deployment": name})
+    monitor = monitor_deployment(monitor_config, name=name, **options).bind(
+        monitor_config.model_dump(mode="json")
     )
     return deployment.bind(*args, **{MONITOR_KWARG: monitor}, **kwargs)

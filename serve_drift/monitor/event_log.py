@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,21 @@ from serve_drift.eventlog.labels import (
 from serve_drift.eventlog.otlp_logs import EventLogExporter
 from serve_drift.eventlog.recorder import EventLogHealth, EventRecorder
 from serve_drift.eventlog.sampling import Sampler
-from serve_drift.eventlog.schema import ConceptMetricsRecord, InferenceRecord, LabelRecord, Outputs
-from serve_drift.eventlog.store import EventQuery, EventStore, LabelAnswer
+from serve_drift.eventlog.schema import (
+    DRIFT_RECORD_FIELDS,
+    ConceptMetricsRecord,
+    DriftTestRecord,
+    InferenceRecord,
+    LabelRecord,
+    Outputs,
+)
+from serve_drift.eventlog.store import (
+    EventQuery,
+    EventStore,
+    LabelAnswer,
+    ServedRequest,
+    StoreError,
+)
 from serve_drift.messages import DriftResult, InferenceEvent
 from serve_drift.telemetry import instruments as tel
 
@@ -33,11 +46,47 @@ MAX_SENTINEL_RUNS = 16
 
 
 def default_path(config: DriftConfig) -> Path:
-    return _env.event_db_dir() / f"{config.model_name}.sqlite"
+    """``<cache>/events/<app>/<monitor>.sqlite``: one store per monitor, also across apps."""
+    monitor = config.monitor_deployment or f"{config.model_name}DriftMonitor"
+    return _env.event_db_dir() / _app_name() / f"{monitor}.sqlite"
+
+
+def _app_name() -> str:
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().app_name) or "default"
+    except Exception:  # outside a Serve replica (scripts, tests)
+        return "local"
 
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) and 0 <= value <= 1 else None
+
+
+def served_request(event: InferenceEvent) -> ServedRequest:
+    """The compact row every served request keeps, whatever sampling decides."""
+    return ServedRequest(
+        internal_id=event.internal_id,
+        correlation_id=event.correlation_id,
+        timestamp=event.timestamp,
+        model_name=event.model_name,
+        model_version=event.model_version,
+        predicted_class=event.predicted_class,
+        confidence=_finite(event.confidence),
+        flagged=bool(event.flags) or event.exclude_from_drift,
+    )
+
+
+def drift_result(record: DriftTestRecord) -> DriftResult:
+    """A stored drift test as the monitor reports it (what was not stored is left empty)."""
+    values = {name: getattr(record, name) for name in DRIFT_RECORD_FIELDS}
+    for name in ("p_value", "distance"):  # stored as null when not finite
+        values[name] = math.nan if values[name] is None else values[name]
+    return DriftResult(
+        **{**values, "trace_id": record.trace_id or "", "span_id": record.span_id or ""},
+        correlation_ids_sample=record.correlation_ids_sample,
+    )
 
 
 def to_record(
@@ -93,22 +142,43 @@ class MonitorEventLog:
         )
         self._gauges = tel.event_log_instruments().concept
         self._estimate_error = tel.event_log_instruments().accuracy_estimate_error
-        self._sentinel_runs: dict[str, list[tuple[int, InferenceRecord]]] = {}
+        self._sentinel_runs: dict[str, list[tuple[int, ServedRequest]]] = {}
+
+    def record_arrivals(self, events: Sequence[InferenceEvent]) -> None:
+        """Durably record that these requests were served (compact rows), before any test.
+
+        Raises :class:`~serve_drift.eventlog.store.StoreWriteError` when the store fails."""
+        self.store.record_served([served_request(e) for e in events])
 
     def record(
         self,
-        events: Iterable[InferenceEvent],
+        events: Sequence[InferenceEvent],
         *,
         drift_window: int | None,
         results: Sequence[DriftResult] = (),
     ) -> None:
+        """Sample and store the events of a tested window (or of none), with its results."""
         records = [
             to_record(e, reference_version=self.reference_version, drift_window=drift_window)
             for e in events
         ]
         if results:
             self.recorder.record_drift_results(results)
+        if drift_window is not None:
+            self._assign_window(drift_window, events)
         self.recorder.record(records, in_drift_window=any(r.is_drift for r in results))
+
+    def _assign_window(self, window: int, events: Sequence[InferenceEvent]) -> None:
+        # Labels may have arrived before the window was tested: their metrics start now.
+        try:
+            self.store.assign_window(window, [e.internal_id for e in events])
+            self._refresh_window_metrics(window)
+        except StoreError as exc:
+            logger.warning("serve-drift: could not assign window %d: %s", window, exc)
+
+    def recent_results(self, *, limit: int) -> list[DriftResult]:
+        """Stored drift results, oldest first (what a restarted monitor answers with)."""
+        return [drift_result(r) for r in reversed(self.store.drift_results(limit=limit))]
 
     def submit_labels(self, items: Sequence[LabelRecord | LabelAnswer]) -> list[LabelAnswer]:
         """Join parsed labels (see ``parse_labels``) and refresh the concept-drift metrics of
@@ -129,26 +199,24 @@ class MonitorEventLog:
         ``sentinel-<run>-<i>``) gets a metrics record, renewed as more of its labels join, like a
         window's. Runs are remembered in memory, the last few only."""
         accepted = {a.correlation_id for a in answers if a.status == "accepted"}
-        for label in labels:
-            if label.correlation_id not in accepted:
-                continue
-            for record in self.store.by_correlation_id(label.correlation_id, limit=1):
-                if record.outputs.predicted_class is not None:
+        joined = [label for label in labels if label.correlation_id in accepted]
+        served = self.store.served(label.correlation_id for label in joined)
+        for label in joined:
+            for request in served.get(label.correlation_id, ()):
+                if request.predicted_class is not None:
                     run = label.correlation_id.rsplit("-", 1)[0]
-                    self._sentinel_runs.setdefault(run, []).append((label.label, record))
+                    self._sentinel_runs.setdefault(run, []).append((label.label, request))
         while len(self._sentinel_runs) > MAX_SENTINEL_RUNS:
             self._sentinel_runs.pop(next(iter(self._sentinel_runs)))
         touched = {label.correlation_id.rsplit("-", 1)[0] for label in labels}
         for run in touched & self._sentinel_runs.keys():
             self._write_sentinel_metrics(self._sentinel_runs[run])
 
-    def _write_sentinel_metrics(self, rows: list[tuple[int, InferenceRecord]]) -> None:
+    def _write_sentinel_metrics(self, rows: list[tuple[int, ServedRequest]]) -> None:
         metrics = compute_metrics(
             y_true=[label for label, _ in rows],
-            y_pred=[int(r.outputs.predicted_class or 0) for _, r in rows],
-            confidence=[
-                np.nan if r.outputs.confidence is None else r.outputs.confidence for _, r in rows
-            ],
+            y_pred=[int(r.predicted_class or 0) for _, r in rows],
+            confidence=[np.nan if r.confidence is None else r.confidence for _, r in rows],
         )
         record = metrics_record(
             metrics,

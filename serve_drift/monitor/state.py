@@ -14,6 +14,7 @@ import numpy as np
 
 from serve_drift.config import DriftConfig, MonitorUpdate
 from serve_drift.eventlog.recorder import EventLogHealth
+from serve_drift.eventlog.store import StoreError
 from serve_drift.messages import DriftResult, EventBatch, InferenceEvent
 from serve_drift.monitor.accuracy import fit_accuracy_estimator
 from serve_drift.monitor.calibration import MonitorDetectors, build_monitor_detectors
@@ -42,6 +43,7 @@ class MonitorCounts:
     windows_tested: int = 0
     windows_skipped: int = 0  # tests could not keep up: logged, not tested
     test_errors: int = 0
+    unrecorded: int = 0  # reached windows, but the store did not record them at arrival
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ class MonitorHealth:
     reference: Mapping[str, Any] | None  # the reference set's lineage, with its version
     window_size: int
     rows_in_open_windows: int
+    rows_lost_at_restart: int  # rows of the window open when the previous process stopped
     pending_windows: int
+    event_log_queue: int  # store jobs waiting for the event log's writer
     counts: MonitorCounts
     event_log: EventLogHealth | None
     checked_at: float
@@ -94,10 +98,22 @@ class MonitorState:
         self.detectors: MonitorDetectors | None = None  # calibrated for reference and window
         self.runner = self._build_runner() if self.reference is not None else None
         self.event_log = self._build_event_log()
+        self.rows_lost_at_restart = 0
         if self.event_log is not None:
-            # Window indices key stored events and results: a restarted monitor continues them.
-            self.windows.start_at(self.event_log.store.next_window_index())
+            self._resume_from(self.event_log)
         self._instruments = tel.monitor_instruments()
+
+    def _resume_from(self, event_log: MonitorEventLog) -> None:
+        """A restarted monitor continues window numbering (indices key stored events and
+        results), answers with the results it had, and says how many rows of the window that
+        was open when it stopped were lost with that process's memory."""
+        try:
+            self.windows.start_at(event_log.store.next_window_index())
+            self.results.extend(event_log.recent_results(limit=MAX_RESULTS_KEPT))
+            since = self.results[-1].last_event_at if self.results else 0.0
+            self.rows_lost_at_restart = event_log.store.count_served(unwindowed_since=since)
+        except StoreError as exc:  # an unreadable store starts the monitor afresh, degraded
+            logger.warning("serve-drift: could not resume from the event store: %s", exc)
 
     def _build_event_log(self) -> MonitorEventLog | None:
         if not self.config.events.enabled:
@@ -124,17 +140,23 @@ class MonitorState:
         self._instruments.embeddings_received.add(len(batch.events))
         if self.event_log is not None:
             self.event_log.recorder.accept(len(batch.events))
-        usable = self._usable_rows(batch.embeddings)
+        usable = self._usable_rows(batch)
         self.counts.rejected += int((~usable).sum())
         keep = usable & ~self._excluded_rows(batch, usable=usable)
         self.traffic.add(batch, keep=keep)
         jobs: list[Job] = list(self.windows.add(batch, keep=keep))
-        jobs.extend(self.windows.flush_due(time.time()))  # time windows whose end has passed
-        untested = self.windows.take_untested()  # short time windows, full ones' overflow
-        if untested:
-            jobs.append(Untested(untested))
         if not keep.all():
             jobs.append(Untested(_kept_out_events(batch, keep=keep, usable=usable)))
+        return [*jobs, *self.due(time.time())]
+
+    def due(self, now: float) -> list[Job]:
+        """Time windows whose end has passed, and rows no window will test (short time
+        windows, full ones' overflow). Called on every batch and on the monitor's timer, so a
+        time window closes even when traffic stops."""
+        jobs: list[Job] = list(self.windows.flush_due(now))
+        untested = self.windows.take_untested()
+        if untested:
+            jobs.append(Untested(untested))
         return jobs
 
     def process(self, job: Job) -> list[DriftResult]:
@@ -167,9 +189,19 @@ class MonitorState:
         self._count_rejected("excluded_by_ingress", n_excluded)
         return excluded
 
-    def _usable_rows(self, embeddings: np.ndarray) -> np.ndarray:
+    def _usable_rows(self, batch: EventBatch) -> np.ndarray:
+        """Rows a detector can test: a finite embedding of the reference's dimension and, when
+        the replica sent softmax rows, a finite probability row (one NaN must not cost the
+        whole window: the row goes, counted, like a bad embedding)."""
+        embeddings = batch.embeddings
         finite = np.isfinite(embeddings).all(axis=1)
         self._count_rejected("non_finite", int((~finite).sum()))
+        if batch.probabilities is not None:
+            probabilities = np.asarray(batch.probabilities)
+            valid = np.isfinite(probabilities).all(axis=1)
+            valid &= ((probabilities >= 0) & (probabilities <= 1)).all(axis=1)
+            self._count_rejected("invalid_probabilities", int((finite & ~valid).sum()))
+            finite &= valid
         if self.reference is not None and embeddings.shape[1] != self.reference.embeddings.shape[1]:
             self._count_rejected("dimension_mismatch", int(finite.sum()))
             return np.zeros(len(embeddings), dtype=bool)
@@ -207,7 +239,7 @@ class MonitorState:
             self.runner.set_thresholds(thresholds)
         self.config = self.config.model_copy(update={"window": window})
 
-    def health(self, *, pending_windows: int = 0) -> MonitorHealth:
+    def health(self, *, pending_windows: int = 0, event_log_queue: int = 0) -> MonitorHealth:
         reasons = []
         if self.reference is None:
             reasons.append("no reference set configured: windows are collected but not tested")
@@ -224,7 +256,9 @@ class MonitorState:
             reference=None if self.reference is None else self.reference.lineage_dict(),
             window_size=self.windows.size,
             rows_in_open_windows=self.windows.pending_rows(),
+            rows_lost_at_restart=self.rows_lost_at_restart,
             pending_windows=pending_windows,
+            event_log_queue=event_log_queue,
             counts=replace(self.counts),
             event_log=event_log,
             checked_at=time.time(),

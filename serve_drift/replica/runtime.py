@@ -19,8 +19,10 @@ from opentelemetry.trace import SpanKind
 
 from serve_drift.capture import Capture, EmbeddingCapture
 from serve_drift.config import DriftConfig
+from serve_drift.credentials import AdminCredential
 from serve_drift.messages import EventBatch, InferenceEvent
 from serve_drift.reference.reference_set import read_reference_version
+from serve_drift.replica.executor import install_on
 from serve_drift.replica.shipper import EmbeddingShipper, PendingEmbedding
 from serve_drift.request_context import (
     RequestIds,
@@ -29,12 +31,15 @@ from serve_drift.request_context import (
     context_from_headers,
     current_request_ids,
     request_marks,
+    request_source,
+    serve_batch_request_ids,
 )
 from serve_drift.telemetry import instruments as tel
 
 logger = logging.getLogger(__name__)
 
 SPAN_NAME = "serve_drift.request"
+SENTINEL_SOURCE = "sentinel"
 
 __all__ = ["ReplicaHealth", "ReplicaMonitor", "find_model"]
 
@@ -62,11 +67,14 @@ def _request_headers(args: tuple[Any, ...]) -> Any | None:
     return next((a.headers for a in args if _is_http_request(a)), None)
 
 
-def _parent_context(headers: Any | None) -> otel_context.Context | None:
-    """Ray Serve's span when its tracing is on; else the client's W3C ``traceparent``."""
+def _parent_context(headers: Any | None, *, trust_client: bool) -> otel_context.Context | None:
+    """Ray Serve's span when its tracing is on; else the client's W3C ``traceparent`` when
+    the configuration trusts it."""
     if trace.get_current_span().get_span_context().is_valid:
         return None
-    return propagate.extract(headers) if headers is not None else None
+    if headers is None or not trust_client:
+        return None
+    return propagate.extract(headers)
 
 
 def _is_http_request(value: object) -> bool:
@@ -96,11 +104,16 @@ class ReplicaMonitor:
         if config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
-            destination = configure_telemetry(service_name=config.model_name)
+            destination = configure_telemetry(
+                service_name=config.model_name, **config.telemetry.sdk_arguments()
+            )
             logger.info("serve-drift: telemetry to %s", destination)
         self.config = config
         self.capture = EmbeddingCapture(
-            find_model(instance, attr=config.model_attr), layer=config.embedding_layer
+            find_model(instance, attr=config.model_attr),
+            layer=config.embedding_layer,
+            scores=config.scores,
+            row_owners=serve_batch_request_ids,
         )
         self.reference_version = read_reference_version(config.reference_path)
         self._monitor_handle = monitor_handle
@@ -109,23 +122,32 @@ class ReplicaMonitor:
             config=config.shipping, send=self._send, replica_id=self.replica_id
         )
         self._instruments = tel.replica_instruments()
+        self.admin = AdminCredential.load(
+            token_env=config.admin.token_env, token_file=config.admin.token_file
+        )
 
     async def handle(
         self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        # run_in_executor(None, ...) must carry the request's context to its thread too.
+        install_on(asyncio.get_running_loop())
         ids = current_request_ids()
         headers = _request_headers(args)
-        parent = _parent_context(headers)
+        parent = _parent_context(
+            headers, trust_client=self.config.telemetry.trust_client_traceparent
+        )
         kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
         started = time.perf_counter()
         tracer = tel.tracer()
         with (
             bind_request_ids(ids),
-            request_marks(context=_context(headers)) as marks,
+            request_marks(
+                context=self._context(headers), sentinel=self.is_sentinel(headers)
+            ) as marks,
             tracer.start_as_current_span(SPAN_NAME, context=parent, kind=kind) as span,
         ):
             span.set_attributes(self._request_attributes(ids))
-            with self.capture.capture() as captured:
+            with self.capture.capture(owner=ids.internal_id) as captured:
                 try:
                     result = await _call_user_code(method, args, kwargs)
                 except BaseException:
@@ -135,6 +157,22 @@ class ReplicaMonitor:
                     raise
             self._after_response(span, captured, ids, time.perf_counter() - started, marks)
         return result
+
+    def _context(self, headers: Any | None) -> dict[str, str]:
+        """Caller context from the configured ``X-Serve-Drift-Context-*`` headers only."""
+        if headers is None:
+            return {}
+        allowed = self.config.context
+        return context_from_headers(
+            headers, allow=allowed.allow, max_value_chars=allowed.max_value_chars
+        )
+
+    def is_sentinel(self, headers: Any | None) -> bool:
+        """A sentinel run: it says so, and carries the admin credential. Anything else that
+        claims to be one is ordinary traffic: no client can keep its requests out of windows."""
+        if headers is None or request_source(headers) != SENTINEL_SOURCE:
+            return False
+        return self.admin is not None and self.admin.verify_headers(headers)
 
     def _request_attributes(self, ids: RequestIds) -> dict[str, str]:
         return {
@@ -227,7 +265,7 @@ class ReplicaMonitor:
         mark = marks.row(row)
         # Sentinel runs measure the model, not production traffic: flag them, keep them out of
         # drift windows (and, being flagged, they are always stored for their labels to join).
-        sentinel = marks.context.get("source") == "sentinel"
+        sentinel = marks.sentinel
         return InferenceEvent(
             correlation_id=ids.correlation_id,
             internal_id=ids.internal_id if row == 0 else f"{ids.internal_id}:{row}",
@@ -257,7 +295,7 @@ class ReplicaMonitor:
     def monitor(self) -> Any:
         """Handle to this app's drift monitor (passed in by ``monitored_app`` or looked up)."""
         if self._monitor_handle is None:
-            self._monitor_handle = _lookup_monitor(self.config.monitor_deployment)
+            self._monitor_handle = _lookup_monitor(self.config)
         return self._monitor_handle
 
     async def monitor_call(self, method: str, *args: Any) -> Any:
@@ -325,16 +363,12 @@ class Predictions:
         )
 
 
-def _context(headers: Any | None) -> dict[str, str]:
-    """Caller context (camera, site, scene) from ``X-Serve-Drift-Context-*`` headers."""
-    return {} if headers is None else context_from_headers(headers)
-
-
-def _lookup_monitor(name: str) -> Any:
+def _lookup_monitor(config: DriftConfig) -> Any:
     from ray import serve
 
-    app_name = serve.get_replica_context().app_name
-    return serve.get_deployment_handle(name, app_name=app_name)
+    context = serve.get_replica_context()
+    name = config.monitor_name(context.deployment)
+    return serve.get_deployment_handle(name, app_name=context.app_name)
 
 
 def _replica_id() -> str:

@@ -3,7 +3,9 @@
 Requests only ``offer`` to a bounded buffer (a lock and an append); a background task drains
 it in batches, moves the tensors to host memory in a worker thread (one device sync per batch,
 not per request) and sends them to the monitor. A full buffer or an unreachable monitor drops
-the batch and counts it by reason: losing telemetry must never cost a response.
+the batch and counts it by reason: losing telemetry must never cost a response. ``shipped``
+counts only rows the monitor took *and* recorded in its event store; rows it took into its
+windows but could not record count as dropped, reason ``monitor_not_recorded``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from serve_drift.config import ShippingConfig
-from serve_drift.messages import EventBatch, InferenceEvent
+from serve_drift.messages import EventBatch, InferenceEvent, IngestReceipt
 from serve_drift.telemetry.instruments import replica_instruments
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,7 @@ class EmbeddingShipper:
             return
         try:
             batch = await self._host_batch(items)
-            await asyncio.wait_for(self._send(batch), timeout=self._config.send_timeout_s)
+            receipt = await asyncio.wait_for(self._send(batch), timeout=self._config.send_timeout_s)
         except asyncio.CancelledError:
             self._count_drop("shutdown", len(items))
             raise
@@ -142,6 +144,10 @@ class EmbeddingShipper:
             self.last_failure = f"{type(exc).__name__}: {exc}"[:200]
             return
         self.last_failure = None
+        if isinstance(receipt, IngestReceipt) and receipt.recorded is False:
+            # In the windows, but not in the record: "shipped" promises both.
+            self._count_drop("monitor_not_recorded", len(items))
+            return
         self.shipped += len(items)
         replica_instruments().embeddings_shipped.add(len(items))
 

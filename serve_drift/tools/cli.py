@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     sentinel.add_argument("--count", type=int, default=200, help="sentinel images (default 200)")
     sentinel.add_argument("--every", type=float, default=0, help="repeat every N seconds")
     sentinel.add_argument("--runs", type=int, default=1, help="runs when repeating (0: forever)")
+    sentinel.add_argument("--token-file", help="file holding the admin bearer token")
+    sentinel.add_argument(
+        "--token-env",
+        default="SERVE_DRIFT_ADMIN_TOKEN",
+        help="environment variable holding the admin token (default SERVE_DRIFT_ADMIN_TOKEN)",
+    )
     events = commands.add_parser(
         "events", help="query the event store (serve-drift events --help)", add_help=False
     )
@@ -49,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     reference.add_argument("rest", nargs=argparse.REMAINDER)
+    alerts = commands.add_parser(
+        "alerts", help="alert history, rules, compiled configs, maintenance", add_help=False
+    )
+    alerts.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -62,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_drift.tools.reference_cli import main as reference_main
 
         return reference_main(argv[1:])
+    if argv[:1] == ["alerts"]:  # its own parser, with its own --help
+        from serve_drift.tools.alerts_cli import main as alerts_main
+
+        return alerts_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from serve_drift.tools.demo import DemoOptions, run_demo
@@ -80,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sentinel":
         from serve_drift.tools.sentinel import sentinel_command
 
-        return sentinel_command(url=args.url, count=args.count, every_s=args.every, runs=args.runs)
+        return sentinel_command(
+            url=args.url,
+            count=args.count,
+            every_s=args.every,
+            runs=args.runs,
+            token_file=args.token_file,
+            token_env=args.token_env,
+        )
     return 2
 
 

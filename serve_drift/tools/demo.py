@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from serve_drift import _env
+from serve_drift.files import atomic_write
+from serve_drift.tools.local_ray import start_local_ray
 
 APP_NAME = "serve-drift-demo"
 # (phase, shift applied to every image, severity): clean traffic first, then three shifts.
@@ -78,24 +81,20 @@ def _telemetry_env() -> list[str]:
 
 
 def _start_serve(options: DemoOptions, console: Console) -> bool:
-    import ray
+    started_ray = start_local_ray(
+        num_cpus=max(4, os.cpu_count() or 1),
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=False,
+    )
     from ray import serve
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(
-            num_cpus=max(4, os.cpu_count() or 1),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            configure_logging=False,
-        )
     serve.start(http_options={"host": "127.0.0.1", "port": options.port})
     console.print(f"[bold]Ray Serve[/] listening on http://127.0.0.1:{options.port}")
     return started_ray
 
 
-def _deploy(options: DemoOptions, *, events_path: Path) -> None:
+def _deploy(options: DemoOptions, *, events_path: Path, token_file: Path) -> None:
     from ray import serve
 
     from serve_drift.apps.classifier import build_app
@@ -109,6 +108,7 @@ def _deploy(options: DemoOptions, *, events_path: Path) -> None:
             "telemetry": {"configure_sdk": True, "link_sample_size": 16},
             # Keep every event, so the labels sent afterwards all join (production samples).
             "events": {"path": str(events_path), "sample_rate": 1.0},
+            "admin": {"token_file": str(token_file)},
         },
     }
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
@@ -179,13 +179,14 @@ def _request_id(phase: str, i: int) -> str:
 
 
 def _label_feedback(
-    options: DemoOptions, traffic: list[PhaseTraffic], events_path: Path
+    options: DemoOptions, traffic: list[PhaseTraffic], events_path: Path, admin: dict[str, str]
 ) -> dict[int, float]:
     """Send every request's true label, as a labelling team would later; accuracy per window."""
     from serve_drift.eventlog.store import EventStore
 
     labels = [{"correlation_id": c, "label": y} for t in traffic for c, y in t.labels.items()]
-    httpx.post(f"http://127.0.0.1:{options.port}/labels", json={"labels": labels}, timeout=60)
+    url = f"http://127.0.0.1:{options.port}/labels"
+    httpx.post(url, json={"labels": labels}, headers=admin, timeout=60)
     accuracy: dict[int, float] = {}
     for record in EventStore(events_path).concept_metrics(tag="feedback", limit=1000):
         if record.window_index is not None:  # newest first: keep each window's latest
@@ -226,11 +227,14 @@ def _replay(options: DemoOptions, console: Console) -> list[PhaseTraffic]:
     return traffic
 
 
-def _wait_for_results(options: DemoOptions, expected: int) -> list[dict[str, Any]]:
+def _wait_for_results(
+    options: DemoOptions, expected: int, admin: dict[str, str]
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + options.result_timeout_s
     results: list[dict[str, Any]] = []
+    url = f"http://127.0.0.1:{options.port}/drift?limit=500"
     while time.monotonic() < deadline:
-        body = httpx.get(f"http://127.0.0.1:{options.port}/drift?limit=500", timeout=10).json()
+        body = httpx.get(url, headers=admin, timeout=10).json()
         results = body.get("results", [])
         if len(results) >= expected:
             break
@@ -316,15 +320,16 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
     console.print(f"Model [bold]{version}[/], reference set {reference_path}")
     started_ray = _start_serve(options, console)
     events_path = _env.event_db_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.sqlite"
+    token_file, admin = _admin_token()
     try:
         with console.status("Deploying the monitored app and its drift monitor..."):
-            _deploy(options, events_path=events_path)
+            _deploy(options, events_path=events_path, token_file=token_file)
         traffic = _replay(options, console)
         expected_windows = sum(t.sent for t in traffic) // options.window_size
         with console.status("Waiting for the drift monitor to test every window..."):
-            results = _wait_for_results(options, expected_windows * len(options.detectors))
+            results = _wait_for_results(options, expected_windows * len(options.detectors), admin)
         with console.status("Sending the true labels, as a labelling team would later..."):
-            accuracy = _label_feedback(options, traffic, events_path)
+            accuracy = _label_feedback(options, traffic, events_path, admin)
         time.sleep(1.5)  # one more export interval, so the files below are complete
         telemetry = [
             *_telemetry_files(telemetry),
@@ -334,6 +339,16 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
     finally:
         _stop_serve(started_ray)
     return summary
+
+
+def _admin_token() -> tuple[Path, dict[str, str]]:
+    """A fresh admin token for this run, in a private file the replicas read (never in the
+    Serve config), and the header the demo's admin calls (labels, drift results) carry."""
+    token = secrets.token_urlsafe(32)
+    path = _env.cache_dir() / "demo-admin-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, token.encode("utf-8"), mode=0o600)
+    return path, {"authorization": f"Bearer {token}"}
 
 
 def _summarise(

@@ -9,10 +9,12 @@ drift windows and the monitor always stores them; their labels then go to
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -44,13 +46,18 @@ def run_sentinel(
     images: np.ndarray,
     labels: np.ndarray,
     *,
+    admin_token: str,
     run_id: str | None = None,
     label_wait_s: float = 20.0,
 ) -> SentinelRun:
-    """Send every image, then its label; returns what the deployed model scored."""
+    """Send every image, then its label; returns what the deployed model scored.
+
+    A sentinel run changes what the monitor believes (its requests stay out of drift windows,
+    its labels become metrics): every call carries the admin bearer token."""
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     ids = [f"sentinel-{run_id}-{i:04d}" for i in range(len(images))]
-    with httpx.Client(base_url=base_url.rstrip("/"), timeout=30) as client:
+    headers = {"authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=base_url.rstrip("/"), timeout=30, headers=headers) as client:
         predicted = [_predict(client, image, cid) for image, cid in zip(images, ids, strict=True)]
         answered = [
             (cid, int(y)) for cid, y, p in zip(ids, labels, predicted, strict=True) if p is not None
@@ -99,12 +106,25 @@ def _send_labels(
     return status
 
 
-def sentinel_command(*, url: str, count: int, every_s: float, runs: int) -> int:
+def read_admin_token(*, token_file: str | None, token_env: str) -> str | None:
+    """The admin token a command-line tool sends: from a file, else an environment variable."""
+    if token_file:
+        return Path(token_file).read_text(encoding="utf-8").strip() or None
+    return os.environ.get(token_env, "").strip() or None
+
+
+def sentinel_command(
+    *, url: str, count: int, every_s: float, runs: int, token_file: str | None, token_env: str
+) -> int:
     """``serve-drift sentinel``: one run, or ``runs`` runs (0: forever) every ``every_s``."""
+    credential = read_admin_token(token_file=token_file, token_env=token_env)
+    if credential is None:
+        print(f"serve-drift sentinel: no admin token (use --token-file or ${token_env})")
+        return 2
     images, labels = digits_sentinel_set(count)
     done = 0
     while True:
-        result = run_sentinel(url, images, labels)
+        result = run_sentinel(url, images, labels, admin_token=credential)
         print(
             f"sentinel {result.run_id}: {result.sent} sent, {result.failed} failed, "
             f"accuracy {result.accuracy:.1%}, labels {result.label_status}"

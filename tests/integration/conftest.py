@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from serve_drift.tools.local_ray import start_local_ray
 from tests.support.otlp_receiver import OtlpReceiver
-from tests.support.serve import ServeInstance, free_port
+from tests.support.serve import ADMIN_TOKEN, ServeInstance, free_port
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +17,7 @@ def serve_instance(
     otlp_receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServeInstance]:
     """Ray and Serve, started once; every Ray worker inherits the OTLP settings set here."""
-    ray = pytest.importorskip("ray")
+    import ray
     from ray import serve
 
     env = {
@@ -26,17 +27,14 @@ def serve_instance(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "SERVE_DRIFT_CONFIGURE_OTEL": "1",
         "RAY_SERVE_LOG_TO_STDERR": "0",
+        "SERVE_DRIFT_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
         patch.setenv(key, value)
     port = free_port()
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        logging_level="ERROR",
+    start_local_ray(  # on 127.0.0.1 only
+        num_cpus=8, log_to_driver=False, configure_logging=False, logging_level="ERROR"
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

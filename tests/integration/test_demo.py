@@ -41,6 +41,7 @@ def test_demo_detects_the_shifts_and_not_clean_traffic(serve_instance: ServeInst
     for result in summary.results:
         by_phase.setdefault(_window_phase(result), []).append(result["is_drift"])
     assert set(by_phase) == {"clean", "brightness", "noise", "occlusion"}
+    assert not any(by_phase["clean"]), "a clean window was flagged as drift"
     assert all(by_phase["brightness"]) and all(by_phase["occlusion"])
     for spec, detector in (("combined", "combined"), ("mmd:native", "mmd")):
         drifted = [

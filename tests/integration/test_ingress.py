@@ -20,7 +20,7 @@ from PIL import Image
 
 from serve_drift.telemetry import instruments as tel
 from tests.support.otlp_receiver import OtlpReceiver
-from tests.support.serve import ServeInstance
+from tests.support.serve import ADMIN, ServeInstance
 from tests.unit.ingress.test_decoding import BAD_INPUTS, TABLE_CONFIG, BadInput, encode
 
 pytestmark = pytest.mark.integration
@@ -278,12 +278,16 @@ def test_constant_frames_are_flagged_and_kept_out_of_drift_windows(app: ServeIns
         assert response.status_code == 200 and "constant" in response.json()["flags"]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        monitor = httpx.get(app.url(f"{PREFIX}/healthz"), timeout=10).json()["monitor"]
+        monitor = httpx.get(app.url(f"{PREFIX}/admin/health"), headers=ADMIN, timeout=10).json()[
+            "monitor"
+        ]
         if monitor.get("excluded", 0) >= len(ids):
             break
         time.sleep(0.3)
     assert monitor["excluded"] >= len(ids), monitor
-    results = httpx.get(app.url(f"{PREFIX}/drift?limit=500"), timeout=10).json()["results"]
+    results = httpx.get(app.url(f"{PREFIX}/drift?limit=500"), headers=ADMIN, timeout=10).json()[
+        "results"
+    ]
     assert not any(set(r["correlation_ids_sample"]) & set(ids) for r in results)
 
 

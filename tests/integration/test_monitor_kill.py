@@ -15,7 +15,7 @@ import pytest
 from serve_drift.eventlog.store import EventStore
 from serve_drift.models.digits import split_digits
 from serve_drift.tools.imageio import encode_png
-from tests.support.serve import ServeInstance
+from tests.support.serve import ADMIN, ServeInstance
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def app(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactory)
 
 
 def _monitor(url: str) -> dict[str, Any]:
-    return httpx.get(f"{url}/healthz", timeout=10).json()["monitor"]
+    return httpx.get(f"{url}/admin/health", headers=ADMIN, timeout=10).json()["monitor"]
 
 
 def _wait(predicate: Any, *, timeout_s: float = 60) -> Any:

@@ -15,7 +15,7 @@ from serve_drift.telemetry import instruments as tel
 from serve_drift.tools.imageio import encode_png
 from serve_drift.tools.shifts import apply_shift
 from tests.support.otlp_receiver import OtlpReceiver
-from tests.support.serve import ServeInstance
+from tests.support.serve import ADMIN, ServeInstance
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,9 @@ def _results_for(
     wanted = set(ids)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        results = httpx.get(app.url("/digits/drift?limit=500"), timeout=10).json()["results"]
+        results = httpx.get(app.url("/digits/drift?limit=500"), headers=ADMIN, timeout=10).json()[
+            "results"
+        ]
         mine = [
             r
             for r in results
@@ -222,6 +224,6 @@ def test_clean_traffic_passes_and_shifted_traffic_drifts(digits_app: ServeInstan
 
 
 def test_healthz_reports_ready(digits_app: ServeInstance) -> None:
-    body = httpx.get(digits_app.url("/digits/healthz"), timeout=10).json()
+    body = httpx.get(digits_app.url("/digits/admin/health"), headers=ADMIN, timeout=10).json()
     assert body["status"] == "ready", body
     assert body["monitor"]["reference"]["count"] > 0

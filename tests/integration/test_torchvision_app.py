@@ -15,7 +15,7 @@ from PIL import Image
 from serve_drift import ReferenceSet
 from serve_drift.apps.model_loading import imagenet_preprocess
 from serve_drift.reference.embed import embed_outputs
-from tests.support.serve import ServeInstance
+from tests.support.serve import ADMIN, ServeInstance
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,9 @@ def test_torchvision_app_serves_and_tests_drift(
                 assert len(body["top_k"]) == 5
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            results = httpx.get(serve_instance.url("/tv/drift"), timeout=10).json()["results"]
+            results = httpx.get(serve_instance.url("/tv/drift"), headers=ADMIN, timeout=10).json()[
+                "results"
+            ]
             if results:
                 break
             time.sleep(0.3)

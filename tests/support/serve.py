@@ -5,6 +5,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+# The admin credential every replica of the test run has (see tests/integration/conftest.py).
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

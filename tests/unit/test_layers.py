@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "serve_drift"
 # Bottom to top; a stage may import only stages of strictly lower layers.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_env", "errors", "files", "messages"}),
-    frozenset({"config", "request_context", "capture", "telemetry"}),
-    frozenset({"reference", "detectors", "eventlog", "ingress"}),
+    frozenset({"config", "request_context", "capture", "telemetry", "credentials"}),
+    frozenset({"reference", "detectors", "eventlog", "ingress", "alerts"}),
     frozenset({"models", "replica"}),
     frozenset({"monitor"}),
     frozenset({"apps"}),
@@ -33,23 +33,46 @@ ALLOWED: dict[str, frozenset[str]] = {
     "request_context": frozenset({"messages"}),
     "capture": frozenset({"errors"}),
     "telemetry": frozenset({"_env"}),
+    "credentials": frozenset(),
     "reference": frozenset({"capture", "errors", "files"}),
     "detectors": frozenset({"config", "errors", "messages"}),
     "eventlog": frozenset({"errors", "messages", "request_context", "telemetry"}),
+    # Alerting sits beside the event log: its incidents are stored there through a protocol,
+    # never by importing it (the monitor joins the two).
+    "alerts": frozenset({"config", "errors", "messages", "request_context", "telemetry"}),
     "ingress": frozenset({"errors", "files", "messages", "request_context", "telemetry"}),
     # The embedded reference carries the default detector's calibration.
     "models": frozenset({"_env", "config", "detectors", "files", "reference"}),
     # The request path: never the event store, the monitor or the tools.
     "replica": frozenset(
-        {"capture", "config", "messages", "reference", "request_context", "telemetry"}
+        {
+            "capture",
+            "config",
+            "credentials",
+            "messages",
+            "reference",
+            "request_context",
+            "telemetry",
+        }
     ),
     "monitor": frozenset(
-        {"_env", "config", "detectors", "eventlog", "messages", "reference", "replica", "telemetry"}
+        {
+            "_env",
+            "config",
+            "detectors",
+            "errors",
+            "eventlog",
+            "messages",
+            "reference",
+            "replica",
+            "telemetry",
+        }
     ),
     "apps": frozenset(
         {
             "_env",
             "config",
+            "credentials",
             "eventlog",
             "ingress",
             "models",
@@ -60,7 +83,19 @@ ALLOWED: dict[str, frozenset[str]] = {
         }
     ),
     "tools": frozenset(
-        {"_env", "apps", "config", "detectors", "eventlog", "models", "monitor", "reference"}
+        {
+            "_env",
+            "alerts",
+            "apps",
+            "config",
+            "detectors",
+            "eventlog",
+            "files",
+            "messages",
+            "models",
+            "monitor",
+            "reference",
+        }
     ),
 }
 

@@ -28,3 +28,16 @@ def test_config_is_a_valid_serve_config_with_valid_args(path: Path) -> None:
         args = AppArgs.model_validate(app.args)
         DriftConfig.model_validate(args.drift)
         IngressConfig.model_validate(args.ingress)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_run_the_default_detector(path: Path) -> None:
+    """What a user copies is what the README documents: the default detector."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_drift.config import default_detectors
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    for app in schema.applications:
+        drift = DriftConfig.model_validate(AppArgs.model_validate(app.args).drift)
+        assert drift.detectors == default_detectors()

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from serve_drift.ingress import STATUS_BY_CODE
 from serve_drift.messages import EventBatch
 from serve_drift.replica.decorator import replica_monitor
 from serve_drift.telemetry import instruments as tel
+from tests.support.serve import ADMIN_TOKEN
 from tests.support.telemetry_memory import memory_telemetry, metric_points
 
 
@@ -33,9 +35,30 @@ class _Ingest:
         return len(batch.events)
 
 
+class _Answer:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def remote(self, *args: Any) -> Any:
+        self.calls.append(args)
+        return self.answer
+
+
+@dataclass(frozen=True)
+class _Health:
+    status: str = "ready"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reasons": [], "event_log": {"path": "/secret/store"}}
+
+
 class FakeMonitor:
     def __init__(self) -> None:
         self.ingest = _Ingest()
+        self.results = _Answer([])
+        self.health = _Answer(_Health())
+        self.submit_labels = _Answer([])
 
 
 def make_request(
@@ -92,6 +115,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("ingress-app-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SERVE_DRIFT_CACHE_DIR", str(path))
+        patch.setenv("SERVE_DRIFT_ADMIN_TOKEN", ADMIN_TOKEN)
         yield path
 
 
@@ -214,8 +238,91 @@ def test_unexpected_exception_is_a_generic_counted_500(
 def test_unknown_route_and_bad_query_follow_the_contract(app: Any) -> None:
     status, body = call(app, make_request(b"", method="GET", path="/nope"))
     assert_error(status, body, "not_found")
-    status, body = call(app, make_request(b"", method="GET", path="/drift", query=b"limit=abc"))
-    assert_error(status, body, "invalid_query")
+    for limit in (b"abc", "²".encode(), b"0", b"501", b"99999999999999999999"):
+        request = make_request(b"", method="GET", path="/drift", query=b"limit=" + limit)
+        request = _with_headers(request, ADMIN_HEADER)
+        status, body = call(app, request)
+        assert_error(status, body, "invalid_query")
+
+
+ADMIN_HEADER = [(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())]
+
+
+def _with_headers(request: Request, headers: list[tuple[bytes, bytes]]) -> Request:
+    request.scope["headers"] = [*request.scope["headers"], *headers]
+    return Request(request.scope, request.receive)
+
+
+ADMIN_ROUTES = [("GET", "/drift"), ("POST", "/labels"), ("GET", "/admin/health")]
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+@pytest.mark.parametrize(
+    "credential", [[], [(b"authorization", b"Bearer wrong-but-long-enough-token")]]
+)
+def test_admin_routes_refuse_a_missing_or_wrong_credential(
+    app: Any, method: str, path: str, credential: list[tuple[bytes, bytes]]
+) -> None:
+    request = _with_headers(make_request(b"{}", method=method, path=path), credential)
+    status, body = call(app, request)
+    assert_error(status, body, "unauthorized")
+    assert "token" in body["error"]["message"] and ADMIN_TOKEN not in json.dumps(body)
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+def test_admin_routes_answer_the_right_credential(app: Any, method: str, path: str) -> None:
+    body_bytes = b'{"correlation_id": "c-1", "label": 3}'
+    request = make_request(body_bytes, method=method, path=path, content_type="application/json")
+    status, _ = call(app, _with_headers(request, ADMIN_HEADER))
+    assert status == 200
+
+
+def test_admin_operations_are_disabled_without_a_configured_token(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SERVE_DRIFT_ADMIN_TOKEN")
+    instance = build(name="no-admin")
+    status, body = call(
+        instance, _with_headers(make_request(b"", method="GET", path="/drift"), ADMIN_HEADER)
+    )
+    assert_error(status, body, "admin_disabled")
+
+
+def test_public_health_says_ready_or_degraded_and_nothing_else(app: Any) -> None:
+    status, body = call(app, make_request(b"", method="GET", path="/healthz"))
+    assert status == 200 and body == {"status": "ready"}
+    request = _with_headers(make_request(b"", method="GET", path="/admin/health"), ADMIN_HEADER)
+    status, body = call(app, request)
+    assert status == 200 and body["monitor"]["event_log"] == {"path": "/secret/store"}
+
+
+def test_labels_are_checked_against_the_model_classes(app: Any) -> None:
+    labels = [
+        {"correlation_id": "ok", "label": 9},
+        {"correlation_id": "too-big", "label": 10},
+        {"correlation_id": "huge", "label": 2**63},
+        {"correlation_id": "negative", "label": -1},
+    ]
+    request = make_request(
+        json.dumps({"labels": labels}).encode(),
+        path="/labels",
+        content_type="application/json",
+    )
+    monitor = replica_monitor(app)._monitor_handle
+    monitor.submit_labels.calls.clear()
+    status, _ = call(app, _with_headers(request, ADMIN_HEADER))
+    assert status == 200
+    (items,) = monitor.submit_labels.calls[0]
+    statuses = [getattr(item, "status", "label") for item in items]
+    assert statuses == ["label", "invalid", "invalid", "invalid"]  # the batch is not lost
+
+
+def test_an_unverified_sentinel_claim_is_refused(app: Any) -> None:
+    claim = [(b"x-serve-drift-context-source", b"sentinel")]
+    status, body = call(app, _with_headers(make_request(digit_png()), claim))
+    assert_error(status, body, "unauthorized")
+    status, body = call(app, _with_headers(make_request(digit_png()), [*claim, *ADMIN_HEADER]))
+    assert status == 200 and "class_index" in body
 
 
 def test_constant_frame_is_flagged_and_marked_out_of_drift(app: Any) -> None:

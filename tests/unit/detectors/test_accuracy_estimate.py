@@ -72,3 +72,10 @@ def test_mismatched_rows_are_refused() -> None:
         AccuracyEstimator.fit(
             embeddings=embeddings, probabilities=probabilities[:40], labels=labels
         )
+
+
+def test_the_baseline_is_what_clean_windows_get() -> None:
+    estimator = fitted()
+    embeddings, _, probabilities = population(np.random.default_rng(6), 2000, accuracy=0.9)
+    found = estimator.estimate(embeddings=embeddings, probabilities=probabilities)
+    assert estimator.baseline == pytest.approx(found.accuracy, abs=0.02)

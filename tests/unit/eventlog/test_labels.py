@@ -17,7 +17,7 @@ from serve_drift.eventlog.labels import (
     window_metrics,
 )
 from serve_drift.eventlog.schema import LabelRecord
-from serve_drift.eventlog.store import EventStore, StoreWriteError
+from serve_drift.eventlog.store import EventStore, ServedRequest, StoreWriteError
 from tests.support.eventlog_helpers import make_record, make_records, with_window
 
 
@@ -69,11 +69,17 @@ def test_each_label_gets_a_clear_answer(store: EventStore) -> None:
         "invalid",
     ]
     assert answers[0].drift_windows == (0,) and len(answers[0].internal_ids) == 1
-    assert "already labelled 0" in answers[2].detail and "different" in answers[2].detail
-    assert "sampled out" in answers[3].detail
+    # The answer never echoes what is stored (the label, its source) back to the caller.
+    assert answers[2].detail == "already labelled; the first label stands"
+    assert answers[2].to_dict() == {
+        "correlation_id": answers[2].correlation_id,
+        "status": "duplicate_label",
+        "detail": answers[2].detail,
+    }
+    assert "never served" in answers[3].detail
     assert len(answers[5].internal_ids) == 2  # primary and shadow share the request's label
     again = submit_labels(store, parse_labels({"correlation_id": "req-1", "label": 7}))
-    assert again[0].status == "duplicate_label" and "the same" in again[0].detail
+    assert again[0].status == "duplicate_label" and "7" not in again[0].detail
     assert set(store.labels(["req-0", "req-1", "reused"])) == {"req-0", "req-1"}
 
 
@@ -145,28 +151,35 @@ def test_ece_bins_are_right_closed() -> None:
     assert ece == pytest.approx(same_bin) and ece != pytest.approx(split_bins)
 
 
-def test_window_metrics_from_stored_events_use_sampling_weights(store: EventStore) -> None:
+def test_window_metrics_count_every_labelled_request_sampled_out_or_not(
+    store: EventStore,
+) -> None:
     """A window with every low-confidence (and wrong) event kept but ordinary events sampled at
-    10 %: unweighted accuracy would be far too low; weighted, it estimates the truth."""
+    10 %: accuracy from the stored events alone would be far too low. Every served request has
+    a compact row, so the labels of sampled-out requests join too and the window is judged on
+    all of them."""
     import dataclasses
 
     ordinary = [
         dataclasses.replace(r, sampling_weight=10.0, keep_reason="sampled")
-        for r in with_window(make_records(20, confidence=0.95, predicted_class=1), 4)
+        for r in with_window(make_records(200, confidence=0.95, predicted_class=1), 4)
     ]
-    hard = with_window(make_records(20, start=100, confidence=0.3, predicted_class=2), 4)
-    store.write_batch([*ordinary, *hard])
+    hard = with_window(make_records(20, start=1000, confidence=0.3, predicted_class=2), 4)
+    kept = ordinary[::10]  # 20 of the 200 ordinary ones were sampled into the store
+    store.record_served([ServedRequest.of(r) for r in ordinary])
+    store.write_batch([*kept, *hard])
     labels = [_label(r.correlation_id, 1) for r in ordinary + hard]  # hard ones are all wrong
     assert {a.status for a in store.attach_labels(labels)} == {"accepted"}
+    assert store.count_events() == 40 and store.count_served() == 220
     metrics = window_metrics(store, window_index=4)
-    assert metrics is not None and metrics.n_labelled == 40 and metrics.weighted_n == 220.0
+    assert metrics is not None and metrics.n_labelled == 220 and metrics.weighted_n == 220.0
     assert metrics.accuracy == pytest.approx(200 / 220)
     assert window_metrics(store, window_index=5) is None
     record = record_window_metrics(
         store, window_index=4, model_name="digits-cnn", model_version="v1"
     )
     assert record is not None and store.concept_metrics(tag="feedback") == [record]
-    assert (record.first_event_at, record.last_event_at) == (1000.0, 1119.0)
+    assert (record.first_event_at, record.last_event_at) == (1000.0, 2019.0)
 
 
 def test_labels_do_not_join_events_written_after_them(store: EventStore) -> None:

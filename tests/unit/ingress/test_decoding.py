@@ -258,6 +258,9 @@ def test_table_covers_every_client_error_code() -> None:
         "invalid_labels",
         "too_many_labels",
         "event_store_unavailable",
+        # admin credential (tests/unit/apps/test_ingress_app.py, tests/integration/test_admin.py)
+        "unauthorized",
+        "admin_disabled",
     }
     assert covered | elsewhere == set(STATUS_BY_CODE)
 
@@ -395,7 +398,7 @@ def test_nesting_depth_ignores_brackets_in_strings(body: bytes, depth: int) -> N
 
 def test_error_codes_map_to_the_documented_statuses() -> None:
     assert {status for status in STATUS_BY_CODE.values()} == {
-        400, 404, 408, 413, 415, 422, 500, 503
+        400, 401, 403, 404, 408, 413, 415, 422, 500, 503
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown ingress error code"):
         IngressError("made_up", "x")
