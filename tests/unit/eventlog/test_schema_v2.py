@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -62,14 +63,20 @@ def test_v1_documents_stay_readable_and_write_back_as_v1() -> None:
     _validator(1).validate(record.to_dict())
 
 
-def test_a_v1_store_opens_and_moves_to_v2(tmp_path: Path) -> None:
+def test_a_store_written_by_v1_code_opens_and_takes_v2_records(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite"
     with EventStore(path) as store:
         store.write_drift_results([DriftTestRecord.from_result(_example_drift_dict())])
-    with sqlite3.connect(path) as db:  # as a v1 store left it
+    v1 = DriftTestRecord.from_result(_example_drift_dict()).to_dict()
+    v1 = {k: v for k, v in v1.items() if k not in ("uncalibrated_p_value", "estimated_accuracy")}
+    with sqlite3.connect(path) as db:  # as v1 code left it: a v1 document, a v1 store
+        db.execute(
+            "UPDATE drift_results SET record = ?", (json.dumps({**v1, "schema_version": 1}),)
+        )
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    newer = {**_example_drift_dict(), "test_id": "t-2", "estimated_accuracy": 0.5}
     with EventStore(path) as store:
-        assert len(store.drift_results()) == 1
-    with sqlite3.connect(path) as db:
-        (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert version == "2"
+        store.write_drift_results([DriftTestRecord.from_result(newer)])
+        by_id = {r.test_id: r for r in store.drift_results()}
+    assert by_id["t-1"].schema_version == 1 and by_id["t-1"].estimated_accuracy is None
+    assert by_id["t-2"].schema_version == 2 and by_id["t-2"].estimated_accuracy == 0.5
