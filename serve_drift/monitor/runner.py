@@ -87,6 +87,12 @@ class DriftRunner:
             for detector, threshold in zip(self._detectors, self._thresholds(), strict=True)
         ]
 
+    @property
+    def accuracy_baseline(self) -> float | None:
+        """The accuracy estimate on the reference itself: a clean window's expected estimate
+        (the alert signal ``estimated_accuracy_baseline``), or None without an estimator."""
+        return None if self._accuracy is None else self._accuracy.baseline
+
     def _estimate_accuracy(self, window: Window) -> float | None:
         """The window's label-free accuracy estimate, once for all its results."""
         if self._accuracy is None or window.probabilities is None:

@@ -89,6 +89,7 @@ def test_results_carry_the_calibrated_and_raw_p_values_and_the_accuracy_estimate
     assert span.attributes[tel.ATTR_ESTIMATED_ACCURACY] == result.estimated_accuracy
     (point,) = _points(reader, "serve_drift.accuracy.estimated", model="estimates")
     assert point.value == result.estimated_accuracy
+    assert state.runner is not None and 0 < (state.runner.accuracy_baseline or 0) <= 1
 
 
 def test_a_stored_calibration_is_used_without_drawing_and_a_new_size_draws(
