@@ -342,6 +342,7 @@ class WindowScore:
 
 def stream_scores(
     *,
+    pool: Pool,
     detector: Any,
     estimator: AccuracyEstimator,
     phases: list[tuple[str, int]],
@@ -349,10 +350,10 @@ def stream_scores(
 ) -> Iterator[WindowScore]:
     """Per-window calibrated p-values and accuracy estimates of a stream of ``phases``
     (``[("clean", 300), ("gaussian_noise", 20)]``: traffic kind and windows), drawn from the
-    demo's traffic pool. ``detector`` is a calibrated monitor detector (:func:`demo_detector`).
-    For alert rules: feed ``p_value`` and ``estimated_accuracy`` to a rule, window by window.
+    demo's traffic pool of ``pool`` (:func:`embed_pool`). ``detector`` and ``estimator`` are the
+    deployed default's (:func:`demo_detector`). For alert rules: feed ``p_value``,
+    ``estimated_accuracy`` (and ``estimator.baseline``) to a rule, window by window.
     """
-    pool = _pool()
     index = 0
     for traffic, count in phases:
         outputs = pool.clean if traffic == "clean" else pool.shifted[traffic]
@@ -450,15 +451,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     scores = list(
         stream_scores(
-            detector=detector, estimator=estimator, phases=phases, rng=np.random.default_rng(7)
+            pool=POOL,
+            detector=detector,
+            estimator=estimator,
+            phases=phases,
+            rng=np.random.default_rng(7),
         )
     )
     accuracy_met = print_accuracy(scores)
     # --- ALERT RULES (for the lead, after merging the alert-rule engine) -------------------
     # Print here "default rule's alert rate per 1000 clean windows" and "detection delay":
-    # feed stream_scores(detector=detector, estimator=estimator, rng=...,
+    # feed stream_scores(pool=POOL, detector=detector, estimator=estimator, rng=...,
     #     phases=[("clean", 1000)]) and phases=[("clean", 50), ("gaussian_noise", 20)]
-    # through the default rule, window by window.
+    # through the default rule, window by window (estimated_accuracy_baseline:
+    # estimator.baseline).
     # --- end ALERT RULES -------------------------------------------------------------------
     fresh_met = all(v for k, v in verdicts.items() if k.startswith("fresh/"))
     print(
