@@ -20,7 +20,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"reference", "detectors", "eventlog", "ingress"}),
     frozenset({"models", "replica"}),
     frozenset({"monitor"}),
-    frozenset({"apps"}),
+    frozenset({"apps", "routing"}),
     frozenset({"tools"}),
 )
 
@@ -78,7 +78,23 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
-    "tools": frozenset({"_env", "apps", "eventlog", "files", "models", "monitor", "reference"}),
+    # Shadow and canary: a router in front of two monitored apps (never the apps' code).
+    "routing": frozenset(
+        {
+            "_env",
+            "config",
+            "credentials",
+            "errors",
+            "eventlog",
+            "ingress",
+            "monitor",
+            "request_context",
+            "telemetry",
+        }
+    ),
+    "tools": frozenset(
+        {"_env", "apps", "eventlog", "files", "models", "monitor", "reference", "routing"}
+    ),
 }
 
 
