@@ -9,7 +9,7 @@ join their requests and update those windows.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,13 +127,24 @@ class ComparisonWindows:
     [0]
     """
 
-    def __init__(self, *, window_size: int, windows_kept: int, next_index: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        window_size: int,
+        windows_kept: int,
+        next_index: int = 0,
+        early_labels: int = 10_000,
+    ) -> None:
         self._size = window_size
         self._kept: deque[_Window] = deque(maxlen=windows_kept)
         self._open: _Window | None = None
         self._next_index = next_index
         self._by_id: dict[str, _Joinable] = {}
         self._labelled: set[str] = set()
+        # Labels that arrived before their request's answers did (the mirror still in flight,
+        # or the batch still on its way): applied when the observation comes, oldest evicted.
+        self._early: OrderedDict[str, int] = OrderedDict()
+        self._early_limit = early_labels
 
     def add(self, observation: Observation, *, epoch: int) -> list[WindowRecord]:
         """Take one observation; returns the windows it closed (zero, one or two)."""
@@ -151,10 +162,16 @@ class ComparisonWindows:
         return self._close(now) if self._open is not None else None
 
     def label(self, correlation_id: str, label: int) -> WindowRecord | None:
-        """Join a label; returns the updated window, or None when it joins nothing here
-        (unknown, past the kept windows, repeated ID, already labelled, or no usable answer)."""
+        """Join a label; returns the updated window, or None when it joins nothing now
+        (past the kept windows, repeated ID, already labelled, or no usable answer). A label
+        for a request not seen yet waits for it."""
         window, answers = self._by_id.get(correlation_id, (None, None))
-        if window is None or not answers or correlation_id in self._labelled:
+        if window is None:
+            self._early[correlation_id] = label
+            if len(self._early) > self._early_limit:
+                self._early.popitem(last=False)
+            return None
+        if not answers or correlation_id in self._labelled:
             return None
         self._labelled.add(correlation_id)
         window.accumulator.label(answers, label)
@@ -199,6 +216,9 @@ class ComparisonWindows:
         key = observation.correlation_id
         self._by_id[key] = (window, None if key in self._by_id else answers)
         window.ids.append(key)
+        early = self._early.pop(key, None)
+        if early is not None:
+            self.label(key, early)
 
     def _close(self, now: float) -> WindowRecord:
         window = self._open

@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_drift.tools.events_cli import main as events_main
 
         return events_main(argv[1:])
+    if argv[:1] == ["shadow"]:  # its own parser, with its own --help
+        from serve_drift.tools.shadow_cli import main as shadow_main
+
+        return shadow_main(argv[1:])
     if argv[:1] == ["reference"]:  # its own parser, with its own --help
         from serve_drift.tools.reference_cli import main as reference_main
 

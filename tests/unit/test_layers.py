@@ -93,7 +93,18 @@ ALLOWED: dict[str, frozenset[str]] = {
         }
     ),
     "tools": frozenset(
-        {"_env", "apps", "eventlog", "files", "models", "monitor", "reference", "routing"}
+        {
+            "_env",
+            "apps",
+            "config",
+            "eventlog",
+            "files",
+            "models",
+            "monitor",
+            "reference",
+            "replica",
+            "routing",
+        }
     ),
 }
 
