@@ -23,6 +23,7 @@ from typing import Any
 
 from serve_drift import _env
 from serve_drift.monitor.deployment import _lower_priority as lower_priority
+from serve_drift.routing.aio import within
 from serve_drift.routing.changes import ChangeAnswer, ChangeRefused, ChangeRequest, next_state
 from serve_drift.routing.comparison import Comparison
 from serve_drift.routing.config import RouterConfig
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 DRIFT_RESULTS = 500  # the monitors' latest results read per decision
 REPORT_WINDOWS = 20
-NICENESS = 10
 
 
 def default_store_path(name: str) -> Path:
@@ -50,7 +50,7 @@ class ShadowComparator:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._config = RouterConfig.model_validate(dict(config))
-        lower_priority(NICENESS)  # under contention the comparison waits, serving does not
+        lower_priority(self._config.comparison.niceness)
         if self._config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
@@ -246,23 +246,23 @@ class ShadowComparator:
         return tuple(await asyncio.gather(*(self._arm_lineage(name, a.app) for name, a in arms)))
 
     async def _arm_lineage(self, arm: str, app: str) -> ArmLineage:
-        served = self._served_version(arm)
+        answered = self._answered_version(arm)
         try:
             health = await self._monitor_call(arm, "health")
         except Exception:
-            return ArmLineage(arm=arm, app=app, model_version=served)
+            return ArmLineage(arm=arm, app=app, answered_version=answered)
         reference = dict(getattr(health, "reference", None) or {})
         return ArmLineage(
             arm=arm,
             app=app,
             model_name=reference.get("model_name"),
-            model_version=served or reference.get("model_version"),
+            model_version=reference.get("model_version"),
             reference_version=reference.get("version"),
             reference_hash=reference.get("content_hash"),
-            reference_model_version=reference.get("model_version"),
+            answered_version=answered,
         )
 
-    def _served_version(self, arm: str) -> str | None:
+    def _answered_version(self, arm: str) -> str | None:
         attr = f"{arm}_version"
         return next(
             (v for r in reversed(self._records()) if (v := getattr(r, attr, None)) is not None),
@@ -278,7 +278,7 @@ class ShadowComparator:
             handle = await asyncio.to_thread(_monitor_handle, settings.app, settings.monitor)
             self._monitors[arm] = handle
         timeout_s = self._config.comparison.drift_timeout_s
-        return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout_s)
+        return await within(getattr(handle, method).remote(*args), timeout_s)
 
     # --- telemetry ----------------------------------------------------------------------------
 

@@ -82,6 +82,9 @@ class ComparisonConfig(_Frozen):
     path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/shadow/<name>.sqlite
     drift_timeout_s: float = Field(2.0, gt=0, le=60)
     shipping: ShippingConfig = Field(default_factory=ShippingConfig)
+    # The comparator lowers its CPU priority (Unix nice), like the drift monitor, so that
+    # under contention comparisons wait and serving does not.
+    niceness: int = Field(10, ge=0, le=19)
 
 
 class DecisionConfig(_Frozen):

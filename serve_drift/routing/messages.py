@@ -47,7 +47,13 @@ class RoutingState:
 
 @dataclass(frozen=True)
 class ArmLineage:
-    """What one arm served when a change was made: from its drift monitor's reference lineage."""
+    """What one arm served when a change was made.
+
+    ``model_name``, ``model_version``, ``reference_version`` and ``reference_hash`` come from
+    the arm's drift monitor (its reference set's lineage: the model version it was embedded
+    with, and its content hash); ``answered_version`` is the ``model_version`` the arm's
+    latest answers carried, when they carry one.
+    """
 
     arm: str
     app: str
@@ -55,7 +61,7 @@ class ArmLineage:
     model_version: str | None = None
     reference_version: str | None = None
     reference_hash: str | None = None
-    reference_model_version: str | None = None
+    answered_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

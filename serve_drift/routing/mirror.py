@@ -27,6 +27,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from serve_drift.routing.aio import within
+
 logger = logging.getLogger(__name__)
 
 J = TypeVar("J")
@@ -115,7 +117,7 @@ class MirrorQueue(Generic[J]):
 
     async def _outcome(self, job: J) -> Outcome:
         try:
-            return await asyncio.wait_for(self._call(job), self.timeout_s)
+            return await within(self._call(job), self.timeout_s)
         except asyncio.TimeoutError:
             return MirrorTimeout(f"no answer within {self.timeout_s:g} s")
         except Exception as exc:

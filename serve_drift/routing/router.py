@@ -38,6 +38,7 @@ from serve_drift.credentials import AdminCredential
 from serve_drift.ingress.body import read_body
 from serve_drift.ingress.errors import IngressError
 from serve_drift.request_context import current_request_ids
+from serve_drift.routing.aio import within
 from serve_drift.routing.answers import Answer, AnswerStatus, failed, read_answer
 from serve_drift.routing.assignment import Route, route_for
 from serve_drift.routing.changes import ACTIONS, ChangeAnswer, ChangeRequest
@@ -387,7 +388,7 @@ class ShadowRouter:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         if not self._state_known:  # a restarted router must not undo a promotion
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._refresh_state(), FIRST_STATE_TIMEOUT_S)
+                await within(self._refresh_state(), FIRST_STATE_TIMEOUT_S)
             self._state_known = True
 
     async def _poll(self) -> None:
@@ -432,7 +433,7 @@ class ShadowRouter:
 
     async def _arm_health(self, arm: str, probe: ReplayedRequest) -> str:
         try:
-            result = await asyncio.wait_for(self._call_arm(arm, probe), HEALTH_TIMEOUT_S)
+            result = await within(self._call_arm(arm, probe), HEALTH_TIMEOUT_S)
             answer = read_json_answer(result)
         except Exception:
             return "unreachable"
@@ -459,7 +460,7 @@ class ShadowRouter:
             labels = accepted_labels(read_json_answer(body), merged)
             if labels:
                 call = self._comparator.submit_labels.remote(labels)
-                await asyncio.wait_for(call, COMPARATOR_TIMEOUT_S)
+                await within(call, COMPARATOR_TIMEOUT_S)
         except Exception as exc:  # the arms have the labels; the comparison waits for them
             logger.warning("serve-drift: labels not passed to the comparator: %s", exc)
 
@@ -494,7 +495,7 @@ class ShadowRouter:
     async def _comparator_call(self, method: str, *args: Any) -> Any:
         try:
             call = getattr(self._comparator, method).remote(*args)
-            return await asyncio.wait_for(call, COMPARATOR_TIMEOUT_S * 2)
+            return await within(call, COMPARATOR_TIMEOUT_S * 2)
         except Exception:
             raise RoutingError("comparator_unavailable", "the comparator did not answer") from None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_drift.config import ShippingConfig
+from serve_drift.routing.aio import within
 from serve_drift.routing.answers import Answer, read_answer
 from serve_drift.routing.instruments import router_instruments
 from serve_drift.routing.messages import Observation
@@ -98,7 +99,7 @@ class ObservationShipper:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._config.flush_interval_s)
+                await within(self._wakeup.wait(), self._config.flush_interval_s)
             self._wakeup.clear()
             await self.flush()
 
@@ -107,7 +108,7 @@ class ObservationShipper:
         items = [self._buffer.popleft() for _ in range(n)]
         try:
             batch = [item.resolve() for item in items]
-            await asyncio.wait_for(self._send(batch), self._config.send_timeout_s)
+            await within(self._send(batch), self._config.send_timeout_s)
         except asyncio.CancelledError:
             self._drop("shutdown", n)
             raise

@@ -171,34 +171,48 @@ def _drift(drift: dict[str, Any]) -> str:
             return "?"
         return "ALARM" if d["alarm"] else f"{d['drifting']}/{d['windows']}"
 
-    return f"{one('incumbent')} / {one('candidate')}"
+    return f"{one('incumbent')} {one('candidate')}"
 
 
 WINDOW_HEADER = (
-    f"{'window':>6} {'mode':<7} {'pairs':>5} {'agree':>6}  {'flips (most)':<18} "
-    f"{'conf d':>7} {'acc inc':>7} {'acc cand':>8} {'p50 d ms':>8} {'p99 d ms':>8} "
-    f"{'cand fail':>9}  drift inc/cand"
+    f"{'win':>4} {'ep':>3} {'pairs':>5} {'agree':>6} {'conf d':>7} {'acc inc':>7} "
+    f"{'acc cand':>8} {'p50 d ms':>8} {'p99 d ms':>8} {'c.fail':>6} {'drift i c':>9}  flips (most)"
 )
 
 
 def format_window(w: dict[str, Any]) -> str:
+    """One window as a table row; drift is each arm's drifting/tested windows of its own
+    monitor, or ALARM."""
     arms, deltas = w["arms"], w["deltas"]
     candidate = arms["candidate"]
     return (
-        f"{w['index']:>6} {w['mode']:<7} {w['pairs']:>5} {_num(w['agreement']):>6}  "
-        f"{_flips(w['flips']):<18} {_num(deltas['mean_confidence'], '{:+.3f}'):>7} "
+        f"{w['index']:>4} {w['epoch']:>3} {w['pairs']:>5} {_num(w['agreement']):>6} "
+        f"{_num(deltas['mean_confidence'], '{:+.3f}'):>7} "
         f"{_num(arms['incumbent']['accuracy'], _PERCENT):>7} "
         f"{_num(candidate['accuracy'], _PERCENT):>8} {_ms(deltas['latency_p50_s']):>8} "
-        f"{_ms(deltas['latency_p99_s']):>8} {sum(candidate['failures'].values()):>9}  "
-        f"{_drift(w.get('drift', {}))}"
+        f"{_ms(deltas['latency_p99_s']):>8} {sum(candidate['failures'].values()):>6} "
+        f"{_drift(w.get('drift', {})):>9}  {_flips(w['flips'])}"
     )
+
+
+def shown_windows(windows: list[dict[str, Any]], *, epoch: int | None) -> list[dict[str, Any]]:
+    """The current epoch's windows, or the latest epoch's that has any."""
+    if not windows:
+        return []
+    wanted = epoch if any(w["epoch"] == epoch for w in windows) else windows[-1]["epoch"]
+    return [w for w in windows if w["epoch"] == wanted]
 
 
 def format_report(body: dict[str, Any]) -> str:
     lines = []
+    epoch = body["state"]["epoch"] if "state" in body else None
     if "state" in body:
         lines.append(_routing_line(body))
-    lines += [WINDOW_HEADER, *(format_window(w) for w in body.get("windows", []))]
+    windows = body.get("windows", [])
+    shown = shown_windows(windows, epoch=epoch)
+    lines += [WINDOW_HEADER, *(format_window(w) for w in shown)]
+    if len(shown) < len(windows):
+        lines.append(f"({len(windows) - len(shown)} windows of other epochs: --format json)")
     decision = body.get("decision")
     if decision is not None:
         lines += ["", f"decision: {decision['verdict'].upper()}"]
@@ -222,20 +236,22 @@ def _routing_line(body: dict[str, Any]) -> str:
 
 
 def format_history(body: dict[str, Any]) -> str:
-    lines = [f"{'when':<20} {'action':<9} {'actor':<6} {'verdict':<9} arms (model @ reference)"]
+    lines = [f"{'when':<20} {'action':<9} {'actor':<6} {'verdict':<9} {'epoch':>5}  reason"]
     for change in body.get("changes", []):
-        when = _time(change["at"])
-        arms = "; ".join(
-            f"{a['arm']} {a.get('model_version') or '?'} @ {a.get('reference_version') or '?'}"
-            for a in change.get("arms", [])
-        )
         lines.append(
-            f"{when:<20} {change['action']:<9} {change['actor']:<6} "
-            f"{change.get('verdict') or '-':<9} {arms}"
+            f"{_time(change['at']):<20} {change['action']:<9} {change['actor']:<6} "
+            f"{change.get('verdict') or '-':<9} {change['after']['epoch']:>5}  {change['reason']}"
         )
-        if change.get("reason"):
-            lines.append(f"{'':<20} reason: {change['reason']}")
+        lines += [f"{'':<22}{_arm_line(arm)}" for arm in change.get("arms", [])]
     return "\n".join(lines)
+
+
+def _arm_line(arm: dict[str, Any]) -> str:
+    reference = arm.get("reference_hash") or "?"
+    return (
+        f"{arm['arm']:<9} {arm['app']}: model {arm.get('model_version') or '?'}, "
+        f"reference {arm.get('reference_version') or '?'} ({reference})"
+    )
 
 
 def format_change(body: dict[str, Any]) -> str:

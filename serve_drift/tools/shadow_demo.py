@@ -211,7 +211,7 @@ def _phase(
 def _print_report(report: dict[str, Any], console: Console) -> None:
     from serve_drift.tools.shadow_cli import format_report
 
-    console.print(format_report(report), markup=False, highlight=False)
+    console.print(format_report(report), markup=False, highlight=False, soft_wrap=True)
 
 
 def _apply(client: httpx.Client, action: str, reason: str, console: Console) -> bool:
@@ -219,7 +219,7 @@ def _apply(client: httpx.Client, action: str, reason: str, console: Console) -> 
 
     response = client.post(f"/shadow/{action}", json={"reason": reason})
     body = response.json()
-    console.print(f"[bold]{action}[/]: {format_change(body)}", highlight=False)
+    console.print(f"[bold]{action}[/]: {format_change(body)}", highlight=False, soft_wrap=True)
     return bool(body.get("applied"))
 
 
