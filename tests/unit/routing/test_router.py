@@ -280,3 +280,36 @@ def test_an_alertmanager_webhook_rolls_back_while_firing_only() -> None:
     request = change_request("rollback", firing)
     assert request is not None and request.actor == "alert" and "CandidateDrift" in request.reason
     assert change_request("rollback", {**firing, "status": "resolved"}) is None
+
+
+def test_the_candidates_request_is_traced_in_a_mirror_span_linked_to_the_route_span(
+    arms: dict[str, FakeArm],
+) -> None:
+    from opentelemetry import trace
+
+    from tests.support.telemetry_memory import memory_telemetry
+
+    spans, _ = memory_telemetry()
+    spans.clear()
+
+    from serve_drift.request_context import RequestIds, bind_request_ids
+
+    async def run() -> None:
+        router = _router(FakeComparator())
+        with bind_request_ids(RequestIds("traced-1", "internal-1")):  # as Ray Serve would
+            await router(_predict("traced-1"))
+        await _settle(router)
+
+    asyncio.run(run())
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    route, mirror = finished["serve_drift.route"], finished["serve_drift.shadow.mirror"]
+    assert route.attributes["serve_drift.correlation_id"] == "traced-1"
+    assert mirror.attributes["serve_drift.correlation_id"] == "traced-1"
+    assert [link.context.span_id for link in mirror.links] == [route.context.span_id]
+    assert mirror.context.trace_id != route.context.trace_id  # its own trace: no long tail
+    incumbent_request = arms["inc-app"].requests[0]
+    candidate_request = arms["cand-app"].requests[0]
+    route_ids = f"{trace.format_trace_id(route.context.trace_id)}-{trace.format_span_id(route.context.span_id)}"
+    mirror_ids = f"{trace.format_trace_id(mirror.context.trace_id)}-{trace.format_span_id(mirror.context.span_id)}"
+    assert route_ids in incumbent_request.headers["traceparent"]
+    assert mirror_ids in candidate_request.headers["traceparent"]
