@@ -116,6 +116,7 @@ def test_a_faulty_candidate_never_changes_an_incumbent_response(
         return responses, dict(router._mirror.counts)
 
     responses, counts = asyncio.run(run())
+    assert counts["sent"] == 6
     assert all(r.status_code == 200 and _json(r)["model_version"] == "inc-v1" for r in responses)
     expected = {
         "raises": "error",
@@ -309,7 +310,11 @@ def test_the_candidates_request_is_traced_in_a_mirror_span_linked_to_the_route_s
     assert mirror.context.trace_id != route.context.trace_id  # its own trace: no long tail
     incumbent_request = arms["inc-app"].requests[0]
     candidate_request = arms["cand-app"].requests[0]
-    route_ids = f"{trace.format_trace_id(route.context.trace_id)}-{trace.format_span_id(route.context.span_id)}"
-    mirror_ids = f"{trace.format_trace_id(mirror.context.trace_id)}-{trace.format_span_id(mirror.context.span_id)}"
+
+    def ids(span: Any) -> str:
+        context = span.context
+        return f"{trace.format_trace_id(context.trace_id)}-{trace.format_span_id(context.span_id)}"
+
+    route_ids, mirror_ids = ids(route), ids(mirror)
     assert route_ids in incumbent_request.headers["traceparent"]
     assert mirror_ids in candidate_request.headers["traceparent"]
