@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ ROUTE_SPAN = "serve_drift.route"
 MIRROR_SPAN = "serve_drift.shadow.mirror"
 ARM_HEADER = "x-serve-drift-arm"
 COMPARATOR_TIMEOUT_S = 5.0
+LABEL_ATTEMPTS = 3
 HEALTH_TIMEOUT_S = 2.0
 FIRST_STATE_TIMEOUT_S = 1.0
 APP_RETRY_S = 1.0
@@ -456,13 +458,21 @@ class ShadowRouter:
         return JSONResponse({"request_id": correlation_id, "results": merged})
 
     async def _labels_to_comparator(self, body: bytes, merged: list[dict[str, Any]]) -> None:
+        """The arms have the labels; the comparison gets them too, retried a few times, so a
+        comparator busy at low priority delays them rather than losing them."""
         try:
             labels = accepted_labels(read_json_answer(body), merged)
-            if labels:
-                call = self._comparator.submit_labels.remote(labels)
-                await within(call, COMPARATOR_TIMEOUT_S)
-        except Exception as exc:  # the arms have the labels; the comparison waits for them
-            logger.warning("serve-drift: labels not passed to the comparator: %s", exc)
+        except ValueError:
+            return
+        for attempt in range(LABEL_ATTEMPTS):
+            if not labels:
+                return
+            try:
+                await within(self._comparator.submit_labels.remote(labels), COMPARATOR_TIMEOUT_S)
+                return
+            except Exception as exc:
+                logger.warning("serve-drift: labels not passed to the comparator: %s", exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     # --- admin: the shadow view and changes -------------------------------------------------
 
@@ -507,6 +517,7 @@ class ShadowRouter:
             "canary_share": self._config.canary.share,
             "state": self._state.to_dict(),
             "replica": {
+                "pid": os.getpid(),
                 "mirror": dict(self._mirror.counts),
                 "mirror_pending": self._mirror.pending(),
                 "observations_shipped": self._shipper.shipped,
