@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,7 @@ class ShadowRouter:
             config=self._base.comparison.shipping, send=self._send_observations
         )
         self._instruments = router_instruments()
+        self._mirror_outcomes: Counter[str] = Counter()  # this replica's, for /shadow
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: ``mode``, ``mirror_fraction``, ``canary_share``
@@ -378,6 +380,7 @@ class ShadowRouter:
         return failed(status, latency_s=latency, detail=type(outcome).__name__), kind
 
     def _count_mirror(self, outcome: str) -> None:
+        self._mirror_outcomes[outcome] += 1
         self._instruments.mirrored.add(1, {ATTR_ROUTER: self._base.name, "outcome": outcome})
 
     async def _send_observations(self, batch: list[Any]) -> object:
@@ -518,7 +521,7 @@ class ShadowRouter:
             "state": self._state.to_dict(),
             "replica": {
                 "pid": os.getpid(),
-                "mirror": dict(self._mirror.counts),
+                "mirror": {"sent": self._mirror.counts["sent"], **self._mirror_outcomes},
                 "mirror_pending": self._mirror.pending(),
                 "observations_shipped": self._shipper.shipped,
                 "observations_dropped": dict(self._shipper.dropped),
