@@ -1,14 +1,18 @@
 """The comparator deployment: one replica per shadow app, off the request path.
 
-Router replicas ship it what each arm answered (:class:`~serve_drift.routing.messages.Observation`);
-it joins labels by correlation ID, closes windows, reads both arms' drift monitors, stores
-the windows, exports the comparison as metrics, decides, and owns the routing state that
-promotion and rollback change (persisted first, then polled by every router replica).
+Router replicas ship it what each arm answered (canary:
+:class:`~serve_drift.routing.messages.Observation`) and copies of the requests the incumbent
+answered (shadow), which it sends to the candidate itself
+(:class:`~serve_drift.routing.shadowing.ShadowCaller`). It joins labels by correlation ID,
+closes windows, reads both arms' drift monitors, stores the windows, exports the comparison as
+metrics, decides, and owns the routing state that promotion and rollback change (persisted
+first, then polled by every router replica).
 
-Why here and not in the monitors: the router is the only place that sees both answers of a
-request, so pairing costs no join across two stores; why not in the router: a router has
-several replicas, a window needs all of them, and the comparison's CPU stays off the replicas
-that answer clients (this deployment runs at a lower CPU priority, like the drift monitor).
+Why here and not in the monitors: this process holds both answers of a request (it sent the
+copy), so pairing costs no join across two event stores. Why not in the router: a router has
+several replicas and a window needs all of them; and the per-copy calls to the candidate and
+the comparison's CPU stay off the processes that answer clients (this deployment runs at a
+lower CPU priority, like the drift monitor: under contention, shadowing waits, serving does not).
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from serve_drift.routing.decision import Decision, Evidence, decide
 from serve_drift.routing.drift import UNAVAILABLE, ArmDrift, summarize_drift
 from serve_drift.routing.evidence import ShadowReport, build_evidence, evidence_windows
 from serve_drift.routing.instruments import ATTR_ROUTER, VERDICT_VALUES, comparator_instruments
-from serve_drift.routing.messages import ArmLineage, Observation, RoutingChange, RoutingState
+from serve_drift.routing.messages import (
+    ArmLineage,
+    MirrorCopy,
+    Observation,
+    RoutingChange,
+    RoutingState,
+)
+from serve_drift.routing.shadowing import ShadowCaller
 from serve_drift.routing.store import ComparisonStore
 from serve_drift.routing.windows import ComparisonWindows, WindowRecord
 
@@ -66,6 +77,12 @@ class ShadowComparator:
             next_index=self._store.next_window_index(name),
         )
         self._monitors: dict[str, Any] = {}
+        self._shadow = ShadowCaller(
+            app=self._config.candidate.app,
+            config=self._config.mirror,
+            router=name,
+            observe=self._observe,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._change_lock = asyncio.Lock()
         self._instruments = comparator_instruments()
@@ -76,9 +93,19 @@ class ShadowComparator:
     async def ingest(self, observations: Sequence[Observation]) -> int:
         """Take a router replica's batch; closed windows are finished in the background."""
         for observation in observations:
-            for record in self._windows.add(observation, epoch=self._state.epoch):
-                self._spawn(self._finish(record))
+            self._observe(observation)
         return len(observations)
+
+    async def mirror(self, copies: Sequence[MirrorCopy]) -> int:
+        """Take a router replica's shadow copies, to send to the candidate (bounded: a copy
+        that meets a full queue is dropped and counted)."""
+        for copy in copies:
+            self._shadow.offer(copy)
+        return len(copies)
+
+    def _observe(self, observation: Observation) -> None:
+        for record in self._windows.add(observation, epoch=self._state.epoch):
+            self._spawn(self._finish(record))
 
     async def submit_labels(self, labels: Sequence[tuple[str, int]]) -> int:
         """Join labels the arms accepted; returns how many joined a request kept here."""
@@ -110,6 +137,7 @@ class ShadowComparator:
             windows=tuple(self._records()[-REPORT_WINDOWS:]),
             changes=tuple(changes),
             store_path=str(self._store.path),
+            mirror={**self._shadow.outcomes, "pending": self._shadow.pending()},
         )
 
     async def history(self, limit: int = 50) -> list[RoutingChange]:

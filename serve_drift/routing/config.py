@@ -35,15 +35,20 @@ class ArmConfig(_Frozen):
 class MirrorConfig(_Frozen):
     """Shadow mode: which requests also go to the candidate, and how much waiting is allowed.
 
-    A mirrored request is queued after the incumbent has answered; at most ``max_in_flight``
-    are at the candidate at once and ``queue_size`` wait. Beyond that it is dropped and counted,
-    as is every call that outlives ``timeout_s``.
+    A copy is made after the incumbent has answered. The router replica buffers at most
+    ``buffer_size`` copies and ships them to the comparator in batches of ``batch_size``
+    (every ``flush_interval_s``); the comparator, at low CPU priority, sends them to the
+    candidate, at most ``max_in_flight`` at once with ``queue_size`` waiting, each call
+    bounded by ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted.
     """
 
     fraction: float = Field(1.0, ge=0, le=1)
     queue_size: int = Field(64, ge=1, le=100_000)
     max_in_flight: int = Field(8, ge=1, le=1024)
     timeout_s: float = Field(5.0, gt=0, le=600)
+    buffer_size: int = Field(256, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=10_000)
+    flush_interval_s: float = Field(0.05, gt=0, le=60)
 
 
 class CanaryKey(_Frozen):

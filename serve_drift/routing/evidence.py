@@ -73,6 +73,7 @@ class ShadowReport:
     changes: tuple[RoutingChange, ...]
     store_path: str | None = None
     routing: Mapping[str, Any] = field(default_factory=dict)
+    mirror: Mapping[str, int] = field(default_factory=dict)  # shadow copies, by outcome
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ class ShadowReport:
             "windows": [window_summary(w) for w in self.windows],
             "changes": [c.to_dict() for c in self.changes],
             "store_path": self.store_path,
+            "mirror": dict(self.mirror),
         }
 
 

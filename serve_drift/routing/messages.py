@@ -1,6 +1,7 @@
 """What crosses a process inside a shadow or canary app: router to comparator, and back.
 
 - :class:`Observation`: one routed request, with the answer of each arm that saw it;
+- :class:`MirrorCopy`: a shadow copy of an answered request, for the comparator to send on;
 - :class:`RoutingState`: where traffic goes now (all to one arm after a promotion or a
   rollback, else as configured), polled by every router replica;
 - :class:`ArmLineage` and :class:`RoutingChange`: one promotion, rollback or resumption, with
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from serve_drift.routing.answers import Answer
+from serve_drift.routing.forward import ReplayedRequest
 
 Action = Literal["promote", "rollback", "resume"]
 
@@ -29,6 +31,19 @@ class Observation:
     served_by: str
     incumbent: Answer | None = None
     candidate: Answer | None = None
+
+
+@dataclass(frozen=True)
+class MirrorCopy:
+    """A shadow copy of one request the incumbent answered: the comparator sends ``request``
+    to the candidate under the same correlation and internal IDs, and pairs its answer with
+    ``incumbent``. The request's ``traceparent`` header is the router's span for it."""
+
+    correlation_id: str
+    internal_id: str
+    timestamp: float
+    request: ReplayedRequest
+    incumbent: Answer
 
 
 @dataclass(frozen=True)

@@ -10,29 +10,28 @@
 - ``GET /shadow``, ``GET /shadow/history``, ``POST /shadow/promote|rollback|resume`` (admin).
 - anything else: passed to the arm that answers clients (e.g. ``/drift``, ``/admin/health``).
 
-Spans: ``serve_drift.route`` per request (the arm's request span is its child); each mirrored
-copy gets a ``serve_drift.shadow.mirror`` span in a trace of its own, linked to the request's
-route span, and the candidate's request span is that span's child. Both arms' request spans,
-events and stored rows carry the same correlation ID (Ray Serve passes the request ID along).
+A shadow copy costs this replica an append to a bounded buffer: copies go to the comparator in
+batches, and the comparator sends them to the candidate (:mod:`serve_drift.routing.shadowing`).
+
+Spans: ``serve_drift.route`` per request (the arm's request span is its child); each shadow
+copy gets a ``serve_drift.shadow.mirror`` span in a trace of its own, linked to the route span,
+and the candidate's request span is that span's child. Both arms' request spans, events and
+stored rows carry the same correlation ID.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -41,7 +40,7 @@ from serve_drift.ingress.body import read_body
 from serve_drift.ingress.errors import IngressError
 from serve_drift.request_context import current_request_ids
 from serve_drift.routing.aio import within
-from serve_drift.routing.answers import Answer, AnswerStatus, failed, read_answer
+from serve_drift.routing.answers import failed
 from serve_drift.routing.assignment import Route, route_for
 from serve_drift.routing.changes import ACTIONS, ChangeAnswer, ChangeRequest
 from serve_drift.routing.config import RouterConfig, RouterUpdate
@@ -55,8 +54,13 @@ from serve_drift.routing.http import (
 from serve_drift.routing.instruments import ATTR_ARM, ATTR_MODE, ATTR_ROUTER, router_instruments
 from serve_drift.routing.labels import accepted_labels, merge_answers
 from serve_drift.routing.messages import RoutingState
-from serve_drift.routing.mirror import MirrorQueue, MirrorTimeout
-from serve_drift.routing.shipping import ObservationShipper, PendingObservation, RawAnswer
+from serve_drift.routing.shipping import (
+    PendingCopy,
+    PendingObservation,
+    RawAnswer,
+    copy_shipper,
+    observation_shipper,
+)
 from serve_drift.telemetry import instruments as tel
 
 logger = logging.getLogger(__name__)
@@ -69,19 +73,6 @@ LABEL_ATTEMPTS = 3
 HEALTH_TIMEOUT_S = 2.0
 FIRST_STATE_TIMEOUT_S = 1.0
 APP_RETRY_S = 1.0
-
-
-@dataclass(frozen=True)
-class MirrorJob:
-    """One shadow copy: the request, the context it was made in (the correlation ID rides in
-    Ray Serve's request context), and the incumbent's answer to pair with."""
-
-    context: contextvars.Context
-    request: ReplayedRequest
-    incumbent: RawAnswer
-    correlation_id: str
-    timestamp: float
-    link: trace.SpanContext
 
 
 class ArmHandles:
@@ -151,19 +142,21 @@ class ShadowRouter:
         self._state = RoutingState()
         self._state_known = False
         self._poller: asyncio.Task[None] | None = None
-        mirror = self._base.mirror
-        self._mirror: MirrorQueue[MirrorJob] = MirrorQueue(
-            queue_size=mirror.queue_size,
-            max_in_flight=mirror.max_in_flight,
-            timeout_s=mirror.timeout_s,
-            call=self._call_candidate,
-            done=self._mirrored,
-        )
-        self._shipper = ObservationShipper(
+        self._shipper = observation_shipper(
             config=self._base.comparison.shipping, send=self._send_observations
         )
+        mirror, shipping = self._base.mirror, self._base.comparison.shipping
+        self._copies = copy_shipper(
+            config=shipping.model_copy(
+                update={
+                    "max_queue": mirror.buffer_size,
+                    "batch_size": mirror.batch_size,
+                    "flush_interval_s": mirror.flush_interval_s,
+                }
+            ),
+            send=self._send_copies,
+        )
         self._instruments = router_instruments()
-        self._mirror_outcomes: Counter[str] = Counter()  # this replica's, for /shadow
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: ``mode``, ``mirror_fraction``, ``canary_share``
@@ -220,11 +213,11 @@ class ShadowRouter:
         route = route_for(
             self._config, self._state, correlation_id=correlation_id, headers=request.headers
         )
-        with self._route_span(request, correlation_id, route) as span:
+        with self._route_span(request, correlation_id, route):
+            # The arm's request span becomes this span's child; a shadow copy links to it.
             replayed = ReplayedRequest.of(request, body).with_headers(_trace_carrier())
             result, answers = await self._answer(route, replayed)
-            link = span.get_span_context()
-        self._after_answer(route, replayed, answers, correlation_id, link)
+        self._after_answer(route, replayed, answers)
         return _mark_arm(result, answers)
 
     async def _answer(
@@ -277,21 +270,28 @@ class ShadowRouter:
         )
 
     def _after_answer(
-        self,
-        route: Route,
-        request: ReplayedRequest,
-        answers: dict[str, RawAnswer],
-        correlation_id: str,
-        link: trace.SpanContext,
+        self, route: Route, request: ReplayedRequest, answers: dict[str, RawAnswer]
     ) -> None:
-        """Mirror or record; a failure here is logged and counted, never the client's."""
+        """Copy or record, by appending to a bounded buffer; a failure here is logged and
+        counted, never the client's."""
         try:
+            ids = current_request_ids()
             if route.mirror and "incumbent" in answers:
-                self._offer_mirror(request, answers["incumbent"], correlation_id, link)
+                copy = PendingCopy(
+                    correlation_id=ids.correlation_id,
+                    internal_id=ids.internal_id,
+                    timestamp=time.time(),
+                    request=request,
+                    incumbent=answers["incumbent"],
+                )
+                if not self._copies.offer(copy):
+                    self._instruments.mirrored.add(
+                        1, {ATTR_ROUTER: self._base.name, "outcome": "dropped_router_buffer"}
+                    )
             elif route.mode == "canary":
                 self._shipper.offer(
                     PendingObservation(
-                        correlation_id=correlation_id,
+                        correlation_id=ids.correlation_id,
                         timestamp=time.time(),
                         mode="canary",
                         served_by=route.serve if len(answers) == 1 else "incumbent",
@@ -302,89 +302,11 @@ class ShadowRouter:
         except Exception:
             logger.exception("serve-drift: recording a routed request failed")
 
-    def _offer_mirror(
-        self,
-        request: ReplayedRequest,
-        incumbent: RawAnswer,
-        correlation_id: str,
-        link: trace.SpanContext,
-    ) -> None:
-        job = MirrorJob(
-            context=contextvars.copy_context(),
-            request=request,
-            incumbent=incumbent,
-            correlation_id=correlation_id,
-            timestamp=time.time(),
-            link=link,
-        )
-        if not self._mirror.offer(job):
-            self._count_mirror("dropped_queue_full")
-
-    # --- the mirror (off the request path) ---------------------------------------------------
-
-    async def _call_candidate(self, job: MirrorJob) -> RawAnswer:
-        links = [Link(job.link)] if job.link.is_valid else []
-        span = tel.tracer().start_span(
-            MIRROR_SPAN, context=otel_context.Context(), kind=SpanKind.CLIENT, links=links
-        )
-        span.set_attribute(tel.ATTR_CORRELATION_ID, job.correlation_id)
-        span.set_attribute(ATTR_ROUTER, self._base.name)
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        started = time.perf_counter()
-        try:
-            handle = self._arms.handle("candidate")
-            response = job.context.run(handle.remote, job.request.with_headers(carrier))
-            try:
-                result = await response
-            except asyncio.CancelledError:  # timed out: the candidate need not finish it
-                response.cancel()
-                raise
-            return RawAnswer(result, time.perf_counter() - started)
-        except BaseException as exc:
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            span.end()
-
-    def _mirrored(self, job: MirrorJob, outcome: Any) -> None:
-        """Record one shadow copy's outcome (runs in a mirror worker, after the response)."""
-        candidate, kind = self._candidate_answer(outcome)
-        self._count_mirror(kind)
-        if candidate.latency_s is not None and kind == "completed":
-            self._instruments.mirror_latency.record(
-                candidate.latency_s, {ATTR_ROUTER: self._base.name}
-            )
-        self._shipper.offer(
-            PendingObservation(
-                correlation_id=job.correlation_id,
-                timestamp=job.timestamp,
-                mode="shadow",
-                served_by="incumbent",
-                incumbent=job.incumbent,
-                candidate=RawAnswer(answer=candidate),
-            )
-        )
-
-    def _candidate_answer(self, outcome: Any) -> tuple[Answer, str]:
-        if isinstance(outcome, RawAnswer):
-            answer = read_answer(outcome.result, latency_s=outcome.latency_s)
-            return answer, {"ok": "completed", "invalid": "invalid"}.get(answer.status, "failed")
-        status: AnswerStatus = "error"
-        if isinstance(outcome, MirrorTimeout):
-            status = "timeout"
-        elif isinstance(outcome, RoutingError):
-            status = "unreachable"
-        latency = self._mirror.timeout_s if status == "timeout" else None
-        kind = {"error": "failed"}.get(status, status)
-        return failed(status, latency_s=latency, detail=type(outcome).__name__), kind
-
-    def _count_mirror(self, outcome: str) -> None:
-        self._mirror_outcomes[outcome] += 1
-        self._instruments.mirrored.add(1, {ATTR_ROUTER: self._base.name, "outcome": outcome})
-
     async def _send_observations(self, batch: list[Any]) -> object:
         return await self._comparator.ingest.remote(batch)
+
+    async def _send_copies(self, batch: list[Any]) -> object:
+        return await self._comparator.mirror.remote(batch)
 
     # --- routing state ------------------------------------------------------------------------
 
@@ -521,8 +443,9 @@ class ShadowRouter:
             "state": self._state.to_dict(),
             "replica": {
                 "pid": os.getpid(),
-                "mirror": {"sent": self._mirror.counts["sent"], **self._mirror_outcomes},
-                "mirror_pending": self._mirror.pending(),
+                "copies_shipped": self._copies.shipped,
+                "copies_dropped": dict(self._copies.dropped),
+                "copies_pending": self._copies.pending(),
                 "observations_shipped": self._shipper.shipped,
                 "observations_dropped": dict(self._shipper.dropped),
             },

@@ -72,11 +72,18 @@ class FakeComparator:
 
         self.state = RoutingState()
         self.observations: list[Any] = []
+        self.copies: list[Any] = []
         self.labels: list[Any] = []
         self.changes: list[Any] = []
+        self.mirror_delay_s = 0.0
 
         async def ingest(batch: list[Any]) -> int:
             self.observations.extend(batch)
+            return len(batch)
+
+        async def mirror(batch: list[Any]) -> int:
+            await asyncio.sleep(self.mirror_delay_s)
+            self.copies.extend(batch)
             return len(batch)
 
         async def routing_state() -> Any:
@@ -96,6 +103,7 @@ class FakeComparator:
             return ChangeAnswer(True, self.state, "applied")
 
         self.ingest = FakeMethod(ingest)
+        self.mirror = FakeMethod(mirror)
         self.routing_state = FakeMethod(routing_state)
         self.submit_labels = FakeMethod(submit_labels)
         self.change = FakeMethod(change)

@@ -228,3 +228,34 @@ def test_an_unanswering_monitor_holds_and_the_comparison_still_exports(
     assert drift.status == "unknown"
     agreement = [p.value for p in metric_points(reader, "serve_drift.shadow.agreement")]
     assert agreement and agreement[-1] == 1.0
+
+
+def test_copies_go_to_the_candidate_and_their_answers_fill_the_windows(
+    tmp_path: Path, monitors: dict[str, FakeMonitor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serve_drift.routing import shadowing
+    from serve_drift.routing.forward import ReplayedRequest
+    from serve_drift.routing.messages import MirrorCopy
+    from tests.unit.routing.fakes import FakeArm, answering
+
+    candidate = FakeArm(answering(4, "cand"))
+    monkeypatch.setattr(shadowing, "_app_handle", lambda app: candidate)
+    request = ReplayedRequest.build(method="POST", path="/predict", body=b"png")
+    copies = [
+        MirrorCopy(f"r{i}", f"i{i}", float(i), request, ok(4 if i % 2 else 7, version="inc"))
+        for i in range(WINDOW)
+    ]
+
+    async def run() -> Any:
+        comparator = _comparator(tmp_path / "s.sqlite")
+        await comparator.mirror(copies)
+        await comparator._shadow.drain()
+        await _settle(comparator)
+        return await comparator.report()
+
+    report = asyncio.run(run())
+    assert len(candidate.requests) == WINDOW
+    assert report.mirror["completed"] == WINDOW
+    (window,) = report.windows
+    assert window.comparison.pairs.pairs == WINDOW and window.comparison.pairs.agreement == 0.5
+    assert window.comparison.pairs.flips == ((7, 4, WINDOW // 2),)

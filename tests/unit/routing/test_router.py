@@ -66,88 +66,52 @@ def _json(response: Any) -> Any:
 
 
 async def _settle(router: ShadowRouter) -> None:
-    await router._mirror.drain()
-    await asyncio.sleep(0.05)  # one shipper flush
+    await asyncio.sleep(0.1)  # a few shipper flushes
 
 
-def test_shadow_answers_from_the_incumbent_and_pairs_the_candidates_answer(
+def test_shadow_answers_from_the_incumbent_and_ships_a_copy_to_the_comparator(
     arms: dict[str, FakeArm],
 ) -> None:
+    from serve_drift.request_context import RequestIds, bind_request_ids
+
     comparator = FakeComparator()
 
     async def run() -> list[Any]:
         router = _router(comparator)
-        responses = [await router(_predict(f"r{i}")) for i in range(5)]
+        responses = []
+        for i in range(5):
+            with bind_request_ids(RequestIds(f"r{i}", f"internal-{i}")):  # as Ray Serve would
+                responses.append(await router(_predict(f"r{i}")))
         await _settle(router)
         return responses
 
     responses = asyncio.run(run())
     assert {_json(r)["model_version"] for r in responses} == {"inc-v1"}
     assert {r.headers["x-serve-drift-arm"] for r in responses} == {"incumbent"}
-    assert len(arms["cand-app"].requests) == 5
-    mirrored = arms["cand-app"].requests[0]
-    assert mirrored.replay_body == b"png bytes" and mirrored.url.path == "/predict"
-    assert len(comparator.observations) == 5
-    observation = comparator.observations[0]
-    assert observation.incumbent.model_version == "inc-v1"
-    assert observation.candidate.model_version == "cand-v1" and observation.candidate.ok
+    assert not arms["cand-app"].requests  # the router never calls the candidate itself
+    assert [c.correlation_id for c in comparator.copies] == [f"r{i}" for i in range(5)]
+    copy = comparator.copies[0]
+    assert copy.internal_id == "internal-0" and copy.request.replay_body == b"png bytes"
+    assert copy.request.url.path == "/predict" and copy.incumbent.model_version == "inc-v1"
 
 
-@pytest.mark.parametrize("fault", ["raises", "hangs", "garbage", "error_status"])
-def test_a_faulty_candidate_never_changes_an_incumbent_response(
-    arms: dict[str, FakeArm], fault: str
+def test_a_slow_comparator_fills_the_copy_buffer_and_the_router_still_answers(
+    arms: dict[str, FakeArm],
 ) -> None:
-    async def faulty(request: Any) -> Any:
-        if fault == "raises":
-            raise RuntimeError("candidate bug")
-        if fault == "hangs":
-            await asyncio.sleep(3600)
-        if fault == "error_status":
-            return JSONResponse({"error": {"code": "internal_error"}}, status_code=500)
-        return {"class_index": 1, "confidence": float("nan")}
-
-    arms["cand-app"] = FakeArm(faulty)
     comparator = FakeComparator()
+    comparator.mirror_delay_s = 3600
 
     async def run() -> tuple[list[Any], dict[str, int]]:
-        router = _router(comparator)
-        responses = [await router(_predict(f"r{i}")) for i in range(6)]
-        await _settle(router)
-        return responses, dict(router._mirror.counts)
+        router = _router(comparator, mirror={"buffer_size": 4, "batch_size": 2})
+        responses = [await router(_predict(f"r{i}")) for i in range(20)]
+        await asyncio.sleep(0.05)
+        dropped = dict(router._copies.dropped)
+        await router._copies.stop()
+        return responses, dropped
 
-    responses, counts = asyncio.run(run())
-    assert counts["sent"] == 6
+    responses, dropped = asyncio.run(run())
     assert all(r.status_code == 200 and _json(r)["model_version"] == "inc-v1" for r in responses)
-    expected = {
-        "raises": "error",
-        "hangs": "timeout",
-        "garbage": "invalid",
-        "error_status": "error",
-    }
-    statuses = {o.candidate.status for o in comparator.observations}
-    assert statuses == {expected[fault]}
-    if fault == "hangs":  # timed out copies are cancelled at the candidate
-        assert all(r.cancelled for r in arms["cand-app"].call.responses)
-
-
-def test_a_full_mirror_drops_copies_and_still_answers(arms: dict[str, FakeArm]) -> None:
-    async def hang(request: Any) -> Any:
-        await asyncio.sleep(3600)
-
-    arms["cand-app"] = FakeArm(hang)
-
-    async def run() -> tuple[list[Any], dict[str, int]]:
-        router = _router(
-            FakeComparator(), mirror={"queue_size": 2, "max_in_flight": 1, "timeout_s": 60}
-        )
-        responses = [await router(_predict(f"r{i}")) for i in range(10)]
-        counts = dict(router._mirror.counts)
-        await router._mirror.stop()
-        return responses, counts
-
-    responses, counts = asyncio.run(run())
-    assert all(r.status_code == 200 for r in responses)
-    assert counts["sent"] == 3 and counts["dropped_queue_full"] == 7
+    assert dropped.get("queue_full", 0) >= 20 - 4 - 2  # at most a buffer and a batch in flight
 
 
 def test_canary_keeps_each_caller_on_one_arm_and_changes_share_at_run_time(
@@ -213,6 +177,25 @@ def test_a_promotion_recorded_before_a_restart_is_honoured_on_the_first_request(
     response = asyncio.run(run())
     assert _json(response)["model_version"] == "cand-v1"
     assert not arms["inc-app"].requests
+
+
+def test_the_route_span_is_the_parent_of_the_arms_request_span(arms: dict[str, FakeArm]) -> None:
+    from opentelemetry import trace
+
+    from tests.support.telemetry_memory import memory_telemetry
+
+    spans, _ = memory_telemetry()
+    spans.clear()
+
+    async def run() -> None:
+        await _router(FakeComparator())(_predict("traced"))
+
+    asyncio.run(run())
+    (route,) = [s for s in spans.get_finished_spans() if s.name == "serve_drift.route"]
+    assert route.attributes["serve_drift.arm"] == "incumbent"
+    assert route.attributes["serve_drift.shadow.mirrored"] is True
+    span_id = trace.format_span_id(route.context.span_id)
+    assert span_id in arms["inc-app"].requests[0].headers["traceparent"]
 
 
 def test_admin_routes_need_the_token_and_promotion_shifts_traffic(arms: dict[str, FakeArm]) -> None:
@@ -281,40 +264,3 @@ def test_an_alertmanager_webhook_rolls_back_while_firing_only() -> None:
     request = change_request("rollback", firing)
     assert request is not None and request.actor == "alert" and "CandidateDrift" in request.reason
     assert change_request("rollback", {**firing, "status": "resolved"}) is None
-
-
-def test_the_candidates_request_is_traced_in_a_mirror_span_linked_to_the_route_span(
-    arms: dict[str, FakeArm],
-) -> None:
-    from opentelemetry import trace
-
-    from tests.support.telemetry_memory import memory_telemetry
-
-    spans, _ = memory_telemetry()
-    spans.clear()
-
-    from serve_drift.request_context import RequestIds, bind_request_ids
-
-    async def run() -> None:
-        router = _router(FakeComparator())
-        with bind_request_ids(RequestIds("traced-1", "internal-1")):  # as Ray Serve would
-            await router(_predict("traced-1"))
-        await _settle(router)
-
-    asyncio.run(run())
-    finished = {s.name: s for s in spans.get_finished_spans()}
-    route, mirror = finished["serve_drift.route"], finished["serve_drift.shadow.mirror"]
-    assert route.attributes["serve_drift.correlation_id"] == "traced-1"
-    assert mirror.attributes["serve_drift.correlation_id"] == "traced-1"
-    assert [link.context.span_id for link in mirror.links] == [route.context.span_id]
-    assert mirror.context.trace_id != route.context.trace_id  # its own trace: no long tail
-    incumbent_request = arms["inc-app"].requests[0]
-    candidate_request = arms["cand-app"].requests[0]
-
-    def ids(span: Any) -> str:
-        context = span.context
-        return f"{trace.format_trace_id(context.trace_id)}-{trace.format_span_id(context.span_id)}"
-
-    route_ids, mirror_ids = ids(route), ids(mirror)
-    assert route_ids in incumbent_request.headers["traceparent"]
-    assert mirror_ids in candidate_request.headers["traceparent"]

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from serve_drift.config import ShippingConfig
 from serve_drift.routing.messages import Observation
-from serve_drift.routing.shipping import ObservationShipper, PendingObservation, RawAnswer
+from serve_drift.routing.shipping import PendingObservation, RawAnswer, observation_shipper
 
 
 def _pending(i: int) -> PendingObservation:
@@ -31,7 +31,7 @@ def test_observations_arrive_parsed_in_batches() -> None:
         async def send(batch: list[Observation]) -> None:
             received.append(batch)
 
-        shipper = ObservationShipper(
+        shipper = observation_shipper(
             config=ShippingConfig(batch_size=4, flush_interval_s=0.01), send=send
         )
         for i in range(10):
@@ -51,7 +51,7 @@ def test_a_full_buffer_and_an_unreachable_comparator_drop_and_count() -> None:
         async def send(batch: list[Observation]) -> Any:
             raise ConnectionError("comparator gone")
 
-        shipper = ObservationShipper(
+        shipper = observation_shipper(
             config=ShippingConfig(max_queue=3, batch_size=10, flush_interval_s=0.01), send=send
         )
         for i in range(5):
