@@ -7,8 +7,11 @@ One Ray Serve instance, in one run, alternating rounds over real HTTP:
   nothing);
 - ``mirror``: an identical router, mirror fraction 1.0 to a real candidate (the digits CNN,
   another seed: the same work as the incumbent, with its own drift monitor);
+- ``nice``: the same, to a second copy of that candidate whose replicas run at nice 10
+  (``niceness: 10``), so that under contention its copies wait or are dropped;
 - ``null``: an identical router, mirror fraction 1.0 to a candidate that answers at once
-  (the mirror's own cost: enqueue, handle call, pairing, shipping, comparison).
+  (the mirror's own cost: the router's buffer, batches to the comparator, the comparator's
+  call per copy, pairing and comparison).
 
 Every arm is the ready-made app with the default detector and the event log; the OTel SDK is
 on in every process, exporting (to JSON-lines files unless OTEL_EXPORTER_OTLP_ENDPOINT is set).
@@ -38,8 +41,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import LoadResult, drive, merge, png_bodies  # the same load generator
 
-VARIANTS = ("direct", "router", "mirror", "null")
-PREFIXES = {"direct": "/direct", "router": "/router", "mirror": "/mirror", "null": "/null"}
+VARIANTS = ("direct", "router", "mirror", "nice", "null")
+PREFIXES = {name: f"/{name}" for name in VARIANTS}
 ADMIN_TOKEN = "benchmark-admin-token-" + os.urandom(8).hex()
 
 
@@ -82,8 +85,9 @@ def deploy(store: Path) -> None:
     from serve_drift.tools.shadow_models import build_app as build_variant
 
     serve.run(build_app(_arm_args("incumbent", store)), name="incumbent", route_prefix="/direct")
-    candidate = {**_arm_args("candidate", store), "variant": {"seed": 1, "epochs": 30}}
-    serve.run(build_variant(candidate), name="candidate", route_prefix=None)
+    for name, niceness in (("candidate", 0), ("nice-candidate", 10)):
+        args = {**_arm_args(name, store), "variant": {"seed": 1, "epochs": 30}}
+        serve.run(build_variant({**args, "niceness": niceness}), name=name, route_prefix=None)
     null: Any = serve.deployment(NullCandidate)
     serve.run(
         null.options(max_ongoing_requests=64).bind(), name="null-candidate", route_prefix=None
@@ -91,6 +95,7 @@ def deploy(store: Path) -> None:
     for name, candidate_app, fraction in (
         ("router", "candidate", 0.0),
         ("mirror", "candidate", 1.0),
+        ("nice", "nice-candidate", 1.0),
         ("null", "null-candidate", 1.0),
     ):
         args = _router_args(name, candidate_app, fraction, store)
@@ -115,9 +120,11 @@ def run_rounds(args: argparse.Namespace, base: str) -> dict[tuple[int, str], Loa
 
 
 def mirror_outcomes(base: str, name: str) -> dict[str, int]:
+    """Copies by outcome: dropped at the router's buffer, then as the comparator counted them."""
     headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     body = httpx.get(f"{base}{PREFIXES[name]}/shadow", headers=headers, timeout=30).json()
-    return dict(body["routing"]["replica"]["mirror"])
+    router_dropped = body["routing"]["replica"]["copies_dropped"]
+    return {**body["mirror"], **{f"router_{k}": v for k, v in router_dropped.items()}}
 
 
 def print_results(args: argparse.Namespace, results: dict[tuple[int, str], LoadResult]) -> None:
@@ -152,6 +159,12 @@ def print_verdicts(args: argparse.Namespace, results: dict[tuple[int, str], Load
     print(f"  null/router = {null_ratio:.3f}: the mirror's own cost, {mechanism:+.1f} req/s")
     share = (loss - mechanism) / loss if loss > 0 else float("nan")
     print(f"  the candidate's own compute: {loss - mechanism:+.1f} req/s ({share:.0%} of the loss)")
+    nice = busy["nice"].throughput / busy["router"].throughput
+    nice_added = light["nice"].percentile_ms(50) - light["router"].percentile_ms(50)
+    print(
+        f"With the candidate at nice 10: throughput {nice:.3f} ({_met(nice >= 0.95)}), "
+        f"p50 added {nice_added:+.2f} ms ({_met(nice_added <= 1.0)}); see its drops above"
+    )
     hop = busy["direct"].throughput / busy["router"].throughput
     hop_ms = light["router"].percentile_ms(50) - light["direct"].percentile_ms(50)
     print(f"  the router hop itself: direct/router = {hop:.3f}, p50 {hop_ms:+.2f} ms at 1 client")
@@ -188,15 +201,21 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         started = time.monotonic()
         deploy(work)
-        print(f"Deployed 3 apps and 3 routers in {time.monotonic() - started:.0f} s; {work}")
+        print(f"Deployed 4 apps and 4 routers in {time.monotonic() - started:.0f} s; {work}")
         base = f"http://127.0.0.1:{args.port}"
         results = run_rounds(args, base)
         print_results(args, results)
-        outcomes = mirror_outcomes(base, "mirror")
-        dropped = outcomes.get("dropped_queue_full", 0)
-        print(f"\nMirror to the real candidate, whole run: {outcomes}")
-        print(f"  copies dropped (queue full): {dropped} of {outcomes.get('sent', 0) + dropped}")
-        print(f"Mirror to the null candidate, whole run: {mirror_outcomes(base, 'null')}")
+        copies_to = (
+            ("mirror", "the real candidate"),
+            ("nice", "the real candidate at nice 10"),
+            ("null", "the null candidate"),
+        )
+        for name, what in copies_to:
+            outcomes = mirror_outcomes(base, name)
+            total = sum(v for k, v in outcomes.items() if k != "pending")
+            dropped = sum(v for k, v in outcomes.items() if "dropped" in k)
+            print(f"\nCopies to {what}, whole run: {outcomes}")
+            print(f"  dropped: {dropped} of {total} ({dropped / max(total, 1):.1%})")
         print_verdicts(args, results)
     finally:
         serve.shutdown()

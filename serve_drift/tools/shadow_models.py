@@ -26,6 +26,7 @@ from serve_drift.apps.classifier import AppArgs, ImageClassifier, _deployment_op
 from serve_drift.config import DriftConfig
 from serve_drift.models import digits
 from serve_drift.models.default_reference import DATA_VERSION
+from serve_drift.monitor.deployment import _lower_priority as lower_priority
 from serve_drift.reference.embed import embed_outputs
 from serve_drift.reference.reference_set import ReferenceSet
 
@@ -63,16 +64,24 @@ def variant_reference(variant: DigitsVariant) -> tuple[Path, str]:
 
 
 class VariantClassifier(ImageClassifier):
-    """The ready-made classifier, serving a digits variant instead of the default model."""
+    """The ready-made classifier, serving a digits variant instead of the default model.
+
+    ``niceness`` > 0 lowers the replica's CPU priority (Unix nice), as a shadow candidate may
+    want: under contention its copies wait (and are dropped beyond the mirror's queue) while
+    the incumbent keeps the CPU. A promoted candidate is redeployed without it.
+    """
 
     def __init__(
         self,
         model: Mapping[str, Any],
         *,
         variant: Mapping[str, Any],
+        niceness: int = 0,
         top_k: int = 5,
         ingress: Mapping[str, Any] | None = None,
     ) -> None:
+        if niceness:
+            lower_priority(niceness)
         super().__init__(model, top_k=top_k, ingress=ingress)
         chosen = DigitsVariant.model_validate(dict(variant))
         net, info = digits.load_or_train_digits_model(seed=chosen.seed, epochs=chosen.epochs)
@@ -81,7 +90,8 @@ class VariantClassifier(ImageClassifier):
 
 
 def build_app(args: Mapping[str, Any]) -> Any:
-    """Serve application builder: the ready-made app's ``args`` plus ``variant``.
+    """Serve application builder: the ready-made app's ``args`` plus ``variant`` (and an
+    optional ``niceness`` for the replicas, see :class:`VariantClassifier`).
 
     The same deployment as ``serve_drift.apps.classifier:build_app`` builds, with
     :class:`VariantClassifier` in place of the ready-made classifier.
@@ -93,6 +103,7 @@ def build_app(args: Mapping[str, Any]) -> Any:
 
     rest = dict(args)
     variant = DigitsVariant.model_validate(rest.pop("variant", {}))
+    niceness = int(rest.pop("niceness", 0))
     parsed = AppArgs.model_validate(rest)
     if parsed.model.source != "digits":
         raise ValueError("a digits variant needs model.source: digits")
@@ -106,6 +117,7 @@ def build_app(args: Mapping[str, Any]) -> Any:
         deployment,
         parsed.model.model_dump(mode="json"),
         variant=variant.model_dump(),
+        niceness=niceness,
         top_k=parsed.top_k,
         ingress=parsed.ingress.model_dump(mode="json"),
         monitor_options=parsed.monitor,
