@@ -13,6 +13,7 @@ both arms keep running, so no request fails because of a change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,3 +104,25 @@ def _rollback_target(target: str, *, has_fallback: bool) -> str:
     if target not in ("incumbent", "fallback"):
         raise ChangeRefused("invalid_target", "roll back to 'incumbent' or 'fallback'")
     return target
+
+
+def change_request(action: str, body: Mapping[str, Any]) -> ChangeRequest | None:
+    """A change from an admin body, or from an Alertmanager webhook (``alerts`` present):
+    a firing alert rolls back with the alert's name as the reason; a resolved one is None."""
+    verb = next(a for a in ACTIONS if a == action)
+    if "alerts" in body:
+        if body.get("status") != "firing":
+            return None
+        names = sorted({str(a.get("labels", {}).get("alertname", "?")) for a in body["alerts"]})
+        reason = f"alert firing: {', '.join(names)}"
+        return ChangeRequest(verb, actor="alert", reason=reason, target=_target(body))
+    return ChangeRequest(
+        verb,
+        reason=str(body.get("reason", ""))[:500],
+        force=bool(body.get("force", False)),
+        target=_target(body),
+    )
+
+
+def _target(body: Mapping[str, Any]) -> str:
+    return str(body.get("target") or body.get("commonLabels", {}).get("target") or "incumbent")

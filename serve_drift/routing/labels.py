@@ -13,6 +13,7 @@ an item is ``accepted`` when any arm accepted it; otherwise the most telling ans
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,3 +47,22 @@ def accepted_labels(payload: Any, merged: Sequence[dict[str, Any]]) -> list[tupl
         if answer.get("status") == "accepted" and label is not None:
             found.append((str(getattr(item, "correlation_id", "")), int(label)))
     return found
+
+
+def read_json_answer(result: Any) -> Any:
+    """The JSON an arm (or a client) sent, from a response, bytes or an object."""
+    raw = getattr(result, "body", result)
+    if isinstance(raw, bytes | bytearray | str):
+        return json.loads(raw)
+    return raw
+
+
+def label_results(result: Any) -> list[dict[str, Any]] | None:
+    """An arm's per-item answers to a labels request, or None when it gave none."""
+    if isinstance(result, BaseException) or getattr(result, "status_code", 200) != 200:
+        return None
+    try:
+        results = read_json_answer(result).get("results")
+    except Exception:
+        return None
+    return results if isinstance(results, list) else None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -41,8 +40,9 @@ from serve_drift.ingress.errors import IngressError
 from serve_drift.request_context import current_request_ids
 from serve_drift.routing.aio import within
 from serve_drift.routing.answers import failed
+from serve_drift.routing.arms import ArmHandles, arm_apps
 from serve_drift.routing.assignment import Route, route_for
-from serve_drift.routing.changes import ACTIONS, ChangeAnswer, ChangeRequest
+from serve_drift.routing.changes import ACTIONS, ChangeAnswer, change_request
 from serve_drift.routing.config import RouterConfig, RouterUpdate
 from serve_drift.routing.forward import ReplayedRequest
 from serve_drift.routing.http import (
@@ -52,7 +52,12 @@ from serve_drift.routing.http import (
     json_object,
 )
 from serve_drift.routing.instruments import ATTR_ARM, ATTR_MODE, ATTR_ROUTER, router_instruments
-from serve_drift.routing.labels import accepted_labels, merge_answers
+from serve_drift.routing.labels import (
+    accepted_labels,
+    label_results,
+    merge_answers,
+    read_json_answer,
+)
 from serve_drift.routing.messages import RoutingState
 from serve_drift.routing.shipping import (
     PendingCopy,
@@ -75,50 +80,6 @@ FIRST_STATE_TIMEOUT_S = 1.0
 APP_RETRY_S = 1.0
 
 
-class ArmHandles:
-    """DeploymentHandles to the arms' applications, looked up on first use and kept."""
-
-    def __init__(self, config: RouterConfig) -> None:
-        self._apps = {
-            name: arm.app
-            for name in ("incumbent", "candidate", "fallback")
-            if (arm := config.arm(name)) is not None
-        }
-        self._handles: dict[str, Any] = {}
-        self._failed_at: dict[str, float] = {}
-
-    def names(self) -> list[str]:
-        return list(self._apps)
-
-    def handle(self, arm: str) -> Any:
-        found = self._handles.get(arm)
-        if found is not None:
-            return found
-        app = self._apps.get(arm)
-        if app is None:
-            raise RoutingError("arm_unavailable", f"no {arm} arm is configured")
-        if time.monotonic() - self._failed_at.get(arm, -APP_RETRY_S) < APP_RETRY_S:
-            raise RoutingError("arm_unavailable", f"the {arm} app {app!r} is not deployed")
-        try:
-            found = _app_handle(app)
-        except Exception:
-            self._failed_at[arm] = time.monotonic()
-            raise RoutingError(
-                "arm_unavailable", f"the {arm} app {app!r} is not deployed"
-            ) from None
-        self._handles[arm] = found
-        return found
-
-    async def call(self, arm: str, request: ReplayedRequest) -> Any:
-        return await self.handle(arm).remote(request)
-
-
-def _app_handle(app: str) -> Any:
-    from ray import serve
-
-    return serve.get_app_handle(app)
-
-
 def _segments(request: Request) -> tuple[str, str]:
     parts = request.url.path.rstrip("/").rsplit("/", 2)
     return (parts[-2] if len(parts) > 1 else ""), parts[-1]
@@ -138,7 +99,7 @@ class ShadowRouter:
             token_env=self._base.admin.token_env, token_file=self._base.admin.token_file
         )
         self._comparator = comparator
-        self._arms = ArmHandles(self._base)
+        self._arms = ArmHandles(arm_apps(self._base))
         self._state = RoutingState()
         self._state_known = False
         self._poller: asyncio.Task[None] | None = None
@@ -373,7 +334,7 @@ class ShadowRouter:
         results = await asyncio.gather(
             *(self._call_arm(arm, replayed) for arm in arms), return_exceptions=True
         )
-        per_arm = [_label_results(result) for result in results]
+        per_arm = [label_results(result) for result in results]
         if not any(per_arm):  # nobody judged the items (a malformed body): the incumbent says why
             if isinstance(results[0], BaseException):
                 raise RoutingError("arm_unavailable", "the incumbent did not answer")
@@ -472,50 +433,10 @@ class ShadowRouter:
             yield span
 
 
-def change_request(action: str, body: Mapping[str, Any]) -> ChangeRequest | None:
-    """A change from an admin body, or from an Alertmanager webhook (``alerts`` present):
-    a firing alert rolls back with the alert's name as the reason; a resolved one is None."""
-    verb = next(a for a in ACTIONS if a == action)
-    if "alerts" in body:
-        if body.get("status") != "firing":
-            return None
-        names = sorted({str(a.get("labels", {}).get("alertname", "?")) for a in body["alerts"]})
-        reason = f"alert firing: {', '.join(names)}"
-        return ChangeRequest(verb, actor="alert", reason=reason, target=_target(body))
-    return ChangeRequest(
-        verb,
-        reason=str(body.get("reason", ""))[:500],
-        force=bool(body.get("force", False)),
-        target=_target(body),
-    )
-
-
-def _target(body: Mapping[str, Any]) -> str:
-    return str(body.get("target") or body.get("commonLabels", {}).get("target") or "incumbent")
-
-
 def _trace_carrier() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-def read_json_answer(result: Any) -> Any:
-    """The JSON an arm (or a client) sent, from a response, bytes or an object."""
-    raw = getattr(result, "body", result)
-    if isinstance(raw, bytes | bytearray | str):
-        return json.loads(raw)
-    return raw
-
-
-def _label_results(result: Any) -> list[dict[str, Any]] | None:
-    if isinstance(result, BaseException) or getattr(result, "status_code", 200) != 200:
-        return None
-    try:
-        results = read_json_answer(result).get("results")
-    except Exception:
-        return None
-    return results if isinstance(results, list) else None
 
 
 def _mark_arm(result: Any, answers: Mapping[str, RawAnswer]) -> Any:

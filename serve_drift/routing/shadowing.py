@@ -23,6 +23,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from serve_drift.routing.answers import Answer, AnswerStatus, failed, read_answer
+from serve_drift.routing.arms import ArmHandles
 from serve_drift.routing.config import MirrorConfig
 from serve_drift.routing.forward import request_context_for
 from serve_drift.routing.http import RoutingError
@@ -35,13 +36,6 @@ from serve_drift.telemetry import instruments as tel
 logger = logging.getLogger(__name__)
 
 MIRROR_SPAN = "serve_drift.shadow.mirror"
-APP_RETRY_S = 1.0
-
-
-def _app_handle(app: str) -> Any:
-    from ray import serve
-
-    return serve.get_app_handle(app)
 
 
 class ShadowCaller:
@@ -58,8 +52,7 @@ class ShadowCaller:
         self._app = app
         self._router = router
         self._observe = observe
-        self._handle: Any = None
-        self._failed_at = -APP_RETRY_S
+        self._arms = ArmHandles({"candidate": app})
         self._queue: MirrorQueue[MirrorCopy] = MirrorQueue(
             queue_size=config.queue_size,
             max_in_flight=config.max_in_flight,
@@ -79,19 +72,6 @@ class ShadowCaller:
     async def drain(self) -> None:
         await self._queue.drain()
 
-    async def _candidate(self) -> Any:
-        if self._handle is None:
-            if time.monotonic() - self._failed_at < APP_RETRY_S:
-                raise RoutingError("arm_unavailable", f"the candidate app {self._app!r} is missing")
-            try:
-                self._handle = await asyncio.to_thread(_app_handle, self._app)
-            except Exception:
-                self._failed_at = time.monotonic()
-                raise RoutingError(
-                    "arm_unavailable", f"the candidate app {self._app!r} is missing"
-                ) from None
-        return self._handle
-
     async def _call(self, copy: MirrorCopy) -> RawAnswer:
         route = trace.get_current_span(propagate.extract(copy.request.headers)).get_span_context()
         span = tel.tracer().start_span(
@@ -105,7 +85,7 @@ class ShadowCaller:
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         started = time.perf_counter()
         try:
-            handle = await self._candidate()
+            handle = self._arms.handle("candidate")
             ids = request_context_for(
                 correlation_id=copy.correlation_id, internal_id=copy.internal_id
             )

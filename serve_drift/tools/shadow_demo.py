@@ -209,13 +209,13 @@ def _phase(
 
 
 def _print_report(report: dict[str, Any], console: Console) -> None:
-    from serve_drift.tools.shadow_cli import format_report
+    from serve_drift.tools.shadow_tables import format_report
 
     console.print(format_report(report), markup=False, highlight=False, soft_wrap=True)
 
 
 def _apply(client: httpx.Client, action: str, reason: str, console: Console) -> bool:
-    from serve_drift.tools.shadow_cli import format_change
+    from serve_drift.tools.shadow_tables import format_change
 
     response = client.post(f"/shadow/{action}", json={"reason": reason})
     body = response.json()

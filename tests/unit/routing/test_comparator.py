@@ -233,13 +233,13 @@ def test_an_unanswering_monitor_holds_and_the_comparison_still_exports(
 def test_copies_go_to_the_candidate_and_their_answers_fill_the_windows(
     tmp_path: Path, monitors: dict[str, FakeMonitor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from serve_drift.routing import shadowing
+    from serve_drift.routing import arms as arms_module
     from serve_drift.routing.forward import ReplayedRequest
     from serve_drift.routing.messages import MirrorCopy
     from tests.unit.routing.fakes import FakeArm, answering
 
     candidate = FakeArm(answering(4, "cand"))
-    monkeypatch.setattr(shadowing, "_app_handle", lambda app: candidate)
+    monkeypatch.setattr(arms_module, "_app_handle", lambda app: candidate)
     request = ReplayedRequest.build(method="POST", path="/predict", body=b"png")
     copies = [
         MirrorCopy(f"r{i}", f"i{i}", float(i), request, ok(4 if i % 2 else 7, version="inc"))

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from starlette.responses import JSONResponse
 
-from serve_drift.routing import router as router_module
+from serve_drift.routing import arms as arms_module
+from serve_drift.routing.changes import change_request
 from serve_drift.routing.forward import ReplayedRequest
-from serve_drift.routing.router import ShadowRouter, change_request
+from serve_drift.routing.router import ShadowRouter
 from tests.unit.routing.fakes import FakeArm, FakeComparator, answering
 
 TOKEN = "unit-admin-token-0123456789"
@@ -37,7 +38,7 @@ def arms(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeArm]]:
             raise KeyError(app)
         return found[app]
 
-    monkeypatch.setattr(router_module, "_app_handle", app_handle)
+    monkeypatch.setattr(arms_module, "_app_handle", app_handle)
     yield found
 
 

@@ -16,7 +16,7 @@ from serve_drift.routing.evidence import ShadowReport
 from serve_drift.routing.messages import ArmLineage, RoutingChange, RoutingState
 from serve_drift.routing.store import ComparisonStore
 from serve_drift.routing.windows import ComparisonWindows
-from serve_drift.tools import shadow_cli
+from serve_drift.tools import shadow_cli, shadow_tables
 from tests.unit.routing.support import ok, shadow
 
 
@@ -68,7 +68,7 @@ def test_the_live_report_table_shows_routing_windows_and_checks(tmp_path: Path) 
         "shadow", 1.0, RoutingState("incumbent", 1, 100.0), decision, windows, changes
     )
     body = {**report.to_dict(), "routing": {"mode": "shadow", "mirror_fraction": 1.0}}
-    text = shadow_cli.format_report(body)
+    text = shadow_tables.format_report(body)
     assert "traffic all to the incumbent (mode shadow, mirror 100%), epoch 1" in text
     assert "decision: HOLD" in text and "evidence" in text
     # The current epoch has no window yet: the table shows the latest epoch that has.
@@ -77,8 +77,8 @@ def test_the_live_report_table_shows_routing_windows_and_checks(tmp_path: Path) 
 
 def test_the_table_shows_the_current_epochs_windows() -> None:
     windows = [{"epoch": 0, "index": 0}, {"epoch": 1, "index": 1}, {"epoch": 2, "index": 2}]
-    assert [w["index"] for w in shadow_cli.shown_windows(windows, epoch=1)] == [1]
-    assert [w["index"] for w in shadow_cli.shown_windows(windows, epoch=5)] == [2]
+    assert [w["index"] for w in shadow_tables.shown_windows(windows, epoch=1)] == [1]
+    assert [w["index"] for w in shadow_tables.shown_windows(windows, epoch=5)] == [2]
 
 
 def test_commands_that_talk_to_the_router_need_the_admin_token(

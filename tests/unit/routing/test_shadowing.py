@@ -10,7 +10,7 @@ import pytest
 from opentelemetry import trace
 from starlette.responses import JSONResponse
 
-from serve_drift.routing import shadowing
+from serve_drift.routing import arms as arms_module
 from serve_drift.routing.config import MirrorConfig
 from serve_drift.routing.forward import ReplayedRequest
 from serve_drift.routing.messages import MirrorCopy, Observation
@@ -39,7 +39,7 @@ def _run(
             raise LookupError(app)
         return candidate
 
-    monkeypatch.setattr(shadowing, "_app_handle", app_handle)
+    monkeypatch.setattr(arms_module, "_app_handle", app_handle)
     seen: list[Observation] = []
 
     async def run() -> dict[str, int]:
