@@ -195,7 +195,7 @@ def main() -> None:
     from serve_drift.tools.local_ray import start_local_ray
 
     start_local_ray(
-        num_cpus=8, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False
+        num_cpus=16, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

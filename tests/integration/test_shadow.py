@@ -5,9 +5,7 @@ and rollback during load fail no request."""
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections import Counter
 from typing import Any
 
 import httpx
@@ -19,6 +17,7 @@ from tests.support.serve import ServeInstance
 from tests.support.shadow import (
     EQUAL,
     WEAK,
+    BackgroundLoad,
     change,
     deploy_incumbent,
     deploy_router,
@@ -175,43 +174,18 @@ def test_an_equal_candidate_is_promoted(apps: dict[str, Any]) -> None:
 def test_promote_and_rollback_under_load_fail_no_request(apps: dict[str, Any]) -> None:
     url = apps["url"]
     bodies, _ = traffic(40, seed=5)
-    statuses: Counter[int] = Counter()
-    versions: list[str] = []
-    stop = threading.Event()
-
-    def load(worker: int) -> None:
-        with httpx.Client(timeout=60) as client:
-            i = 0
-            while not stop.is_set():
-                response = client.post(
-                    f"{url}/predict",
-                    content=bodies[i % len(bodies)],
-                    headers={"content-type": "image/png", "x-request-id": f"load-{worker}-{i}"},
-                )
-                statuses[response.status_code] += 1
-                if response.status_code == 200:
-                    versions.append(response.json()["model_version"])
-                i += 1
-
-    workers = [threading.Thread(target=load, args=(w,)) for w in range(4)]
-    for worker in workers:
-        worker.start()
-    try:
+    with BackgroundLoad(url, bodies, workers=4, tag="load") as load:
         for action, body in (
             ("rollback", {}),
             ("resume", {}),
             ("promote", {"force": True, "reason": "load test"}),
             ("rollback", {"reason": "load test"}),
         ):
-            wait(lambda: sum(statuses.values()) > 30, what="load")
-            before = sum(statuses.values())
+            before = load.sent
+            wait(lambda b=before: load.sent > b + 30, what="load before the change")
             assert change(url, action, **body)["applied"]
-            wait(lambda b=before: sum(statuses.values()) > b + 30, what="load after the change")
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
-    assert set(statuses) == {200}, statuses
-    assert {version_of(), version_of(1, 30)} <= set(versions)  # both arms answered in turn
+        wait(lambda b=load.sent: load.sent > b + 30, what="load after the last change")
+    assert set(load.statuses) == {200}, load.statuses
+    assert {version_of(), version_of(1, 30)} <= set(load.versions)  # both arms answered in turn
     history = httpx.get(f"{url}/shadow/history", headers={"authorization": "Bearer x"}, timeout=10)
     assert history.status_code == 401

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -20,6 +19,7 @@ import torch
 from serve_drift import monitored
 from tests.support.serve import ServeInstance
 from tests.support.shadow import (
+    BackgroundLoad,
     deploy_incumbent,
     deploy_router,
     report,
@@ -174,28 +174,7 @@ def test_a_candidate_killed_mid_load_fails_no_incumbent_request(apps: dict[str, 
     handle = serve.get_app_handle(CANDIDATE)
     pid = handle.remote(ReplayedRequest.build(method="GET", path="/pid")).result()["pid"]
     bodies, _ = traffic(20, seed=12)
-    statuses: Counter[int] = Counter()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=60) as client:
-            i = 0
-            while not stop.is_set():
-                response = client.post(
-                    f"{url}/predict",
-                    content=bodies[i % len(bodies)],
-                    headers={
-                        "content-type": "image/png",
-                        "x-request-id": f"kill-{uuid.uuid4().hex}",
-                    },
-                )
-                statuses[response.status_code] += 1
-                i += 1
-
-    workers = [threading.Thread(target=load) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    try:
+    with BackgroundLoad(url, bodies, workers=3, tag="kill") as load:
         wait(lambda: _mirror_counts(url).get("completed", 0) > 20, what="load and copies")
         completed = _mirror_counts(url)["completed"]
         os.kill(pid, signal.SIGKILL)
@@ -203,16 +182,13 @@ def test_a_candidate_killed_mid_load_fails_no_incumbent_request(apps: dict[str, 
             lambda: _failures(url)["error"] + _failures(url)["timeout"] > 0,
             what="the killed candidate's failures counted",
         )
-        # Serve restarts the candidate; the mirror completes copies again.
+        # Serve restarts the candidate; the comparator's copies complete again.
         wait(
             lambda: _mirror_counts(url).get("completed", 0) > completed + 20,
             timeout_s=120,
             what="copies completing again",
         )
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
-    assert set(statuses) == {200}, statuses
+    assert set(load.statuses) == {200}, load.statuses
+    assert {version_of()} == set(load.versions)
     new_pid = handle.remote(ReplayedRequest.build(method="GET", path="/pid")).result()["pid"]
     assert new_pid != pid

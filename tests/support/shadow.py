@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,3 +138,42 @@ def wait(check: Callable[[], T | None], *, timeout_s: float = 60, what: str = ""
 
 def evidence(report_body: dict[str, Any]) -> dict[str, Any]:
     return report_body["decision"]["evidence"]["summary"]
+
+
+class BackgroundLoad:
+    """Closed-loop clients over real HTTP until stopped; every status and answering version.
+
+    >>> # with BackgroundLoad(url, bodies, workers=4) as load: ...; load.statuses
+    """
+
+    def __init__(self, url: str, bodies: Sequence[bytes], *, workers: int, tag: str) -> None:
+        self.statuses: Counter[int] = Counter()
+        self.versions: list[str] = []
+        self._url, self._bodies, self._tag = url, bodies, tag
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(workers)]
+
+    def __enter__(self) -> BackgroundLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
+
+    def _run(self, worker: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            i = 0
+            while not self._stop.is_set():
+                cid = f"{self._tag}-{worker}-{i}-{uuid.uuid4().hex[:6]}"
+                response = predict(client, self._url, self._bodies[i % len(self._bodies)], cid)
+                self.statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    self.versions.append(response.json()["model_version"])
+                i += 1
