@@ -45,7 +45,12 @@ class ShadowAppArgs(BaseModel):
 
 
 def build_app(args: Mapping[str, Any]) -> Any:
-    """Serve application builder (``import_path: serve_drift.routing.app:build_app``)."""
+    """Serve application builder (``import_path: serve_drift.routing.app:build_app``).
+
+    >>> app = build_app({"router": {"incumbent": {"app": "a"}, "candidate": {"app": "b"}}})
+    >>> type(app).__name__  # deploy it with serve.run(app, name="shadow")
+    'Application'
+    """
     from ray import serve
 
     from serve_drift.routing.comparator import ShadowComparator

@@ -80,6 +80,10 @@ def router_instruments() -> RouterInstruments:
     )
 
 
+def _gauge(meter: metrics.Meter, name: str, description: str, unit: str = "1") -> Gauge:
+    return meter.create_gauge(f"serve_drift.shadow.{name}", unit=unit, description=description)
+
+
 @cache
 def comparator_instruments() -> ComparatorInstruments:
     meter = _meter()
@@ -92,39 +96,19 @@ def comparator_instruments() -> ComparatorInstruments:
             unit="{row}",
             description="Top-1 disagreements, by incumbent class and candidate class.",
         ),
-        agreement=meter.create_gauge(
-            "serve_drift.shadow.agreement", unit="1", description="Top-1 agreement, last window."
+        agreement=_gauge(meter, "agreement", "Top-1 agreement, last window."),
+        confidence_delta=_gauge(
+            meter, "confidence.delta", "Mean top-1 confidence, candidate minus incumbent."
         ),
-        confidence_delta=meter.create_gauge(
-            "serve_drift.shadow.confidence.delta",
-            unit="1",
-            description="Mean top-1 confidence, candidate minus incumbent, last window.",
+        ece_delta=_gauge(meter, "ece.delta", "ECE (labels), candidate minus incumbent."),
+        accuracy=_gauge(meter, "accuracy", "Accuracy on the last window's labels, by arm."),
+        latency_delta=_gauge(
+            meter, "latency.delta", "Latency p50/p99, candidate minus incumbent.", unit="s"
         ),
-        ece_delta=meter.create_gauge(
-            "serve_drift.shadow.ece.delta",
-            unit="1",
-            description="Expected calibration error (labels), candidate minus incumbent.",
+        candidate_error_rate=_gauge(
+            meter, "candidate.error_rate", "Share of the candidate's answers that failed."
         ),
-        accuracy=meter.create_gauge(
-            "serve_drift.shadow.accuracy",
-            unit="1",
-            description="Accuracy on the labelled requests of the last window, by arm.",
-        ),
-        latency_delta=meter.create_gauge(
-            "serve_drift.shadow.latency.delta",
-            unit="s",
-            description="Latency quantile (p50, p99), candidate minus incumbent, last window.",
-        ),
-        candidate_error_rate=meter.create_gauge(
-            "serve_drift.shadow.candidate.error_rate",
-            unit="1",
-            description="Share of the candidate's answers that failed or were garbage.",
-        ),
-        verdict=meter.create_gauge(
-            "serve_drift.shadow.verdict",
-            unit="1",
-            description="The decision on the current evidence: 1 promote, 0 hold, -1 roll back.",
-        ),
+        verdict=_gauge(meter, "verdict", "The current decision: 1 promote, 0 hold, -1 roll back."),
         changes=meter.create_counter(
             "serve_drift.routing.changes",
             unit="{change}",

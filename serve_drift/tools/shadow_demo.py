@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +26,7 @@ import numpy as np
 from rich.console import Console
 
 from serve_drift import _env
-from serve_drift.tools.demo import _admin_token, _telemetry_env
-from serve_drift.tools.local_ray import start_local_ray
+from serve_drift.tools.demo import DemoOptions, _admin_token, _start_serve, _telemetry_env
 
 INCUMBENT_APP = "shadow-demo-incumbent"
 CANDIDATE_APP = "shadow-demo-candidate"
@@ -298,17 +295,7 @@ def _after_promotion(
 
 
 def _start(options: ShadowDemoOptions, console: Console) -> bool:
-    started = start_local_ray(
-        num_cpus=max(4, os.cpu_count() or 1),
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=False,
-    )
-    from ray import serve
-
-    serve.start(http_options={"host": "127.0.0.1", "port": options.port})
-    console.print(f"[bold]Ray Serve[/] listening on http://127.0.0.1:{options.port}")
-    return started
+    return _start_serve(DemoOptions(port=options.port), console)
 
 
 def _stop(started_ray: bool) -> None:
