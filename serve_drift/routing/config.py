@@ -39,7 +39,9 @@ class MirrorConfig(_Frozen):
     ``buffer_size`` copies and ships them to the comparator in batches of ``batch_size``
     (every ``flush_interval_s``); the comparator, at low CPU priority, sends them to the
     candidate, at most ``max_in_flight`` at once with ``queue_size`` waiting, each call
-    bounded by ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted.
+    bounded by ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted,
+    as is a request whose body exceeds ``max_copy_bytes`` (so the buffers stay bounded in
+    memory: ``buffer_size`` and ``queue_size + max_in_flight`` copies of at most that size).
     """
 
     fraction: float = Field(1.0, ge=0, le=1)
@@ -47,6 +49,8 @@ class MirrorConfig(_Frozen):
     max_in_flight: int = Field(8, ge=1, le=1024)
     timeout_s: float = Field(5.0, gt=0, le=600)
     buffer_size: int = Field(256, ge=1, le=100_000)
+    # A copy holds the request body: larger requests are answered, never copied (and counted).
+    max_copy_bytes: int = Field(2 << 20, ge=1)
     batch_size: int = Field(32, ge=1, le=10_000)
     flush_interval_s: float = Field(0.05, gt=0, le=60)
 

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse
 from serve_drift.credentials import AdminCredential
 from serve_drift.ingress.body import read_body
 from serve_drift.ingress.errors import IngressError
-from serve_drift.request_context import current_request_ids
+from serve_drift.request_context import RequestIds, current_request_ids
 from serve_drift.routing.aio import within
 from serve_drift.routing.answers import failed
 from serve_drift.routing.arms import ArmHandles, arm_apps
@@ -118,6 +118,7 @@ class ShadowRouter:
             send=self._send_copies,
         )
         self._instruments = router_instruments()
+        self._too_large = 0
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: ``mode``, ``mirror_fraction``, ``canary_share``
@@ -238,17 +239,7 @@ class ShadowRouter:
         try:
             ids = current_request_ids()
             if route.mirror and "incumbent" in answers:
-                copy = PendingCopy(
-                    correlation_id=ids.correlation_id,
-                    internal_id=ids.internal_id,
-                    timestamp=time.time(),
-                    request=request,
-                    incumbent=answers["incumbent"],
-                )
-                if not self._copies.offer(copy):
-                    self._instruments.mirrored.add(
-                        1, {ATTR_ROUTER: self._base.name, "outcome": "dropped_router_buffer"}
-                    )
+                self._offer_copy(request, answers["incumbent"], ids)
             elif route.mode == "canary":
                 self._shipper.offer(
                     PendingObservation(
@@ -262,6 +253,25 @@ class ShadowRouter:
                 )
         except Exception:
             logger.exception("serve-drift: recording a routed request failed")
+
+    def _offer_copy(self, request: ReplayedRequest, incumbent: RawAnswer, ids: RequestIds) -> None:
+        # Copies hold the request body: one too large to copy is counted, never buffered.
+        if len(request.replay_body) > self._base.mirror.max_copy_bytes:
+            self._too_large += 1
+            self._count_copy("dropped_too_large")
+            return
+        copy = PendingCopy(
+            correlation_id=ids.correlation_id,
+            internal_id=ids.internal_id,
+            timestamp=time.time(),
+            request=request,
+            incumbent=incumbent,
+        )
+        if not self._copies.offer(copy):
+            self._count_copy("dropped_router_buffer")
+
+    def _count_copy(self, outcome: str) -> None:
+        self._instruments.mirrored.add(1, {ATTR_ROUTER: self._base.name, "outcome": outcome})
 
     async def _send_observations(self, batch: list[Any]) -> object:
         return await self._comparator.ingest.remote(batch)
@@ -406,6 +416,7 @@ class ShadowRouter:
                 "pid": os.getpid(),
                 "copies_shipped": self._copies.shipped,
                 "copies_dropped": dict(self._copies.dropped),
+                "copies_too_large": self._too_large,
                 "copies_pending": self._copies.pending(),
                 "observations_shipped": self._shipper.shipped,
                 "observations_dropped": dict(self._shipper.dropped),

@@ -115,6 +115,20 @@ def test_a_slow_comparator_fills_the_copy_buffer_and_the_router_still_answers(
     assert dropped.get("queue_full", 0) >= 20 - 4 - 2  # at most a buffer and a batch in flight
 
 
+def test_a_request_too_large_to_copy_is_answered_and_not_copied(arms: dict[str, FakeArm]) -> None:
+    comparator = FakeComparator()
+
+    async def run() -> tuple[Any, int]:
+        router = _router(comparator, mirror={"max_copy_bytes": 4})
+        response = await router(_predict("big"))  # a 9-byte body
+        await _settle(router)
+        return response, router._too_large
+
+    response, too_large = asyncio.run(run())
+    assert _json(response)["model_version"] == "inc-v1"
+    assert too_large == 1 and not comparator.copies
+
+
 def test_canary_keeps_each_caller_on_one_arm_and_changes_share_at_run_time(
     arms: dict[str, FakeArm],
 ) -> None:
