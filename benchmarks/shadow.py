@@ -157,8 +157,13 @@ def print_verdicts(args: argparse.Namespace, results: dict[tuple[int, str], Load
     print(f"  p99 added at 1 client = {p99:+.2f} ms")
     print("Where the throughput went:")
     print(f"  null/router = {null_ratio:.3f}: the mirror's own cost, {mechanism:+.1f} req/s")
-    share = (loss - mechanism) / loss if loss > 0 else float("nan")
-    print(f"  the candidate's own compute: {loss - mechanism:+.1f} req/s ({share:.0%} of the loss)")
+    if loss > 0 and 0 <= mechanism <= loss:
+        share = (loss - mechanism) / loss
+        print(
+            f"  the candidate's own compute: {loss - mechanism:+.1f} req/s ({share:.0%} of the loss)"
+        )
+    else:  # the null candidate cost as much as the real one, or more
+        print("  the candidate's own compute: not separable from the noise in this run")
     nice = busy["nice"].throughput / busy["router"].throughput
     nice_added = light["nice"].percentile_ms(50) - light["router"].percentile_ms(50)
     print(
@@ -168,6 +173,10 @@ def print_verdicts(args: argparse.Namespace, results: dict[tuple[int, str], Load
     hop = busy["direct"].throughput / busy["router"].throughput
     hop_ms = light["router"].percentile_ms(50) - light["direct"].percentile_ms(50)
     print(f"  the router hop itself: direct/router = {hop:.3f}, p50 {hop_ms:+.2f} ms at 1 client")
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _met(ok: bool) -> str:
@@ -202,6 +211,7 @@ def main() -> None:
         started = time.monotonic()
         deploy(work)
         print(f"Deployed 4 apps and 4 routers in {time.monotonic() - started:.0f} s; {work}")
+        print(f"Load average before the rounds (1, 5, 15 min): {_load()}")
         base = f"http://127.0.0.1:{args.port}"
         results = run_rounds(args, base)
         print_results(args, results)
@@ -216,6 +226,7 @@ def main() -> None:
             dropped = sum(v for k, v in outcomes.items() if "dropped" in k)
             print(f"\nCopies to {what}, whole run: {outcomes}")
             print(f"  dropped: {dropped} of {total} ({dropped / max(total, 1):.1%})")
+        print(f"Load average after the rounds: {_load()} (on {os.cpu_count()} cores)")
         print_verdicts(args, results)
     finally:
         serve.shutdown()
