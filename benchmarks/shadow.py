@@ -159,9 +159,8 @@ def print_verdicts(args: argparse.Namespace, results: dict[tuple[int, str], Load
     print(f"  null/router = {null_ratio:.3f}: the mirror's own cost, {mechanism:+.1f} req/s")
     if loss > 0 and 0 <= mechanism <= loss:
         share = (loss - mechanism) / loss
-        print(
-            f"  the candidate's own compute: {loss - mechanism:+.1f} req/s ({share:.0%} of the loss)"
-        )
+        own = loss - mechanism
+        print(f"  the candidate's own compute: {own:+.1f} req/s ({share:.0%} of the loss)")
     else:  # the null candidate cost as much as the real one, or more
         print("  the candidate's own compute: not separable from the noise in this run")
     nice = busy["nice"].throughput / busy["router"].throughput
