@@ -193,7 +193,7 @@ def backtest(
 ) -> list[dict[str, Any]]:
     """The incidents ``config``'s rules open on these results (and sentinel runs, given as
     ``(at, accuracy, images, model_version)``), each in its latest state."""
-    signals = _signals(results, model_name=model_name, sentinel=sentinel)
+    signals = signals_from_results(results, model_name=model_name, sentinel=sentinel)
     if not signals:
         return []
     engine = AlertEngine(config, started_at=signals[0].at, model_names=(model_name,))
@@ -204,12 +204,14 @@ def backtest(
     return list(latest.values())
 
 
-def _signals(
+def signals_from_results(
     results: Sequence[Mapping[str, Any]],
     *,
     model_name: str,
-    sentinel: Sequence[tuple[float, float, int, str]],
+    sentinel: Sequence[tuple[float, float, int, str]] = (),
 ) -> list[Signal]:
+    """One ``WindowTested`` per window of these results (and a ``SentinelRun`` per run),
+    oldest first: what the monitor's rule engine would have observed."""
     windows: dict[tuple[str, int], list[DriftResult]] = {}
     for data in results:
         if data.get("p_value") is None:

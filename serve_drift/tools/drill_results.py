@@ -13,8 +13,9 @@ and incidents (``Incident.to_dict()`` form), and these functions say what they m
   from the phase's first request to that window's test (the endpoint's clock against the
   drill's: they agree on one host, and under NTP to well under a window).
 - An **alert** belongs to the phase of the window that opened it (its latest significant
-  window tested by the time it opened); an incident without windows (flagged inputs, dropped
-  telemetry) belongs to the phase running when it opened.
+  window tested by the time it opened; for a window straddling two phases, the corrupted
+  one); an incident without windows (flagged inputs, dropped telemetry) belongs to the phase
+  running when it opened.
 """
 
 from __future__ import annotations
@@ -216,7 +217,9 @@ def _alert_phase(
 ) -> int | None:
     window = windows.get(alert.opening_window) if alert.opening_window is not None else None
     if window is not None:
-        return max(window.phases)  # a straddling window opened it for its later phase
+        # A window straddling two phases opened it for the corrupted one, whichever side.
+        corrupted = [p for p in window.phases if not traffic[p].clean]
+        return max(corrupted or window.phases)
     if alert.opening_window is not None:
         return None  # a window of other traffic, or from before the drill
     running = [t.index for t in traffic if t.started_at <= alert.opened_at]

@@ -266,8 +266,10 @@ def _groups(
             else ()
         )
     parts: dict[str, list[Any]] = defaultdict(list)
-    for band in phases:
-        rows = store.labelled_predictions(since=band.started_at, until=band.ended_at + 1.0)
+    # A phase runs until the next one starts (its last answers are in by then).
+    ends = [b.started_at for b in phases[1:]] + [phases[-1].ended_at + 1.0]
+    for band, until in zip(phases, ends, strict=True):
+        rows = store.labelled_predictions(since=band.started_at, until=until)
         parts["clean" if band.clean else band.name].append(rows)
     groups = []
     for name, found in parts.items():

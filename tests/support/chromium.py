@@ -123,8 +123,13 @@ def visit(page: Path, *, width: int = 1200) -> PageVisit:
             session = _Session(ws)
             session.call("Network.enable")
             session.call("Page.enable")
-            session.call("Emulation.setDeviceMetricsOverride", width=width, height=900,
-                         deviceScaleFactor=1, mobile=False)
+            session.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=900,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             session.call("Page.navigate", url=page.resolve().as_uri())
             session.wait_for("Page.loadEventFired")
             return _inspect(session)
