@@ -27,10 +27,14 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+
+from rich.console import Console
+from rich.prompt import Confirm
 
 from serve_drift.files import atomic_write
 from serve_drift.tools.report_data import AlertSpan, ReportData, data_from_store
@@ -214,6 +218,23 @@ def _alerts_table(data: ReportData) -> str:
     columns = ("rule", "severity", "opened", "resolved", "summary", "incident")
     header = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     return f"<h2>Alerts ({_e(data.alert_source)})</h2><table>{header}{rows}</table>"
+
+
+def offer_report(db: Path, *, console: Console, out_dir: Path | None = None) -> Path | None:
+    """At the end of a run (the demo): ask whether to write the report when someone is at the
+    terminal (yes by default), write it unasked otherwise (it takes a few seconds), and say
+    where it is."""
+    out = out_dir or Path(".serve-drift") / "reports" / db.stem
+    someone_there = console.is_interactive and sys.stdin.isatty()
+    question = f"Write the drift report to {out}/?"
+    if someone_there and not Confirm.ask(question, default=True, console=console):
+        console.print(f"Later: serve-drift report --db {db} --out {out}")
+        return None
+    page = write_report(data_from_store(db, title=f"Drift report: {db.stem}"), out_dir=out)
+    console.print(
+        f"Drift report: [bold]{page.resolve()}[/] (open it in a browser; figures beside it)"
+    )
+    return page
 
 
 # --- command line -----------------------------------------------------------------------------

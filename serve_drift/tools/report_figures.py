@@ -186,7 +186,7 @@ def _alert_bar(ax: Axes, row: int, alert: AlertSpan, *, end: float) -> None:
 
 def _source(data: ReportData) -> str:
     if data.alert_source == "backtest":
-        return "backtest of the default rules over these drift results: none were stored"
+        return "a backtest of the rules over these drift results: the monitor raised none itself"
     return {"store": "stored incidents", "endpoint": "the endpoint's open incidents"}.get(
         data.alert_source, data.alert_source
     )
@@ -331,6 +331,7 @@ def _rejected_part(ax: Axes, data: ReportData) -> None:
     names = [b.name for b in data.phases]
     codes = sorted({code for b in data.phases for code in b.rejected})
     bottom = np.zeros(len(names))
+    ax.bar(names, bottom)  # every phase on the axis, refused or not
     for code in codes:
         values = np.asarray([b.rejected.get(code, 0) for b in data.phases], dtype=float)
         ax.bar(names, values, bottom=bottom, label=code)

@@ -258,3 +258,33 @@ def test_the_command_writes_the_report(
 def test_the_time_range_limits_what_is_drawn(db: Path) -> None:
     later = data_from_store(db, since=T0 + 4 * ROWS * 0.1 + 0.5)  # windows 4.. only
     assert [p.window for p in later.drift[0].points] == list(range(4, WINDOWS))
+
+
+def test_the_demo_writes_the_report_unasked_when_nobody_is_at_the_terminal(
+    db: Path, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from serve_drift.tools.report import offer_report
+
+    console = Console(record=True, width=200)  # not a terminal: nobody to ask
+    page = offer_report(db, console=console, out_dir=tmp_path / "demo-report")
+    assert page == tmp_path / "demo-report" / "index.html" and page.is_file()
+    assert f"Drift report: {page.resolve()}" in console.export_text()
+
+
+def test_the_demo_asks_first_when_someone_is(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+    from rich.prompt import Confirm
+
+    from serve_drift.tools import report
+
+    asked: list[str] = []
+    monkeypatch.setattr(report.sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(Confirm, "ask", lambda question, **_: asked.append(question) or False)
+    console = Console(record=True, force_interactive=True, width=200)
+    assert report.offer_report(db, console=console, out_dir=tmp_path / "r") is None
+    assert asked and not (tmp_path / "r").exists()
+    assert f"Later: serve-drift report --db {db}" in console.export_text()
