@@ -149,5 +149,15 @@ def through_pil(image: np.ndarray, work: Callable[[Image.Image], Image.Image]) -
     return out[:, :, None] if out.ndim == 2 else out
 
 
+def resample(
+    image: np.ndarray, *, scale: float, down: Image.Resampling, up: Image.Resampling
+) -> np.ndarray:
+    """Shrink ``image`` to ``scale`` of its size with filter ``down`` and enlarge it back to
+    its own size with ``up``: detail below the smaller size is lost, as on a smaller sensor."""
+    height, width = image.shape[:2]
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return through_pil(image, lambda pil: pil.resize(small, down).resize((width, height), up))
+
+
 def frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from serve_drift.corruptions.base import luma, through_pil
+from serve_drift.corruptions.base import luma, resample
 
 # A plausible other sensor's colour matrix (rows sum to 1, so grey stays grey): more
 # saturated reds, bluer greens. Mixed with the identity by the severity's strength.
@@ -25,22 +25,13 @@ def camera_swap(
     ``scale`` of the resolution and upscaled back by the pipeline (bicubic), seen through the
     identity mixed with :data:`SENSOR_MATRIX` by ``strength``, with a tone curve ``x**gamma``."""
     scale, strength, gamma = level
-    resampled = resample(image, scale=scale)
+    # Area-averaged down (the smaller sensor), bicubic up (the pipeline's scaler).
+    resampled = resample(
+        image, scale=scale, down=Image.Resampling.BILINEAR, up=Image.Resampling.BICUBIC
+    )
     matrix = (1.0 - strength) * np.eye(3) + strength * SENSOR_MATRIX
     if image.shape[2] == 3:
         coloured = resampled @ matrix.T
     else:  # a grey camera sees the luma of the new sensor's response to grey light
         coloured = luma(np.repeat(resampled, 3, axis=2) @ matrix.T)
     return 255.0 * (np.clip(coloured, 0.0, 255.0) / 255.0) ** gamma
-
-
-def resample(image: np.ndarray, *, scale: float) -> np.ndarray:
-    """Down to ``scale`` of the size (area-averaging) and back up (bicubic)."""
-    height, width = image.shape[:2]
-    small = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return through_pil(
-        image,
-        lambda pil: pil.resize(small, Image.Resampling.BILINEAR).resize(
-            (width, height), Image.Resampling.BICUBIC
-        ),
-    )

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from serve_drift.corruptions.base import through_pil
+from serve_drift.corruptions.base import resample, through_pil
 
 
 def jpeg_compression(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
@@ -24,11 +24,4 @@ def jpeg_compression(image: np.ndarray, level: int, rng: np.random.Generator) ->
 
 def pixelate(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
     """Shrink to ``level`` of the size (box filter) and enlarge back (box filter)."""
-    height, width = image.shape[:2]
-    small = (max(1, round(width * level)), max(1, round(height * level)))
-    return through_pil(
-        image,
-        lambda pil: pil.resize(small, Image.Resampling.BOX).resize(
-            (width, height), Image.Resampling.BOX
-        ),
-    )
+    return resample(image, scale=level, down=Image.Resampling.BOX, up=Image.Resampling.BOX)

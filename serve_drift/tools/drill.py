@@ -88,48 +88,80 @@ def run_drill(
     run_id = uuid.uuid4().hex[:8]
     headers = {"authorization": f"Bearer {options.admin_token}"}
     with httpx.Client(base_url=options.url.rstrip("/"), headers=headers, timeout=30) as client:
-        endpoint = endpoint_info(client)
-        images = _images(scenario)
-        console.print(
-            f"Drill [bold]{scenario.name}[/] ({run_id}) against {options.url}: "
-            f"{len(images.items)} images ({images.lineage.name} {images.lineage.version}), "
-            f"window size {endpoint.window_size}"
-        )
-        started_at = time.time()
-        with Collector(client, interval_s=options.poll_interval_s) as collector:
-            traffic, sentinel = _replay(client, scenario, images, endpoint, run_id, console)
-            if scenario.labels and images.labelled:
-                with console.status("Sending the true labels, as a labelling team would..."):
-                    _send_labels(client, traffic)
-            with console.status("Waiting for the monitor to test every window..."):
-                _settle(client, collector, scenario, options)
-            results, polled = collector.snapshot()
-        accounting = losses(client)
-        incidents, source = _alerts(options, collector, results, polled, started_at, sentinel)
-    detector = judged_detector(results, options.detector or scenario.detector)
-    outcomes = judge(
-        scenario.phases,
-        traffic,
-        window_views(results, run_id=run_id, detector=detector),
-        alert_views(incidents, source=source),
-        sentinel={phase: acc for phase, (_, acc, _, _) in sentinel.items()},
-    )
-    result = DrillResult(
-        scenario=scenario,
-        run_id=run_id,
-        endpoint=endpoint,
-        detector=detector,
-        alert_source=source,
-        outcomes=tuple(outcomes),
-        results=tuple(results),
-        incidents=tuple(incidents),
-        started_at=started_at,
-        accounting=accounting,
-    )
+        run = _run(client, scenario, options, run_id=run_id, console=console)
+    result = _verdict(scenario, options, run)
     if options.report_dir is not None:
         result = _write_report(result, options, console)
     print_verdict(result, console=console)
     return result
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one drill sent and collected, before it is judged."""
+
+    run_id: str
+    endpoint: EndpointInfo
+    started_at: float
+    traffic: list[PhaseTraffic]
+    sentinel: dict[int, tuple[float, float, int, str]]
+    results: list[dict[str, Any]]
+    incidents: list[dict[str, Any]]
+    alert_source: str
+    accounting: dict[str, int]
+
+
+def _run(
+    client: httpx.Client,
+    scenario: Scenario,
+    options: DrillOptions,
+    *,
+    run_id: str,
+    console: Console,
+) -> _Run:
+    endpoint = endpoint_info(client)
+    images = _images(scenario)
+    console.print(
+        f"Drill [bold]{scenario.name}[/] ({run_id}) against {options.url}: "
+        f"{len(images.items)} images ({images.lineage.name} {images.lineage.version}), "
+        f"window size {endpoint.window_size}"
+    )
+    started_at = time.time()
+    with Collector(client, interval_s=options.poll_interval_s) as collector:
+        traffic, sentinel = _replay(client, scenario, images, endpoint, run_id, console)
+        if scenario.labels and images.labelled:
+            with console.status("Sending the true labels, as a labelling team would..."):
+                _send_labels(client, traffic)
+        with console.status("Waiting for the monitor to test every window..."):
+            _settle(client, collector, scenario, options)
+        results, polled = collector.snapshot()
+    incidents, source = _alerts(options, collector, results, polled, started_at, sentinel)
+    return _Run(
+        run_id, endpoint, started_at, traffic, sentinel, results, incidents, source, losses(client)
+    )
+
+
+def _verdict(scenario: Scenario, options: DrillOptions, run: _Run) -> DrillResult:
+    detector = judged_detector(run.results, options.detector or scenario.detector)
+    outcomes = judge(
+        scenario.phases,
+        run.traffic,
+        window_views(run.results, run_id=run.run_id, detector=detector),
+        alert_views(run.incidents, source=run.alert_source),
+        sentinel={phase: acc for phase, (_, acc, _, _) in run.sentinel.items()},
+    )
+    return DrillResult(
+        scenario=scenario,
+        run_id=run.run_id,
+        endpoint=run.endpoint,
+        detector=detector,
+        alert_source=run.alert_source,
+        outcomes=tuple(outcomes),
+        results=tuple(run.results),
+        incidents=tuple(run.incidents),
+        started_at=run.started_at,
+        accounting=run.accounting,
+    )
 
 
 def _images(scenario: Scenario) -> ImageSet:

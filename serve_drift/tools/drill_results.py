@@ -31,8 +31,10 @@ from serve_drift.tools.drill_scenario import SEVERITY_RANK, AlertExpectation, Ph
 from serve_drift.tools.drill_traffic import PhaseTraffic, phase_of
 
 Status = Literal["pass", "fail", "unknown"]
-# An incident opens on the evaluation of a window tested a moment before.
-_OPEN_TOLERANCE_S = 5.0
+# An incident opens when the engine evaluates the window just tested, so the opening window is
+# the latest significant one tested by ``opened_at`` (both times on the monitor's clock). An
+# incident's evidence keeps growing while it is open, so later windows must be left out.
+_OPEN_TOLERANCE_S = 1e-3
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,20 @@ def test_the_default_rules_alert_on_the_shift_and_not_on_clean_traffic() -> None
     assert _status(clean, "no alert") == "pass" and _status(recovery, "no alert") == "pass"
 
 
+def test_a_resolved_incident_keeps_its_opening_window_though_its_evidence_grew() -> None:
+    # Four quiet windows resolve it; by then its evidence holds every window it was open for.
+    phases = scenario_phases([False, True, False], alert={"within_windows": 2})
+    phases_of = [[0]] * 3 + [[1]] * 3 + [[2]] * 5
+    results = run_results([CLEAN] * 3 + [SHIFTED] * 3 + [CLEAN] * 5, phases_of)
+    (incident,) = backtest(results, config=AlertsConfig(sinks=()), model_name="digits")
+    assert incident["state"] == "resolved" and len(incident["evidence"]["windows"]) > 3
+    runs = traffic(phases)
+    views = window_views(results, run_id=RUN, detector="combined:native")
+    _, shifted, _ = judge(phases, runs, views, alert_views([incident], source="backtest"))
+    assert [a.opening_window for a in shifted.alerts] == [4]
+    assert _status(shifted, "alert raised") == "pass"
+
+
 def test_an_alert_too_late_or_too_mild_fails() -> None:
     p_values = [CLEAN] * 3 + [SHIFTED] * 3 + [CLEAN] * 3
     assert _status(_judge(p_values, alert={"within_windows": 1})[1], "alert raised") == "fail"
