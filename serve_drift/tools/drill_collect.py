@@ -144,11 +144,10 @@ class Collector:
             response = self.client.get(ALERTS_PATH)
         except httpx.HTTPError:
             return
-        served = response.status_code == 200 and "open" in _json(response)
+        body = _json(response) if response.status_code == 200 else {}
         with self._lock:
-            self.alerts_served = bool(served) or bool(self.alerts_served)
-            if served:
-                self.incidents.update({i["incident_id"]: i for i in _json(response)["open"]})
+            self.alerts_served = "open" in body or bool(self.alerts_served)
+            self.incidents.update({i["incident_id"]: i for i in body.get("open", ())})
 
     def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         with self._lock:

@@ -149,22 +149,23 @@ def _alert_line(alert: AlertSpan) -> str:
 
 
 def _accuracy_line(data: ReportData, *, first_drift: float | None) -> str | None:
+    """Accuracy from labels in the drifted windows against the windows before the drift."""
     drifted = {p.window for s in data.drift for p in s.points if p.is_drift}
-    labelled = [p for p in data.accuracy if p.label_accuracy is not None]
+    labelled = [(p, p.label_accuracy) for p in data.accuracy if p.label_accuracy is not None]
     if not labelled:
         return None
+    during = [acc for p, acc in labelled if p.window in drifted]
     before = [
-        p.label_accuracy
-        for p in labelled
+        acc
+        for p, acc in labelled
         if p.window not in drifted and (first_drift is None or p.at < first_drift)
     ]
-    during = [p.label_accuracy for p in labelled if p.window in drifted]
     if not during:
-        mean = sum(p.label_accuracy or 0 for p in labelled) / len(labelled)
+        mean = sum(acc for _, acc in labelled) / len(labelled)
         return f"Accuracy from labels: {mean:.0%} over {len(labelled)} windows."
-    text = f"Accuracy from labels in drifted windows: {sum(during) / len(during):.0%}"  # type: ignore[arg-type]
+    text = f"Accuracy from labels in drifted windows: {sum(during) / len(during):.0%}"
     if before:
-        text += f", against {sum(before) / len(before):.0%} before the drift"  # type: ignore[arg-type]
+        text += f", against {sum(before) / len(before):.0%} before the drift"
     return text + "."
 
 
