@@ -19,7 +19,12 @@ from serve_drift.monitor import DriftMonitor, monitor_deployment, monitored_app
 from serve_drift.reference import ReferenceLineage, ReferenceSet, build_reference, embed_outputs
 from serve_drift.replica import monitored
 from serve_drift.request_context import mark_request
-from serve_drift.telemetry import TelemetryDestination, configure_telemetry
+from serve_drift.telemetry import (
+    TelemetryDestination,
+    TelemetryFlushResult,
+    configure_telemetry,
+    shutdown_telemetry,
+)
 
 __all__ = [
     "DetectorConfig",
@@ -34,6 +39,7 @@ __all__ = [
     "ShippingConfig",
     "TelemetryConfig",
     "TelemetryDestination",
+    "TelemetryFlushResult",
     "WindowConfig",
     "build_reference",
     "configure_telemetry",
@@ -42,6 +48,7 @@ __all__ = [
     "monitor_deployment",
     "monitored",
     "monitored_app",
+    "shutdown_telemetry",
 ]
 
 __version__ = "0.1.0"

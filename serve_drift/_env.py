@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -31,10 +32,57 @@ def event_db() -> Path | None:
 
 
 def event_db_dir() -> Path:
-    """Where monitors keep their event stores by default (one ``<model_name>.sqlite`` each)."""
+    """Where monitors keep their event stores by default (``<app>/<monitor>.sqlite`` each)."""
     return cache_dir() / "events"
 
 
 def device_default() -> str | None:
     """Torch device for drift tests (``cpu``, ``cuda``, ``cuda:1``); ``None``: automatic."""
     return os.environ.get("SERVE_DRIFT_DEVICE") or None
+
+
+# Telemetry bounds: the defaults of ``TelemetryConfig`` and of ``configure_telemetry``'s arguments.
+TELEMETRY_FLUSH_TIMEOUT_S = 5.0
+TELEMETRY_SHUTDOWN_TIMEOUT_S = 5.0
+TELEMETRY_FILE_MAX_BYTES = 16 * 1024 * 1024
+TELEMETRY_FILE_BACKUP_COUNT = 3
+
+
+def telemetry_flush_timeout_s() -> float:
+    """Bound on one telemetry flush, in seconds (``SERVE_DRIFT_TELEMETRY_FLUSH_TIMEOUT_S``)."""
+    return _positive_float("SERVE_DRIFT_TELEMETRY_FLUSH_TIMEOUT_S", TELEMETRY_FLUSH_TIMEOUT_S)
+
+
+def telemetry_shutdown_timeout_s() -> float:
+    """Bound on telemetry shutdown, also at exit (``SERVE_DRIFT_TELEMETRY_SHUTDOWN_TIMEOUT_S``)."""
+    return _positive_float("SERVE_DRIFT_TELEMETRY_SHUTDOWN_TIMEOUT_S", TELEMETRY_SHUTDOWN_TIMEOUT_S)
+
+
+def telemetry_file_max_bytes() -> int:
+    """Size at which a JSON-lines telemetry file rotates (``SERVE_DRIFT_TELEMETRY_FILE_MAX_BYTES``).
+
+    A knob that does not parse, or is out of range, falls back to the documented default.
+    """
+    return _int_at_least("SERVE_DRIFT_TELEMETRY_FILE_MAX_BYTES", TELEMETRY_FILE_MAX_BYTES, 1)
+
+
+def telemetry_file_backup_count() -> int:
+    """Rotated JSON-lines files kept per file (``SERVE_DRIFT_TELEMETRY_FILE_BACKUPS``)."""
+    return _int_at_least("SERVE_DRIFT_TELEMETRY_FILE_BACKUPS", TELEMETRY_FILE_BACKUP_COUNT, 0)
+
+
+def _positive_float(name: str, default: float) -> float:
+    # A knob only supplies a default: an unusable value falls back to the documented one.
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value > 0 else default
+
+
+def _int_at_least(name: str, default: int, minimum: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value >= minimum else default

@@ -7,9 +7,9 @@ them off the device is the caller's job, batched, outside the request path.
 
 Which request a hook writes to is decided by a :class:`contextvars.ContextVar`, so concurrent
 requests in one asyncio event loop, or in threads started with :func:`asyncio.to_thread` (which
-copies the context), each see only their own forward pass. A batched handler (Ray Serve's
-``@serve.batch``) runs in its own task: enter :meth:`EmbeddingCapture.capture` inside the batched
-function and split the ``(B, d)`` result per request there.
+copies the context), each see only their own forward pass. A batched forward pass that serves
+several requests at once (Ray Serve's ``@serve.batch``) runs in a task of its own: a
+``row_owners`` callable says whose row each one is, and each request's capture gets its row.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import contextvars
 import difflib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -65,6 +65,8 @@ class Capture:
     """
 
     embeddings: torch.Tensor | None = None
+    # What probabilities are computed from: the model's own (batch, classes) output, or the
+    # hooked classifier's when the model returns something else.
     logits: torch.Tensor | None = None
     # Hooks never raise into the user's forward pass; the first failure is kept here instead.
     error: Exception | None = None
@@ -165,12 +167,27 @@ def _as_embedding(tensor: object, *, layer: str) -> torch.Tensor:
     return torch.flatten(tensor.detach(), 1)
 
 
+RowOwners = Callable[[], Sequence[str] | None]
+Scores = Literal["model", "classifier"]
+
+
 class EmbeddingCapture:
-    """Hooks on one model that record embeddings and logits inside ``capture()`` contexts.
+    """Hooks on one model that record embeddings and scores inside ``capture()`` contexts.
 
     ``layer=None`` hooks the auto-detected classifier (:func:`find_classifier_layer`): its input
-    is the embedding, its output the logits. ``layer="name"`` takes that module's output as the
-    embedding; logits still come from the auto-detected classifier when there is one.
+    is the embedding. ``layer="name"`` takes that module's output as the embedding instead.
+
+    Scores (what probabilities are computed from) are the model's own output when it is a
+    ``(batch, classes)`` tensor (``scores="model"``, the default): models that average two heads
+    (LeViT, EfficientFormer) or scale their logits answer with more than their classifier layer.
+    ``scores="classifier"``, or a model returning a tuple or dict, uses the hooked classifier's
+    output.
+
+    **Batched forward passes.** When several requests share one forward pass (Ray Serve's
+    ``@serve.batch``), ``row_owners`` says whose row each one is: a callable returning the
+    owners' keys in row order (or ``None`` outside a batch), each key being the ``owner`` a
+    request passed to :meth:`capture`. Row ``i`` of the embedding and the scores then goes to
+    the capture of owner ``i``, still on the model's device (a view of the batch tensor).
 
     >>> import torchvision
     >>> model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
@@ -183,15 +200,24 @@ class EmbeddingCapture:
     """
 
     layer_name: str  # the module whose tensor is the embedding (input if auto, else output)
-    classifier_name: str | None  # the hooked classifier giving the logits, if any
+    classifier_name: str | None  # the hooked classifier, if any
 
-    def __init__(self, model: nn.Module, *, layer: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        layer: str | None = None,
+        scores: Scores = "model",
+        row_owners: RowOwners | None = None,
+    ) -> None:
         # One ContextVar per instance so a second hooked model (shadow, canary) in the same
         # request never writes into this model's Capture. Few instances exist, so the
         # "create ContextVars at module level" advice (about leaks) does not bite here.
         self._active: contextvars.ContextVar[Capture | None] = contextvars.ContextVar(
             f"serve_drift_capture_{id(self)}", default=None
         )
+        self._row_owners = row_owners
+        self._owned: dict[str, Capture] = {}  # open captures a batched pass may fill
         self._dim: int | None = None
         self._dim_lock = threading.Lock()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -199,6 +225,8 @@ class EmbeddingCapture:
             self._hook_auto(model)
         else:
             self._hook_named(model, layer=layer)
+        if scores == "model":
+            self._handles.append(model.register_forward_hook(self._on_model_output))
 
     @property
     def embedding_dim(self) -> int | None:
@@ -206,14 +234,19 @@ class EmbeddingCapture:
         return self._dim
 
     @contextmanager
-    def capture(self) -> Iterator[Capture]:
-        """Record the forward passes run in this context (and tasks/threads that copy it)."""
+    def capture(self, *, owner: str | None = None) -> Iterator[Capture]:
+        """Record the forward passes run in this context (and tasks/threads that copy it), and
+        the rows of batched passes that ``row_owners`` attributes to ``owner``."""
         captured = Capture()
         token = self._active.set(captured)
+        if owner is not None:
+            self._owned[owner] = captured
         try:
             yield captured
         finally:
             self._active.reset(token)
+            if owner is not None:
+                self._owned.pop(owner, None)
 
     def remove(self) -> None:
         """Remove every hook; idempotent."""
@@ -233,57 +266,78 @@ class EmbeddingCapture:
         try:
             self.classifier_name, classifier = find_classifier_layer(model)
         except LayerNotFoundError:
-            self.classifier_name = None  # an explicit layer needs no classifier; logits stay None
+            self.classifier_name = None  # an explicit layer needs no classifier
             return
         self._handles.append(classifier.register_forward_hook(self._on_classifier_logits))
 
+    # --- hooks: each finds whose pass this is, then stores what it saw -------------------------
+
     def _on_classifier_auto(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        captured = self._active.get()
-        if captured is None:
-            return  # warm-up or unrelated forward passes: nothing to record
-        try:
-            self._store_logits(captured, output=output)
-            first = args[0] if args else None  # called with keyword input: reported as invalid
-            # No clone: nothing runs after the final Linear that could modify its input in place.
-            self._store_embedding(captured, embedding=_as_embedding(first, layer=self.layer_name))
-            _check_batch(captured, layer=self.layer_name)
-        except Exception as error:
-            _record_error(captured, error=error)
+        first = args[0] if args else None  # called with keyword input: reported as invalid
+        # No clone: nothing runs after the final Linear that could modify its input in place.
+        self._deliver(lambda: (_as_embedding(first, layer=self.layer_name), output))
 
     def _on_named_layer(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        captured = self._active.get()
-        if captured is None:
-            return
-        try:
-            embedding = _as_embedding(output, layer=self.layer_name)
-            # Clone (an async device copy, no sync): an intermediate output is often modified
-            # in place later (ReLU/Hardswish with inplace=True), which would corrupt a view.
-            self._store_embedding(captured, embedding=embedding.clone())
-            _check_batch(captured, layer=self.layer_name)
-        except Exception as error:
-            _record_error(captured, error=error)
+        # Clone (an async device copy, no sync): an intermediate output is often modified
+        # in place later (ReLU/Hardswish with inplace=True), which would corrupt a view.
+        self._deliver(lambda: (_as_embedding(output, layer=self.layer_name).clone(), None))
 
     def _on_classifier_logits(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        captured = self._active.get()
-        if captured is None:
-            return
-        try:
-            self._store_logits(captured, output=output)
-            _check_batch(captured, layer=self.layer_name)
-        except Exception as error:
-            _record_error(captured, error=error)
+        self._deliver(lambda: (None, output))
 
-    def _store_logits(self, captured: Capture, *, output: object) -> None:
+    def _on_model_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if _is_scores(output):  # a tuple, dict or 1-class output keeps the classifier's
+            self._deliver(lambda: (None, output))
+
+    def _deliver(self, read: Callable[[], tuple[torch.Tensor | None, Any]]) -> None:
+        """Store ``read()``'s (embedding, scores) in the capture(s) this pass belongs to."""
+        owners = self._row_owners() if self._row_owners is not None else None
+        targets = [self._owned.get(o) for o in owners] if owners else [self._active.get()]
+        if not any(target is not None for target in targets):
+            return  # warm-up or unrelated forward passes: nothing to record
+        try:
+            embedding, scores = read()
+            if scores is not None:
+                scores = self._checked_scores(scores)
+            if embedding is not None:
+                self._check_dim(dim=embedding.shape[1])
+        except Exception as error:
+            for target in targets:
+                if target is not None:
+                    _record_error(target, error=error)
+            return
+        for row, target in enumerate(targets):
+            if target is None:
+                continue
+            try:  # one request's bad row is its own error, not its batch neighbours'
+                self._store(target, embedding, scores, row=row if owners else None)
+            except Exception as error:
+                _record_error(target, error=error)
+
+    def _store(
+        self,
+        captured: Capture,
+        embedding: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        *,
+        row: int | None,
+    ) -> None:
+        if row is not None:  # one request's row of a batched pass
+            embedding = None if embedding is None else _row(embedding, row, layer=self.layer_name)
+            scores = None if scores is None else _row(scores, row, layer=self.layer_name)
+        if scores is not None:
+            captured.logits = scores
+        if embedding is not None:
+            captured.embeddings = embedding
+        _check_batch(captured, layer=self.layer_name)
+
+    def _checked_scores(self, output: object) -> torch.Tensor:
         if not isinstance(output, torch.Tensor) or output.dim() < 1:
             raise EmbeddingShapeError(
                 f"classifier {self.classifier_name!r} produced {type(output).__name__} "
                 "logits, expected a (batch, classes) tensor"
             )
-        captured.logits = output.detach()
-
-    def _store_embedding(self, captured: Capture, *, embedding: torch.Tensor) -> None:
-        self._check_dim(dim=embedding.shape[1])
-        captured.embeddings = embedding
+        return output.detach()
 
     def _check_dim(self, *, dim: int) -> None:
         known = self._dim
@@ -297,6 +351,19 @@ class EmbeddingCapture:
                 f"layer {self.layer_name!r} produced embeddings of width {dim}, "
                 f"expected (batch, {known}) as on the first call"
             )
+
+
+def _is_scores(output: object) -> bool:
+    return isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] >= 2
+
+
+def _row(tensor: torch.Tensor, row: int, *, layer: str) -> torch.Tensor:
+    if row >= tensor.shape[0]:
+        raise EmbeddingShapeError(
+            f"a batched forward pass gave {tensor.shape[0]} rows at {layer!r} for more "
+            "requests: each request of a batch must contribute exactly one row, in order"
+        )
+    return tensor[row : row + 1]
 
 
 def _check_batch(captured: Capture, *, layer: str) -> None:

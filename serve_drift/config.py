@@ -188,13 +188,35 @@ class ShippingConfig(_Frozen):
 
 
 class TelemetryConfig(_Frozen):
-    """OpenTelemetry behaviour. The library itself only ever uses the OTel API."""
+    """OpenTelemetry behaviour. The library itself only ever uses the OTel API.
+
+    The bounds apply when serve-drift configures the SDK (``configure_sdk``). Flush and
+    shutdown (also the one at process exit) return within ``flush_timeout_s`` and
+    ``shutdown_timeout_s`` whatever the exporter does; what is still buffered when the shutdown
+    bound is reached is dropped and counted. Without an OTLP endpoint, telemetry goes to JSON-lines
+    files that rotate at ``file_max_bytes`` and keep ``file_backup_count`` rotated files each.
+
+    >>> TelemetryConfig(shutdown_timeout_s=2).sdk_arguments()["shutdown_timeout_s"]
+    2.0
+    """
 
     configure_sdk: bool = Field(default_factory=_env.configure_otel_default)
     link_sample_size: int = Field(32, ge=0, le=1000)
     # A client's W3C ``traceparent`` makes the request span its child. Public endpoints that
     # do not want callers to choose trace IDs turn this off (the span starts a new trace).
     trust_client_traceparent: bool = True
+    flush_timeout_s: float = Field(default_factory=_env.telemetry_flush_timeout_s, gt=0, le=600)
+    shutdown_timeout_s: float = Field(
+        default_factory=_env.telemetry_shutdown_timeout_s, gt=0, le=600
+    )
+    file_max_bytes: int = Field(default_factory=_env.telemetry_file_max_bytes, ge=1)
+    file_backup_count: int = Field(default_factory=_env.telemetry_file_backup_count, ge=0, le=1000)
+
+    def sdk_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``configure_telemetry`` that this config decides."""
+        return self.model_dump(
+            include={"flush_timeout_s", "shutdown_timeout_s", "file_max_bytes", "file_backup_count"}
+        )
 
 
 class AdminConfig(_Frozen):
@@ -224,7 +246,7 @@ class EventLogConfig(_Frozen):
     """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
 
     enabled: bool = True
-    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<model_name>.sqlite
+    path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<app>/<monitor>.sqlite
     sample_rate: float = Field(0.1, ge=0, le=1)
     keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
     max_age_s: float = Field(7 * 24 * 3600, gt=0)
@@ -249,7 +271,12 @@ class DriftConfig(_Frozen):
     reference_path: str | None = None
     model_attr: str | None = None
     embedding_layer: str | None = None
-    monitor_deployment: str = "DriftMonitor"
+    # Probabilities come from the model's own (batch, classes) output ("model"), or from the
+    # hooked classifier layer ("classifier"); see serve_drift.capture.EmbeddingCapture.
+    scores: Literal["model", "classifier"] = "model"
+    # The drift monitor's Serve deployment; None: "<deployment>DriftMonitor", so that several
+    # monitored deployments of one app each get their own monitor (and event store).
+    monitor_deployment: str | None = None
     # Drift tests share nodes with serving replicas: the monitor process lowers its CPU
     # priority (Unix nice) so that, under contention, tests wait and requests do not.
     monitor_niceness: int = Field(10, ge=0, le=19)
@@ -262,6 +289,15 @@ class DriftConfig(_Frozen):
     events: EventLogConfig = Field(default_factory=EventLogConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     context: ContextConfig = Field(default_factory=ContextConfig)
+
+    def monitor_name(self, deployment: str) -> str:
+        """The monitor deployment's name for the monitored deployment named ``deployment``.
+
+        >>> DriftConfig().monitor_name("Classifier")
+        'ClassifierDriftMonitor'
+        """
+        return self.monitor_deployment or f"{deployment}DriftMonitor"
+
     # Rows of accepted traffic the monitor keeps per model version (a uniform reservoir
     # sample) for `serve-drift reference from-traffic`; 0 turns it off.
     traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)

@@ -63,6 +63,21 @@ def _serve_request_context() -> tuple[str, str]:
         return "", ""
 
 
+def serve_batch_request_ids() -> list[str] | None:
+    """Inside a ``@serve.batch`` call, the internal IDs of its requests in row order, else None.
+
+    Ray Serve sets the batch's request contexts just before running the batched function; the
+    getter is private, so it is read defensively like the single-request one."""
+    try:
+        from ray.serve.context import _get_serve_batch_request_context
+
+        contexts = _get_serve_batch_request_context()
+    except Exception:
+        return None
+    ids = [str(getattr(ctx, "_internal_request_id", "") or "") for ctx in contexts or ()]
+    return ids if ids and all(ids) else None
+
+
 # The IDs the monitoring wrapper settled on for the request being handled, so the handler sees
 # the same ones even where they were generated here (Ray's context is empty in local testing).
 _BOUND: ContextVar[RequestIds | None] = ContextVar("serve_drift_request_ids", default=None)

@@ -32,7 +32,6 @@ from serve_drift.ingress import (
     InputProfile,
     QuarantineStore,
 )
-from serve_drift.ingress.stats import compute_input_stats
 from serve_drift.monitor.deployment import monitored_app
 from serve_drift.replica.decorator import monitored, replica_monitor
 from serve_drift.replica.runtime import SENTINEL_SOURCE
@@ -42,7 +41,6 @@ from serve_drift.telemetry import instruments as tel
 MONITOR_TIMEOUT_S = 2.0
 LABELS_TIMEOUT_S = 10.0
 LABEL_SOURCES = ("feedback", "sentinel")
-INPUT_STATS_MAX_SIDE = 64  # stats on a strided thumbnail: cheap, and enough for drift forensics
 MAX_DRIFT_LIMIT = 500
 _LIMIT = re.compile(r"[1-9][0-9]?|[1-4][0-9]{2}|500")  # 1..500, ASCII digits ("²".isdigit())
 # Backpressure: a replica takes this many requests at once and each proxy queues this many
@@ -191,9 +189,7 @@ class ImageClassifier:
         return None
 
     def _reject(self, error: IngressError, correlation_id: str) -> JSONResponse:
-        response = _error_response(self.gate.reject(error, request_id=correlation_id), error.status)
-        if error.code == "unauthorized":
-            response.headers["www-authenticate"] = 'Bearer realm="serve-drift"'
+        response: JSONResponse = self.gate.error_response(error, request_id=correlation_id)
         return response
 
     async def predict(self, request: Request) -> Response:
@@ -210,7 +206,6 @@ class ImageClassifier:
             admitted = await self.gate.admit(
                 request, correlation_id=ids.correlation_id, internal_id=ids.internal_id
             )
-            _mark_input_stats(admitted)
             body = self._answer(admitted, ids.correlation_id)
         except IngressError as error:
             return self._reject(error, ids.correlation_id)
@@ -343,15 +338,6 @@ class ImageClassifier:
             "input_profile": None if profile is None else profile.source,
             "quarantine_directory": None if store is None else str(store.directory),
         }
-
-
-def _mark_input_stats(admitted: Admitted) -> None:
-    """Per-image statistics for the event log (brightness, contrast, sharpness, channel means)."""
-    if not mark_request():  # not a monitored request: nobody would record them
-        return
-    for row, decoded in enumerate(admitted.payload.images):
-        stats = compute_input_stats(np.asarray(decoded.image), max_side=INPUT_STATS_MAX_SIDE)
-        mark_request(row=row, input_stats=stats)
 
 
 def _drift_config(args: AppArgs) -> DriftConfig:

@@ -30,7 +30,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
 from opentelemetry.context import Context
 
@@ -41,6 +40,7 @@ from serve_drift.eventlog.schema import (
     InferenceRecord,
     LabelRecord,
 )
+from serve_drift.telemetry.spans import remote_span_context
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +100,7 @@ def _record_time(record: EventRecord) -> float:
 def _span_context(record: EventRecord) -> Context | None:
     """A context whose current span is the record's span; ``None`` keeps the caller's."""
     if isinstance(record, InferenceRecord | DriftTestRecord) and record.trace_id and record.span_id:
-        span = trace.NonRecordingSpan(
-            trace.SpanContext(
-                trace_id=int(record.trace_id, 16),
-                span_id=int(record.span_id, 16),
-                is_remote=True,
-                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-            )
-        )
-        return trace.set_span_in_context(span, Context())
+        return remote_span_context(record.trace_id, record.span_id)
     if isinstance(record, InferenceRecord | DriftTestRecord):
         return Context()  # no span: do not borrow the monitor's current one
     return None

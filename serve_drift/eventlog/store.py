@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -660,6 +660,74 @@ class EventStore:
             synchronous=self.synchronous,
         )
 
+    # --- alerts (issue 10): helpers and record types in the alert block at the end -----------
+
+    def write_alert_transitions(self, transitions: Sequence[AlertTransitionLike]) -> WriteReceipt:
+        """Store transitions and the incidents' latest state in one transaction (idempotent)."""
+        rows = [_alert_rows(t) for t in transitions]
+        return self._write("write alert transitions", lambda db: _write_alert_transitions(db, rows))
+
+    def alert_incidents(
+        self,
+        *,
+        state: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredIncident]:
+        """Incidents, newest first, filtered by state (``open``/``resolved``), rule, start."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, op, value in (
+            ("state", "=", state),
+            ("rule", "=", rule),
+            ("opened_at", ">=", since),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = "ORDER BY opened_at DESC LIMIT ?"
+        sql = f"SELECT {_INCIDENT_COLUMNS} FROM alert_incidents {where} {order}"
+        rows = self._read("query alerts", sql, (*params, max(0, limit)))
+        return [_stored_incident(row) for row in rows]
+
+    def alert_incident(self, incident_id: str) -> StoredIncident | None:
+        """The incident whose id is (or starts with) ``incident_id``; ``None`` if none or
+        several match."""
+        sql = f"SELECT {_INCIDENT_COLUMNS} FROM alert_incidents WHERE incident_id LIKE ? LIMIT 2"
+        pattern = incident_id.replace("%", "").replace("_", "") + "%"
+        rows = self._read("query alert", sql, (pattern,))
+        return _stored_incident(rows[0]) if len(rows) == 1 else None
+
+    def alert_transitions(self, incident_id: str) -> list[StoredTransition]:
+        """An incident's transitions, oldest first."""
+        sql = (
+            "SELECT transition_id, incident_id, at, kind, notified, record FROM alert_transitions "
+            "WHERE incident_id = ? ORDER BY at, rowid"
+        )
+        rows = self._read("query alert transitions", sql, (incident_id,))
+        return [StoredTransition(r[0], r[1], r[2], r[3], bool(r[4]), _loads(r[5])) for r in rows]
+
+    def write_maintenance(self, window: MaintenanceLike) -> None:
+        """Store a maintenance window as it starts, and again when it is cleared."""
+        row = _maintenance_row(window)
+        sql = (
+            "INSERT INTO maintenance_windows (maintenance_id, started_at, until, cleared_at, "
+            "record) VALUES (?, ?, ?, ?, ?) ON CONFLICT (maintenance_id) DO UPDATE SET "
+            "cleared_at = excluded.cleared_at, record = excluded.record"
+        )
+        self._write("write maintenance", lambda db: db.execute(sql, row))
+
+    def active_maintenance(self, *, at: float) -> dict[str, Any] | None:
+        """The maintenance in force at ``at`` (the latest started), as stored."""
+        sql = (
+            "SELECT record FROM maintenance_windows WHERE started_at <= ? AND until > ? "
+            "AND cleared_at IS NULL ORDER BY started_at DESC LIMIT 1"
+        )
+        rows = self._read("query maintenance", sql, (at, at))
+        return _loads(rows[0][0]) if rows else None
+
 
 # --- opening ----------------------------------------------------------------------------------
 
@@ -686,7 +754,7 @@ def _open(path: Path, *, synchronous: str, busy_s: float) -> sqlite3.Connection:
 def _create_schema(db: sqlite3.Connection) -> None:
     """Create what is missing and migrate older layouts, idempotently, in one transaction."""
     # Statement by statement: executescript() would COMMIT the open transaction first.
-    for statement in _SCHEMA.split(";"):
+    for statement in (_SCHEMA + _ALERT_SCHEMA).split(";"):  # alert tables: see the alert block
         if statement.strip():
             db.execute(statement)
     found = _layout_version(db)
@@ -1086,3 +1154,168 @@ def _insert_label(
         "VALUES (?, ?, ?)",
         [(iid, label.correlation_id, label.received_at) for iid in internal_ids],
     )
+
+
+# === Alerts: incidents, their transitions, maintenance ========================================
+# A block of its own (issue 10). Alert documents are versioned by the alerts package's own
+# schema (``serve_drift/alerts/alert-v1.schema.json``), not by the event schema: the store keeps
+# them as JSON beside a few indexed columns and never interprets more of them than that. The
+# store cannot import the alerts package (same layer), so it takes any object with the
+# attributes below; ``serve_drift.alerts.Transition`` and ``MaintenanceWindow`` have them.
+
+_ALERT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_incidents (
+    incident_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    resolved_at REAL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_incidents_by_time ON alert_incidents (opened_at);
+CREATE INDEX IF NOT EXISTS alert_incidents_open ON alert_incidents (rule) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS alert_transitions (
+    transition_id TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    notified INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_transitions_by_incident ON alert_transitions (incident_id, at);
+CREATE TABLE IF NOT EXISTS maintenance_windows (
+    maintenance_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    until REAL NOT NULL,
+    cleared_at REAL,
+    record TEXT NOT NULL
+);
+"""
+
+
+class AlertTransitionLike(Protocol):
+    """What the store needs of an alert transition."""
+
+    @property
+    def transition_id(self) -> str: ...
+    @property
+    def incident_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def notify(self) -> bool: ...
+    def to_json(self) -> str: ...
+    def incident_json(self) -> str: ...
+
+
+class MaintenanceLike(Protocol):
+    """What the store needs of a maintenance window."""
+
+    @property
+    def maintenance_id(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def until(self) -> float: ...
+    @property
+    def cleared_at(self) -> float | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StoredIncident:
+    """An incident as last written; ``document`` is its JSON (alert schema v1)."""
+
+    incident_id: str
+    rule: str
+    severity: str
+    state: str
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredTransition:
+    transition_id: str
+    incident_id: str
+    at: float
+    kind: str
+    notified: bool
+    document: dict[str, Any]
+
+
+def _write_alert_transitions(
+    db: sqlite3.Connection, rows: list[tuple[tuple[Any, ...], tuple[Any, ...]]]
+) -> WriteReceipt:
+    written: list[str] = []
+    present: list[str] = []
+    for incident_row, transition_row in rows:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO alert_transitions "
+            "(transition_id, incident_id, at, kind, notified, record) VALUES (?, ?, ?, ?, ?, ?)",
+            transition_row,
+        )
+        (written if cursor.rowcount else present).append(transition_row[0])
+        # The newest state of an incident wins, whatever order writes arrive in.
+        db.execute(
+            "INSERT INTO alert_incidents (incident_id, rule, severity, state, opened_at, "
+            "updated_at, resolved_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (incident_id) DO UPDATE SET state = excluded.state, "
+            "updated_at = excluded.updated_at, resolved_at = excluded.resolved_at, "
+            "record = excluded.record WHERE excluded.updated_at >= alert_incidents.updated_at",
+            incident_row,
+        )
+    return WriteReceipt(written_ids=tuple(written), already_present_ids=tuple(present))
+
+
+def _alert_rows(transition: AlertTransitionLike) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    incident_text = transition.incident_json()
+    incident = _loads(incident_text)
+    incident_row = (
+        transition.incident_id,
+        str(incident["rule"]),
+        str(incident["severity"]),
+        str(incident["state"]),
+        float(incident["opened_at"]),
+        float(incident["updated_at"]),
+        incident.get("resolved_at"),
+        incident_text,
+    )
+    transition_row = (
+        transition.transition_id,
+        transition.incident_id,
+        transition.at,
+        transition.kind,
+        int(transition.notify),
+        transition.to_json(),
+    )
+    return incident_row, transition_row
+
+
+_INCIDENT_COLUMNS = "incident_id, rule, severity, state, opened_at, updated_at, resolved_at, record"
+
+
+def _stored_incident(row: Sequence[Any]) -> StoredIncident:
+    return StoredIncident(
+        incident_id=row[0],
+        rule=row[1],
+        severity=row[2],
+        state=row[3],
+        opened_at=row[4],
+        updated_at=row[5],
+        resolved_at=row[6],
+        document=_loads(row[7]),
+    )
+
+
+def _maintenance_row(window: MaintenanceLike) -> tuple[Any, ...]:
+    import json
+
+    record = json.dumps(window.to_dict(), sort_keys=True)
+    return (window.maintenance_id, window.started_at, window.until, window.cleared_at, record)

@@ -113,7 +113,8 @@ class QuarantineConfig(_Frozen):
 
 
 class IngressConfig(_Frozen):
-    """Everything the ready-made app checks before a forward pass.
+    """Everything the ready-made app checks before a forward pass (and any handler can, with
+    :class:`~serve_drift.ingress.gate.IngressGate`).
 
     >>> IngressConfig.model_validate({"plausibility": {"constant": {"action": "block"}}}
     ...                             ).plausibility.constant.action
@@ -126,6 +127,10 @@ class IngressConfig(_Frozen):
     # Alpha is composited onto this grey level (0 black .. 255 white): digits are light ink
     # on black, so black keeps a transparent PNG of a digit looking like the training data.
     alpha_background: int = Field(0, ge=0, le=255)
+    # Input statistics for the event log (brightness, contrast, sharpness, channel means) are
+    # computed on a strided thumbnail of at most this side: cheap, and enough for drift
+    # forensics. 0 computes none.
+    input_stats_max_side: int = Field(64, ge=0, le=4096)
 
     @model_validator(mode="after")
     def _serve_only_matters_for_quarantine(self) -> IngressConfig:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -22,7 +23,8 @@ from serve_drift.ingress.plausibility import Finding, evaluate
 from serve_drift.ingress.policy import Verdict, block_message, decide
 from serve_drift.ingress.profile import InputProfile
 from serve_drift.ingress.quarantine import QuarantineStore
-from serve_drift.request_context import mark_request
+from serve_drift.ingress.stats import compute_input_stats
+from serve_drift.request_context import current_request_ids, mark_request
 from serve_drift.telemetry import instruments as tel
 
 logger = logging.getLogger(__name__)
@@ -42,22 +44,30 @@ class Admitted:
 
 
 class IngressGate:
-    """What the ready-made app runs before its forward pass; usable in your own handler.
+    """What the ready-made app runs before its forward pass, in one call for your handler too.
 
-    >>> gate = IngressGate(config=IngressConfig())
-    >>> # admitted = await gate.admit(request, correlation_id=..., internal_id=...)
+    In a ``@monitored`` deployment's ``__init__``: ``self.gate = IngressGate(input_shape=(3,
+    224, 224))``; in its handler::
+
+        try:
+            admitted = await self.gate.admit(request)  # decoded, checked, statistics marked
+        except IngressError as error:
+            return self.gate.error_response(error)     # the stable JSON error contract
+
+    >>> IngressGate(input_shape=(1, 8, 8)).config.limits.max_batch
+    64
     """
 
     def __init__(
         self,
         *,
-        config: IngressConfig,
+        config: IngressConfig | None = None,
         input_shape: Sequence[int] | None = None,
         profile: InputProfile | None = None,
         quarantine: QuarantineStore | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        self.config = config
+        self.config = config or IngressConfig()
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.profile = profile
         self.quarantine = quarantine
@@ -66,9 +76,18 @@ class IngressGate:
         self._writes: set[asyncio.Future[Any]] = set()
 
     async def admit(
-        self, request: StreamingRequest, *, correlation_id: str, internal_id: str
+        self,
+        request: StreamingRequest,
+        *,
+        correlation_id: str | None = None,
+        internal_id: str | None = None,
     ) -> Admitted:
-        """Decoded, checked inputs, or :class:`IngressError` (record it with :meth:`reject`)."""
+        """Decoded, checked inputs, or :class:`IngressError` (answer it with
+        :meth:`error_response`). In a monitored request, each image's statistics and flags are
+        marked on its event. The IDs default to the request's own."""
+        if correlation_id is None or internal_id is None:
+            ids = current_request_ids()
+            correlation_id, internal_id = ids.correlation_id, ids.internal_id
         limits = self.config.limits
         body = await read_body(
             request, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s
@@ -86,7 +105,28 @@ class IngressGate:
             raise IngressError(
                 "implausible_input", block_message(verdict.blocked, batch=len(payload) > 1)
             )
+        self._mark_input_stats(payload)
         return Admitted(payload=payload, verdict=verdict)
+
+    def _mark_input_stats(self, payload: Payload) -> None:
+        """Per-image statistics for the event log, only for monitored requests (nobody else
+        would record them)."""
+        side = self.config.input_stats_max_side
+        if not side or not mark_request():
+            return
+        for row, decoded in enumerate(payload.images):
+            stats = compute_input_stats(np.asarray(decoded.image), max_side=side)
+            mark_request(row=row, input_stats=stats)
+
+    def error_response(self, error: IngressError, *, request_id: str | None = None) -> Any:
+        """The refusal as a Starlette ``JSONResponse``: counted, on the span, stable body."""
+        from starlette.responses import JSONResponse
+
+        request_id = request_id or current_request_ids().correlation_id
+        response = JSONResponse(self.reject(error, request_id=request_id), error.status)
+        if error.code == "unauthorized":
+            response.headers["www-authenticate"] = 'Bearer realm="serve-drift"'
+        return response
 
     async def read_json(self, request: StreamingRequest) -> Any:
         """A JSON body under the same size, time and nesting limits as ``admit`` applies."""

@@ -8,6 +8,7 @@ edge (the ready-made app) turns them into JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ from serve_drift.monitor.traffic_sample import TrafficSnapshot
 from serve_drift.monitor.windows import Window
 from serve_drift.monitor.writer import EventLogWriter, WriterQueueFull
 from serve_drift.replica.decorator import MONITOR_KWARG
+from serve_drift.telemetry.setup import shutdown_telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,10 @@ class DriftMonitor:
         if self._config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
-            configure_telemetry(service_name=f"{self._config.model_name}-drift-monitor")
+            configure_telemetry(
+                service_name=f"{self._config.model_name}-drift-monitor",
+                **self._config.telemetry.sdk_arguments(),
+            )
         self._state = MonitorState(self._config)
         self._detection = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-drift-test")
         self._writer = EventLogWriter(queue_size=self._config.events.writer_queue_size)
@@ -156,6 +161,13 @@ class DriftMonitor:
             pending_windows=self._pending_windows, event_log_queue=self._writer.pending()
         )
 
+    def __del__(self) -> None:
+        # Serve calls __del__ before it kills a stopped replica: let queued store writes
+        # finish, then export buffered telemetry, each within its bound (no exit hook runs).
+        with contextlib.suppress(Exception):
+            self._writer.close(timeout_s=self._config.events.arrival_timeout_s)
+            shutdown_telemetry()
+
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Serve ``user_config``: window and threshold changes apply without a restart.
 
@@ -167,7 +179,7 @@ class DriftMonitor:
         self._config = self._state.config
 
 
-def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
+def monitor_deployment(config: DriftConfig, *, name: str, **options: Any) -> Any:
     """The drift monitor as a Serve deployment; ``options`` go to ``Deployment.options``.
 
     One replica: it owns the windows. Give it a GPU with ``ray_actor_options={"num_gpus": 1}``.
@@ -175,7 +187,7 @@ def monitor_deployment(config: DriftConfig, **options: Any) -> Any:
     from ray import serve
 
     defaults: dict[str, Any] = {
-        "name": config.monitor_deployment,
+        "name": name,
         "num_replicas": 1,
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.5},
@@ -194,7 +206,10 @@ def monitored_app(
     config: DriftConfig | None = getattr(deployment.func_or_class, "serve_drift_config", None)
     if config is None:
         raise TypeError("monitored_app needs a deployment whose class is decorated with @monitored")
-    monitor = monitor_deployment(config, **(monitor_options or {})).bind(
-        config.model_dump(mode="json")
+    options = dict(monitor_options or {})
+    name = str(options.pop("name", None) or config.monitor_name(deployment.name))
+    monitor_config = config.model_copy(update={"monitor_deployment": name})
+    monitor = monitor_deployment(monitor_config, name=name, **options).bind(
+        monitor_config.model_dump(mode="json")
     )
     return deployment.bind(*args, **{MONITOR_KWARG: monitor}, **kwargs)

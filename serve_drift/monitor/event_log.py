@@ -46,7 +46,18 @@ MAX_SENTINEL_RUNS = 16
 
 
 def default_path(config: DriftConfig) -> Path:
-    return _env.event_db_dir() / f"{config.model_name}.sqlite"
+    """``<cache>/events/<app>/<monitor>.sqlite``: one store per monitor, also across apps."""
+    monitor = config.monitor_deployment or f"{config.model_name}DriftMonitor"
+    return _env.event_db_dir() / _app_name() / f"{monitor}.sqlite"
+
+
+def _app_name() -> str:
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().app_name) or "default"
+    except Exception:  # outside a Serve replica (scripts, tests)
+        return "local"
 
 
 def _finite(value: float | None) -> float | None:

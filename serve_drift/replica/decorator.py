@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from serve_drift.config import DriftConfig
 from serve_drift.replica.runtime import ReplicaMonitor
+from serve_drift.telemetry.setup import shutdown_telemetry
 
 T = TypeVar("T")
 _RUNTIME_ATTR = "_serve_drift"
@@ -71,8 +73,26 @@ def _wrap_class(cls: type, config: DriftConfig, methods: Sequence[str]) -> type:
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,
     }
+    namespace["__del__"] = _wrap_del(cls)
     namespace.update({name: _wrap_method(getattr(cls, name)) for name in methods})
     return type(cls.__name__, (cls,), namespace)
+
+
+def _wrap_del(cls: Any) -> Callable[[Any], None]:
+    user_del = getattr(cls, "__del__", None)
+
+    def __del__(self: Any) -> None:
+        # Serve calls __del__ before it kills a stopped replica, and no exit hook runs after:
+        # export the telemetry still buffered, within its bound. Sync on purpose: an async
+        # __del__ called by the garbage collector would leave a coroutine never awaited.
+        try:
+            if user_del is not None:
+                user_del(self)
+        finally:
+            with contextlib.suppress(Exception):
+                shutdown_telemetry()
+
+    return __del__
 
 
 def _wrap_init(cls: Any) -> Callable[..., None]:

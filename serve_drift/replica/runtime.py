@@ -22,6 +22,7 @@ from serve_drift.config import DriftConfig
 from serve_drift.credentials import AdminCredential
 from serve_drift.messages import EventBatch, InferenceEvent
 from serve_drift.reference.reference_set import read_reference_version
+from serve_drift.replica.executor import install_on
 from serve_drift.replica.shipper import EmbeddingShipper, PendingEmbedding
 from serve_drift.request_context import (
     RequestIds,
@@ -31,6 +32,7 @@ from serve_drift.request_context import (
     current_request_ids,
     request_marks,
     request_source,
+    serve_batch_request_ids,
 )
 from serve_drift.telemetry import instruments as tel
 
@@ -102,11 +104,16 @@ class ReplicaMonitor:
         if config.telemetry.configure_sdk:
             from serve_drift.telemetry.setup import configure_telemetry
 
-            destination = configure_telemetry(service_name=config.model_name)
+            destination = configure_telemetry(
+                service_name=config.model_name, **config.telemetry.sdk_arguments()
+            )
             logger.info("serve-drift: telemetry to %s", destination)
         self.config = config
         self.capture = EmbeddingCapture(
-            find_model(instance, attr=config.model_attr), layer=config.embedding_layer
+            find_model(instance, attr=config.model_attr),
+            layer=config.embedding_layer,
+            scores=config.scores,
+            row_owners=serve_batch_request_ids,
         )
         self.reference_version = read_reference_version(config.reference_path)
         self._monitor_handle = monitor_handle
@@ -122,6 +129,8 @@ class ReplicaMonitor:
     async def handle(
         self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        # run_in_executor(None, ...) must carry the request's context to its thread too.
+        install_on(asyncio.get_running_loop())
         ids = current_request_ids()
         headers = _request_headers(args)
         parent = _parent_context(
@@ -138,7 +147,7 @@ class ReplicaMonitor:
             tracer.start_as_current_span(SPAN_NAME, context=parent, kind=kind) as span,
         ):
             span.set_attributes(self._request_attributes(ids))
-            with self.capture.capture() as captured:
+            with self.capture.capture(owner=ids.internal_id) as captured:
                 try:
                     result = await _call_user_code(method, args, kwargs)
                 except BaseException:
@@ -286,7 +295,7 @@ class ReplicaMonitor:
     def monitor(self) -> Any:
         """Handle to this app's drift monitor (passed in by ``monitored_app`` or looked up)."""
         if self._monitor_handle is None:
-            self._monitor_handle = _lookup_monitor(self.config.monitor_deployment)
+            self._monitor_handle = _lookup_monitor(self.config)
         return self._monitor_handle
 
     async def monitor_call(self, method: str, *args: Any) -> Any:
@@ -354,11 +363,12 @@ class Predictions:
         )
 
 
-def _lookup_monitor(name: str) -> Any:
+def _lookup_monitor(config: DriftConfig) -> Any:
     from ray import serve
 
-    app_name = serve.get_replica_context().app_name
-    return serve.get_deployment_handle(name, app_name=app_name)
+    context = serve.get_replica_context()
+    name = config.monitor_name(context.deployment)
+    return serve.get_deployment_handle(name, app_name=context.app_name)
 
 
 def _replica_id() -> str:

@@ -6,7 +6,8 @@ monitor, a script), from the standard ``OTEL_*`` environment variables:
 
 - ``OTEL_SDK_DISABLED=true`` installs nothing;
 - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp`` (default), ``console``, ``none``
-  (a comma-separated list is accepted);
+  (a comma-separated list is accepted); metrics also take ``ray``, into Ray's metrics agent for
+  Prometheus to scrape (:mod:`serve_drift.telemetry.ray_metrics`);
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` and ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``;
 - ``OTEL_EXPORTER_OTLP_PROTOCOL`` and ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL``:
   ``grpc`` (default) or ``http/protobuf``;
@@ -18,44 +19,65 @@ When the exporter is left at its default and no OTLP endpoint is set for a signa
 sent to ``localhost:4317`` on the off chance: the signal goes to JSON-lines files
 (``spans-<pid>.jsonl``, ``metrics-<pid>.jsonl``) under ``fallback_dir``.
 
+The files rotate at ``file_max_bytes`` and keep ``file_backup_count`` rotated copies
+(``spans-<pid>.jsonl.1`` and so on), so each takes at most ``(file_backup_count + 1) *
+file_max_bytes`` bytes (see :mod:`serve_drift.telemetry.jsonlines`).
+
+:func:`force_flush` and :func:`shutdown_telemetry` return within ``flush_timeout_s`` and
+``shutdown_timeout_s`` whatever the exporter does (an OTLP exporter retries each batch up to its
+own ``OTEL_EXPORTER_OTLP_TIMEOUT``, which is left as the user set it). The providers are
+installed without the SDK's own exit hook, which would flush with no overall bound; a bounded
+:func:`shutdown_telemetry` runs at process exit instead. Telemetry still buffered when a shutdown
+reaches its bound is dropped, and counted in the returned :class:`TelemetryFlushResult` and in a
+warning log line.
+
 Ray Serve's own tracing may already have installed SDK providers in a replica. Only the first
-``set_*_provider`` call in a process takes effect, so an existing provider is left unchanged.
+``set_*_provider`` call in a process takes effect, so an existing provider is left unchanged
+(and is neither flushed nor shut down here).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
+import logging
 import math
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExportResult,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 
 from serve_drift import _env
+from serve_drift.telemetry.bounded import (
+    BoundedProviders,
+    CountingBatchSpanProcessor,
+    GuardedMetricExporter,
+    GuardedSpanExporter,
+    Ledger,
+    TelemetryFlushResult,
+)
+from serve_drift.telemetry.jsonlines import JsonLinesMetricExporter, JsonLinesSpanExporter
 
-__all__ = ["TelemetryDestination", "configure_telemetry", "force_flush"]
+__all__ = [
+    "TelemetryDestination",
+    "TelemetryFlushResult",
+    "configure_telemetry",
+    "force_flush",
+    "shutdown_telemetry",
+]
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_SERVICE_NAME = "serve-drift"
 _DEFAULT_INTERVAL_MS = 10_000.0
@@ -74,7 +96,7 @@ _OTLP_CLASSES = {
 }
 _DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
 _FILE_PREFIXES = {"traces": "spans", "metrics": "metrics"}
-_KNOWN_EXPORTERS = {"otlp", "console", "none"}
+_KNOWN_EXPORTERS = {"otlp", "console", "none", "ray"}
 
 
 @dataclass(frozen=True)
@@ -94,11 +116,22 @@ class TelemetryDestination:
     logs: str | None = None
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """The limits this process's telemetry runs under, fixed by the first configuration."""
+
+    flush_timeout_s: float
+    shutdown_timeout_s: float
+    file_max_bytes: int
+    file_backup_count: int
+
+
 @dataclass
 class _State:
     result: TelemetryDestination | None = None
-    tracer_provider: SDKTracerProvider | None = None
-    meter_provider: SDKMeterProvider | None = None
+    bounds: _Bounds | None = None
+    providers: BoundedProviders | None = None
+    exit_hook: bool = False
 
 
 _LOCK = threading.Lock()
@@ -109,6 +142,8 @@ _STATE = _State()
 class _Plan:
     resource: Resource
     fallback_dir: Path
+    bounds: _Bounds
+    providers: BoundedProviders
 
 
 def configure_telemetry(
@@ -116,40 +151,106 @@ def configure_telemetry(
     service_name: str | None = None,
     fallback_dir: str | os.PathLike[str] | None = None,
     metric_export_interval_ms: int | None = None,
+    flush_timeout_s: float | None = None,
+    shutdown_timeout_s: float | None = None,
+    file_max_bytes: int | None = None,
+    file_backup_count: int | None = None,
 ) -> TelemetryDestination:
     """Install OpenTelemetry SDK tracer and meter providers for this process, once.
 
     Idempotent: later calls return the first call's result and change nothing. Never raises
     because of the environment; problems are reported in the returned destination.
 
+    ``flush_timeout_s`` and ``shutdown_timeout_s`` bound :func:`force_flush` and
+    :func:`shutdown_telemetry` (which also runs at process exit); ``file_max_bytes`` and
+    ``file_backup_count`` bound the JSON-lines fallback files. Left out, each comes from its
+    ``SERVE_DRIFT_TELEMETRY_*`` knob or the default: 5 s, 5 s, 16 MiB, 3 rotated files.
+    ``TelemetryConfig.sdk_arguments()`` gives all four from a config.
+
     Example::
 
-        >>> from serve_drift.telemetry.setup import configure_telemetry, force_flush
+        >>> from serve_drift.telemetry.setup import configure_telemetry, shutdown_telemetry
         >>> dest = configure_telemetry(service_name="digits-app")  # doctest: +SKIP
         >>> dest.traces  # doctest: +SKIP
         'file /srv/.serve-drift/telemetry/spans-4242.jsonl'
-        >>> force_flush()  # doctest: +SKIP
+        >>> shutdown_telemetry().completed  # doctest: +SKIP
+        True
     """
     with _LOCK:
         if _STATE.result is None:
-            _STATE.result = _configure(service_name, fallback_dir, metric_export_interval_ms)
+            bounds, notes = _resolve_bounds(
+                flush_timeout_s=flush_timeout_s,
+                shutdown_timeout_s=shutdown_timeout_s,
+                file_max_bytes=file_max_bytes,
+                file_backup_count=file_backup_count,
+            )
+            _STATE.bounds = bounds
+            result = _configure(service_name, fallback_dir, metric_export_interval_ms, bounds)
+            _STATE.result = _with_notes(result, notes)
         return _STATE.result
 
 
-def force_flush(timeout_ms: int = 5000) -> None:
-    """Export everything buffered by the providers this module installed (no-op otherwise)."""
-    for provider in (_STATE.tracer_provider, _STATE.meter_provider):
-        if provider is None:
-            continue
-        # Flushing telemetry must never break the caller.
-        with contextlib.suppress(Exception):
-            provider.force_flush(timeout_ms)
+def force_flush(*, timeout_s: float | None = None) -> TelemetryFlushResult:
+    """Export what the providers installed here have buffered, waiting at most ``timeout_s``.
+
+    ``None`` means the configured ``flush_timeout_s``. When the bound is reached the flush goes
+    on in the background (nothing is dropped) and ``completed`` is ``False``. A no-op when this
+    module installed nothing. Never raises.
+
+    >>> force_flush(timeout_s=1.0).completed  # nothing installed in this process
+    True
+    """
+    timeout_s = _timeout(timeout_s, flush=True)
+    return _call_bounded(lambda p: p.force_flush(timeout_s=timeout_s), timeout_s)
+
+
+def shutdown_telemetry(*, timeout_s: float | None = None) -> TelemetryFlushResult:
+    """Flush and shut down the providers installed here, returning within ``timeout_s``.
+
+    ``None`` means the configured ``shutdown_timeout_s``. Spans and metric points not exported
+    by then are dropped; the result counts them (``spans_dropped``, ``metric_points_dropped``)
+    and a warning is logged. Runs once (later calls return the first result), and at process
+    exit. Call it where a process stops serving, e.g. a Ray Serve replica's ``__del__``, which
+    Serve calls before it kills the replica (a killed process runs no exit hooks). Never raises.
+
+    >>> shutdown_telemetry(timeout_s=1.0).spans_dropped  # nothing installed in this process
+    0
+    """
+    timeout_s = _timeout(timeout_s, flush=False)
+    return _call_bounded(lambda p: p.shutdown(timeout_s=timeout_s), timeout_s)
+
+
+def _timeout(value: float | None, *, flush: bool) -> float:
+    if value is not None and math.isfinite(value) and value >= 0:
+        return float(value)
+    bounds = _STATE.bounds
+    if bounds is None:
+        return _env.telemetry_flush_timeout_s() if flush else _env.telemetry_shutdown_timeout_s()
+    return bounds.flush_timeout_s if flush else bounds.shutdown_timeout_s
+
+
+def _call_bounded(
+    call: Callable[[BoundedProviders], TelemetryFlushResult], timeout_s: float
+) -> TelemetryFlushResult:
+    providers = _STATE.providers
+    if providers is None:
+        return TelemetryFlushResult(completed=True, elapsed_s=0.0, timeout_s=timeout_s)
+    try:
+        return call(providers)
+    except Exception:  # telemetry must never break the caller
+        logger.warning("serve-drift: telemetry flush or shutdown failed", exc_info=True)
+        return TelemetryFlushResult(completed=False, elapsed_s=0.0, timeout_s=timeout_s)
+
+
+def _shutdown_at_exit() -> None:
+    shutdown_telemetry()
 
 
 def _configure(
     service_name: str | None,
     fallback_dir: str | os.PathLike[str] | None,
     interval_ms: int | None,
+    bounds: _Bounds,
 ) -> TelemetryDestination:
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         off = "none (OTEL_SDK_DISABLED=true)"
@@ -157,10 +258,80 @@ def _configure(
     plan = _Plan(
         resource=_build_resource(service_name),
         fallback_dir=Path(fallback_dir) if fallback_dir is not None else _env.telemetry_dir(),
+        bounds=bounds,
+        providers=BoundedProviders(ledger=Ledger()),
     )
-    return TelemetryDestination(
+    result = TelemetryDestination(
         traces=_guarded(lambda: _setup_traces(plan)),
         metrics=_guarded(lambda: _setup_metrics(plan, interval_ms)),
+    )
+    if not plan.providers.empty:
+        _STATE.providers = plan.providers
+        _register_exit_hook()
+    return result
+
+
+def _register_exit_hook() -> None:
+    # Instead of the SDK's per-provider exit hooks, which flush with no overall bound.
+    if not _STATE.exit_hook:
+        atexit.register(_shutdown_at_exit)
+        _STATE.exit_hook = True
+
+
+# --- bounds ---------------------------------------------------------------------------------
+
+
+def _resolve_bounds(
+    *,
+    flush_timeout_s: float | None,
+    shutdown_timeout_s: float | None,
+    file_max_bytes: int | None,
+    file_backup_count: int | None,
+) -> tuple[_Bounds, list[str]]:
+    checks = (
+        _seconds("flush_timeout_s", flush_timeout_s, _env.telemetry_flush_timeout_s),
+        _seconds("shutdown_timeout_s", shutdown_timeout_s, _env.telemetry_shutdown_timeout_s),
+        _count("file_max_bytes", file_max_bytes, _env.telemetry_file_max_bytes, minimum=1),
+        _count("file_backup_count", file_backup_count, _env.telemetry_file_backup_count, minimum=0),
+    )
+    flush, shutdown, max_bytes, backups = (value for value, _ in checks)
+    bounds = _Bounds(
+        flush_timeout_s=float(flush),
+        shutdown_timeout_s=float(shutdown),
+        file_max_bytes=int(max_bytes),
+        file_backup_count=int(backups),
+    )
+    return bounds, [note for _, note in checks if note]
+
+
+def _seconds(
+    name: str, value: float | None, default: Callable[[], float]
+) -> tuple[float, str | None]:
+    if value is None:
+        return default(), None
+    if not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf:
+        return float(value), None
+    fallback = default()
+    return fallback, f"{name}={value!r} is invalid, using {fallback:g} s"
+
+
+def _count(
+    name: str, value: int | None, default: Callable[[], int], *, minimum: int
+) -> tuple[int, str | None]:
+    if value is None:
+        return default(), None
+    if not isinstance(value, bool) and isinstance(value, int) and value >= minimum:
+        return value, None
+    fallback = default()
+    return fallback, f"{name}={value!r} is invalid, using {fallback}"
+
+
+def _with_notes(result: TelemetryDestination, notes: list[str]) -> TelemetryDestination:
+    if not notes:
+        return result
+    note = "; ".join(notes)
+    return TelemetryDestination(
+        traces=_with_note(result.traces, note), metrics=_with_note(result.metrics, note)
     )
 
 
@@ -209,16 +380,19 @@ def _setup_traces(plan: _Plan) -> str:
     exporters, text = _build_exporters("traces", plan)
     if not exporters:
         return text
-    provider = SDKTracerProvider(resource=plan.resource)
-    for exporter in exporters:
-        processor, note = _batch_processor(exporter)
+    ledger = plan.providers.ledger
+    guarded = [GuardedSpanExporter(exporter, ledger=ledger) for exporter in exporters]
+    provider = SDKTracerProvider(resource=plan.resource, shutdown_on_exit=False)
+    for exporter in guarded:
+        processor, note = _batch_processor(exporter, ledger)
         provider.add_span_processor(processor)
         text = _with_note(text, note)
     trace.set_tracer_provider(provider)
     if trace.get_tracer_provider() is not provider:  # another thread installed one first
         provider.shutdown()
         return _existing_text(trace.get_tracer_provider(), SDKTracerProvider)
-    _STATE.tracer_provider = provider
+    plan.providers.add(provider, name="traces")
+    plan.providers.add_exporters(guarded)
     return text
 
 
@@ -230,16 +404,21 @@ def _setup_metrics(plan: _Plan, interval_arg: int | None) -> str:
     if not exporters:
         return text
     interval_ms, note = _metric_interval_ms(interval_arg)
+    ledger = plan.providers.ledger
+    guarded = [GuardedMetricExporter(exporter, ledger=ledger) for exporter in exporters]
     readers = [
         PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
-        for exporter in exporters
+        for exporter in guarded
     ]
-    provider = SDKMeterProvider(resource=plan.resource, metric_readers=readers)
+    provider = SDKMeterProvider(
+        resource=plan.resource, metric_readers=readers, shutdown_on_exit=False
+    )
     metrics.set_meter_provider(provider)
     if metrics.get_meter_provider() is not provider:  # another thread installed one first
         provider.shutdown()
         return _existing_text(metrics.get_meter_provider(), SDKMeterProvider)
-    _STATE.meter_provider = provider
+    plan.providers.add(provider, name="metrics")
+    plan.providers.add_exporters(guarded)
     return _with_note(text, note)
 
 
@@ -254,12 +433,15 @@ def _existing_text(provider: object, sdk_class: type) -> str:
     return f"existing provider {type(provider).__name__} (left unchanged)"
 
 
-def _batch_processor(exporter: SpanExporter) -> tuple[BatchSpanProcessor, str | None]:
+def _batch_processor(
+    exporter: SpanExporter, ledger: Ledger
+) -> tuple[CountingBatchSpanProcessor, str | None]:
     try:
-        return BatchSpanProcessor(exporter), None  # reads OTEL_BSP_*
+        return CountingBatchSpanProcessor(exporter, ledger=ledger), None  # reads OTEL_BSP_*
     except ValueError as exc:  # e.g. OTEL_BSP_SCHEDULE_DELAY=0 fails the SDK's validation
-        defaults = BatchSpanProcessor(
+        defaults = CountingBatchSpanProcessor(
             exporter,
+            ledger=ledger,
             max_queue_size=2048,
             schedule_delay_millis=5000,
             max_export_batch_size=512,
@@ -318,6 +500,12 @@ def _exporter_names(signal: str) -> tuple[list[str], str | None]:
 
 
 def _build_one(signal: str, name: str, plan: _Plan) -> tuple[Any, str]:
+    if name == "ray":  # metrics into Ray's metrics agent, which Prometheus scrapes
+        if signal != "metrics":
+            return None, "none (ray exports metrics only)"
+        from serve_drift.telemetry.ray_metrics import RayMetricsExporter
+
+        return RayMetricsExporter(), "ray metrics (Prometheus scrapes Ray's metrics agent)"
     if name == "console":
         return (ConsoleSpanExporter() if signal == "traces" else ConsoleMetricExporter()), "console"
     if name == "default" and not _endpoint_configured(signal):
@@ -372,66 +560,15 @@ def _file_exporter(signal: str, plan: _Plan) -> tuple[Any, str]:
     path = plan.fallback_dir / f"{_FILE_PREFIXES[signal]}-{os.getpid()}.jsonl"
     try:
         plan.fallback_dir.mkdir(parents=True, exist_ok=True)
-        exporter_class = _JsonLinesSpanExporter if signal == "traces" else _JsonLinesMetricExporter
-        return exporter_class(path), f"file {path}"
+        exporter_class = JsonLinesSpanExporter if signal == "traces" else JsonLinesMetricExporter
+        limits = plan.bounds
+        exporter = exporter_class(
+            path, max_bytes=limits.file_max_bytes, backup_count=limits.file_backup_count
+        )
+        return exporter, f"file {path}"
     except OSError as exc:
         return None, f"none (cannot write {path}: {exc})"
 
 
 def _with_note(text: str, note: str | None) -> str:
     return f"{text} ({note})" if note else text
-
-
-# --- JSON-lines file exporters --------------------------------------------------------------
-
-
-def _open_append(path: Path) -> IO[str]:
-    # Line-buffered, and the console exporters flush after every export: readers see lines
-    # promptly. Append, so a restarted process with a reused pid does not erase history.
-    return open(path, "a", encoding="utf-8", buffering=1)
-
-
-def _span_line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
-
-
-def _metrics_line(data: MetricsData) -> str:
-    return data.to_json(indent=None) + "\n"
-
-
-class _JsonLinesSpanExporter(ConsoleSpanExporter):
-    """One ``ReadableSpan.to_json()`` object per line; closes its file on shutdown."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(out=_open_append(path), formatter=_span_line)
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with self._lock:
-            if self.out.closed:
-                return SpanExportResult.FAILURE
-            return super().export(spans)
-
-    def shutdown(self) -> None:
-        with self._lock:
-            self.out.close()
-
-
-class _JsonLinesMetricExporter(ConsoleMetricExporter):
-    """One ``MetricsData.to_json()`` object per collection per line; closes on shutdown."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(out=_open_append(path), formatter=_metrics_line)
-        self._lock = threading.Lock()
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        with self._lock:
-            if self.out.closed:
-                return MetricExportResult.FAILURE
-            return super().export(metrics_data, timeout_millis, **kwargs)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        with self._lock:
-            self.out.close()

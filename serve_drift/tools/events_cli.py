@@ -43,11 +43,11 @@ _SUBCOMMANDS = ("list", "drift", "metrics", "health")
 
 def default_db_path() -> Path:
     """``$SERVE_DRIFT_EVENT_DB``; else the only store in the monitors' default folder
-    (``$SERVE_DRIFT_CACHE_DIR/events/<model_name>.sqlite``); else that folder's ``model.sqlite``."""
+    (``$SERVE_DRIFT_CACHE_DIR/events/<app>/<monitor>.sqlite``); else ``model.sqlite`` there."""
     explicit = _env.event_db()
     if explicit is not None:
         return explicit
-    stores = sorted(_env.event_db_dir().glob("*.sqlite"))
+    stores = sorted(_env.event_db_dir().rglob("*.sqlite"))
     return stores[0] if len(stores) == 1 else _env.event_db_dir() / "model.sqlite"
 
 

@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "serve_drift"
 # Bottom to top; a stage may import only stages of strictly lower layers.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_env", "errors", "files", "messages"}),
-    frozenset({"config", "request_context", "capture", "telemetry", "credentials"}),
-    frozenset({"reference", "detectors", "eventlog", "ingress"}),
+    frozenset({"config", "request_context", "capture", "telemetry", "credentials", "corruptions"}),
+    frozenset({"reference", "detectors", "eventlog", "ingress", "alerts"}),
     frozenset({"models", "replica"}),
     frozenset({"monitor"}),
     frozenset({"apps", "routing"}),
@@ -34,9 +34,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "capture": frozenset({"errors"}),
     "telemetry": frozenset({"_env"}),
     "credentials": frozenset(),
+    # Image corruptions for drills: pure image functions, public, below everything that uses them.
+    "corruptions": frozenset({"errors"}),
     "reference": frozenset({"capture", "errors", "files"}),
     "detectors": frozenset({"config", "errors", "messages"}),
     "eventlog": frozenset({"errors", "messages", "request_context", "telemetry"}),
+    # Alerting sits beside the event log: its incidents are stored there through a protocol,
+    # never by importing it (the monitor joins the two).
+    "alerts": frozenset({"config", "errors", "messages", "request_context", "telemetry"}),
     "ingress": frozenset({"errors", "files", "messages", "request_context", "telemetry"}),
     "models": frozenset({"_env", "files", "reference"}),
     # The request path: never the event store, the monitor or the tools.
@@ -95,10 +100,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tools": frozenset(
         {
             "_env",
+            "alerts",
             "apps",
             "config",
+            "corruptions",
+            "errors",
             "eventlog",
             "files",
+            "messages",
             "models",
             "monitor",
             "reference",

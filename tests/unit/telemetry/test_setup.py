@@ -1,99 +1,20 @@
-"""configure_telemetry, each case in a fresh subprocess.
+"""configure_telemetry, each case in a fresh subprocess (see tests/support/telemetry_subprocess).
 
-Global OpenTelemetry providers can be set once per process, so every case runs
-``sys.executable -c <script>`` with an explicit environment. The scripts register a bare
-``serve_drift`` package object first so that ``serve_drift/__init__`` (torch, Ray) is not
-imported: each subprocess then starts in well under a second, and the module under test is shown
-not to depend on the rest of the package. ``test_package_import_installs_no_provider`` is the one
-case that imports the real package.
+``test_package_import_installs_no_provider`` is the one case that imports the real package.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-PACKAGE_DIR = REPO_ROOT / "serve_drift"
-
-_BARE_PACKAGE = f"""
-import sys, types
-_pkg = types.ModuleType("serve_drift")
-_pkg.__path__ = [{str(PACKAGE_DIR)!r}]
-sys.modules["serve_drift"] = _pkg
-"""
-
-_PRELUDE = """
-import json, os, sys, time
-from opentelemetry import metrics, trace
-from serve_drift.telemetry.setup import configure_telemetry, force_flush
-
-def report(dest, **extra):
-    out = {"pid": os.getpid()}
-    if dest is not None:
-        out |= {"traces": dest.traces, "metrics": dest.metrics, "logs": dest.logs}
-    print("RESULT " + json.dumps({**out, **extra}), flush=True)
-
-def emit(span_name="unit.span", counter="serve_drift.test.requests"):
-    tracer = trace.get_tracer("serve_drift.tests")
-    with tracer.start_as_current_span("unit.request", attributes={"k": "v"}) as request:
-        pass
-    with tracer.start_as_current_span(
-        span_name,
-        attributes={"serve_drift.n": 3, "serve_drift.ids": ["a", "b"], "serve_drift.ok": True},
-        links=[trace.Link(request.get_span_context(), {"serve_drift.why": "batch"})],
-    ) as span:
-        span.add_event("unit.event", {"serve_drift.p": 0.5})
-        with tracer.start_as_current_span("unit.child"):
-            pass
-    meter = metrics.get_meter("serve_drift.tests")
-    meter.create_counter(counter).add(2, {"route": "/predict"})
-    meter.create_counter(counter).add(5, {"route": "/predict"})
-    meter.create_histogram("serve_drift.test.pvalue").record(0.04, {"detector": "mmd"})
-"""
+from tests.support.telemetry_subprocess import run_script
 
 _RECEIVE_TIMEOUT_S = 15
-
-
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """The parent's environment minus anything that would steer telemetry or proxies."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "SERVE_DRIFT_", "RAY_")) and "proxy" not in key.lower()
-    }
-    env.update(extra)
-    return env
-
-
-def run_script(
-    script: str, env: dict[str, str] | None = None, *, bare_package: bool = True
-) -> dict[str, Any]:
-    """Run a script after the prelude in a fresh interpreter; return its ``report`` dict."""
-    prologue = _BARE_PACKAGE if bare_package else ""
-    proc = subprocess.run(
-        [sys.executable, "-c", prologue + _PRELUDE + textwrap.dedent(script)],
-        env=_clean_env(env or {}),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no RESULT line\n{proc.stdout}\n{proc.stderr}"
-    return {**json.loads(lines[-1].removeprefix("RESULT ")), "stderr": proc.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -435,3 +356,81 @@ def test_receiver_wait_for_reports_what_arrived() -> None:
         with pytest.raises(AssertionError, match=r"export requests: none"):
             receiver.wait_for(lambda r: r.spans(), timeout_s=0.2, interval_s=0.05)
         assert receiver.endpoint.startswith("http://127.0.0.1:")
+
+
+def test_shutdown_delivers_everything_to_a_live_receiver(receiver: OtlpReceiver) -> None:
+    result = run_script(
+        """
+        dest = configure_telemetry(shutdown_timeout_s=10)
+        emit_many(1500)
+        done = shutdown_telemetry()
+        report(dest, completed=done.completed, exported=done.spans_exported,
+               dropped=done.spans_dropped, points=done.metric_points_exported,
+               points_dropped=done.metric_points_dropped)
+        """,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+    )
+    assert result["completed"] and (result["exported"], result["dropped"]) == (1500, 0)
+    assert result["points_dropped"] == 0
+    spans = receiver.wait_for(
+        lambda r: len(_spans_of(r, result["pid"])) >= 1500 and _spans_of(r, result["pid"]),
+        timeout_s=_RECEIVE_TIMEOUT_S,
+    )
+    assert len(spans) == 1500  # what the result counts as exported did arrive, once each
+
+
+def test_file_fallback_rotates_at_the_configured_size(tmp_path: Path) -> None:
+    result = run_script(
+        f"""
+        dest = configure_telemetry(fallback_dir={str(tmp_path)!r})
+        emit_many(400)
+        done = shutdown_telemetry()
+        report(dest, exported=done.spans_exported)
+        """,
+        {
+            "SERVE_DRIFT_TELEMETRY_FILE_MAX_BYTES": "20000",
+            "SERVE_DRIFT_TELEMETRY_FILE_BACKUPS": "2",
+        },
+    )
+    name = f"spans-{result['pid']}.jsonl"
+    spans_files = sorted(p.name for p in tmp_path.glob(f"{name}*"))
+    assert spans_files == [name, f"{name}.1", f"{name}.2"]  # more were written: capped at 2
+    assert all((tmp_path / f).stat().st_size <= 20000 for f in spans_files)
+    newest = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+    assert newest[-1]["attributes"]["i"] == 399 and result["exported"] == 400
+
+
+def test_invalid_bounds_fall_back_to_the_defaults_with_a_note(tmp_path: Path) -> None:
+    result = run_script(
+        f"""
+        dest = configure_telemetry(
+            fallback_dir={str(tmp_path)!r}, shutdown_timeout_s=-1, file_max_bytes=0
+        )
+        report(dest, flush=force_flush().timeout_s)
+        """,
+        {"SERVE_DRIFT_TELEMETRY_FLUSH_TIMEOUT_S": "soon"},  # a bad knob: the documented default
+    )
+    for text in (result["traces"], result["metrics"]):
+        assert "shutdown_timeout_s=-1 is invalid, using 5 s" in text, text
+        assert "file_max_bytes=0 is invalid, using 16777216" in text, text
+    assert result["flush"] == 5.0
+
+
+def test_providers_skip_the_sdks_unbounded_exit_hook(tmp_path: Path) -> None:
+    # The SDK would register TracerProvider.shutdown and MeterProvider.shutdown here.
+    result = run_script(
+        f"""
+        import atexit
+        registered = []
+        real_register = atexit.register
+
+        def spy(fn, *args, **kwargs):
+            registered.append(getattr(fn, "__qualname__", repr(fn)))
+            return real_register(fn, *args, **kwargs)
+
+        atexit.register = spy
+        dest = configure_telemetry(fallback_dir={str(tmp_path)!r})
+        report(dest, registered=registered)
+        """
+    )
+    assert result["registered"] == ["_shutdown_at_exit"]
