@@ -36,7 +36,22 @@ def _parser() -> argparse.ArgumentParser:
         "sentinel", help="send the labelled sentinel set through the deployed app and record it"
     )
     sentinel.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
-    sentinel.add_argument("--count", type=int, default=200, help="sentinel images (default 200)")
+    sentinel.add_argument(
+        "--set",
+        default="embedded",
+        help="the labelled set: 'embedded' (the digits pool), a folder of class folders, or a "
+        ".csv/.jsonl manifest of path,label (default embedded)",
+    )
+    sentinel.add_argument("--set-name", help="the set's name in its lineage (default: its stem)")
+    sentinel.add_argument(
+        "--set-version", help="the set's version (default: the first 12 hex of its sha256)"
+    )
+    sentinel.add_argument(
+        "--inspect", action="store_true", help="print the set's lineage (hash, classes) and stop"
+    )
+    sentinel.add_argument(
+        "--count", type=int, help="images of the set to send (default: 200 embedded, else all)"
+    )
     sentinel.add_argument("--every", type=float, default=0, help="repeat every N seconds")
     sentinel.add_argument("--runs", type=int, default=1, help="runs when repeating (0: forever)")
     sentinel.add_argument("--token-file", help="file holding the admin bearer token")
@@ -59,7 +74,17 @@ def _parser() -> argparse.ArgumentParser:
         "alerts", help="alert history, rules, compiled configs, maintenance", add_help=False
     )
     alerts.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, what in _OWN_PARSERS.items():  # listed here; each parses its own arguments
+        commands.add_parser(name, help=what, add_help=False).add_argument(
+            "rest", nargs=argparse.REMAINDER
+        )
     return parser
+
+
+_OWN_PARSERS = {
+    "drill": "replay a drift scenario against a running endpoint (serve-drift drill --help)",
+    "report": "write an HTML drift report with PNG figures from an event store",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_drift.tools.events_cli import main as events_main
 
         return events_main(argv[1:])
+    if argv[:1] == ["shadow"]:  # its own parser, with its own --help
+        from serve_drift.tools.shadow_cli import main as shadow_main
+
+        return shadow_main(argv[1:])
     if argv[:1] == ["reference"]:  # its own parser, with its own --help
         from serve_drift.tools.reference_cli import main as reference_main
 
@@ -76,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_drift.tools.alerts_cli import main as alerts_main
 
         return alerts_main(argv[1:])
+    if argv[:1] == ["drill"]:
+        from serve_drift.tools.drill import main as drill_main
+
+        return drill_main(argv[1:])
+    if argv[:1] == ["report"]:
+        from serve_drift.tools.report import main as report_main
+
+        return report_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from serve_drift.tools.demo import DemoOptions, run_demo
@@ -101,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs=args.runs,
             token_file=args.token_file,
             token_env=args.token_env,
+            set_path=args.set,
+            set_name=args.set_name,
+            set_version=args.set_version,
+            inspect_only=args.inspect,
         )
     return 2
 

@@ -338,6 +338,9 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
         summary = _summarise(options, results, traffic, accuracy, telemetry, console, started)
     finally:
         _stop_serve(started_ray)
+    from serve_drift.tools.report import offer_report
+
+    offer_report(events_path, console=console)
     return summary
 
 

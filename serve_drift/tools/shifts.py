@@ -1,5 +1,9 @@
 """Synthetic covariate shifts for uint8 image batches, to exercise drift detection.
 
+Superseded by :mod:`serve_drift.corruptions` (fifteen corruptions, severities 1 to 5, PIL
+images and arrays), whose primitives these use. This module stays for the demo and the
+benchmarks, whose recorded figures use its continuous severities in [0, 1].
+
 Every shift is a pure function ``f(images, *, severity, rng) -> images``: ``images`` is uint8
 (N, H, W) or (N, H, W, C), ``severity`` in [0, 1] (0 is the identity), ``rng`` a
 :class:`numpy.random.Generator`; the result is a new uint8 array of the same shape.
@@ -19,6 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
+
+from serve_drift.corruptions.base import to_uint8 as _to_uint8
+from serve_drift.corruptions.geometry import rotate
+from serve_drift.corruptions.noise import add_gaussian
 
 # Severity 1 maps to these; chosen so severity 1 is blatant on 8x8 digits yet still an image.
 MAX_NOISE_STD = 64.0  # grey levels
@@ -40,8 +48,7 @@ def gaussian_noise(
     _check(images, severity)
     if severity == 0:
         return images.copy()
-    noise = rng.normal(0.0, severity * max_std, size=images.shape)
-    return _to_uint8(images + noise)
+    return _to_uint8(add_gaussian(images, std=severity * max_std, rng=rng))
 
 
 def brightness(
@@ -124,7 +131,7 @@ def rotation(
     # A random direction keeps the mean orientation unchanged; only its spread shifts.
     angles = severity * max_degrees * rng.choice([-1.0, 1.0], size=len(images))
     rotated = [
-        ndimage.rotate(img.astype(np.float64), angle, axes=(1, 0), reshape=False, order=1, cval=0.0)
+        rotate(img.astype(np.float64), angle, mode="constant")
         for img, angle in zip(images, angles, strict=True)
     ]
     return _to_uint8(np.stack(rotated))
@@ -200,7 +207,3 @@ def _check(images: np.ndarray, severity: float) -> None:
         raise ValueError(f"expected uint8 images (N, H, W) or (N, H, W, C), got {dtype} {shape}")
     if not 0.0 <= severity <= 1.0:
         raise ValueError(f"severity must be in [0, 1], got {severity!r}")
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)

@@ -16,11 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "serve_drift"
 # Bottom to top; a stage may import only stages of strictly lower layers.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_env", "errors", "files", "messages"}),
-    frozenset({"config", "request_context", "capture", "telemetry", "credentials"}),
+    frozenset({"config", "request_context", "capture", "telemetry", "credentials", "corruptions"}),
     frozenset({"reference", "detectors", "eventlog", "ingress", "alerts"}),
     frozenset({"models", "replica"}),
     frozenset({"monitor"}),
-    frozenset({"apps"}),
+    frozenset({"apps", "routing"}),
     frozenset({"tools"}),
 )
 
@@ -34,6 +34,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "capture": frozenset({"errors"}),
     "telemetry": frozenset({"_env"}),
     "credentials": frozenset(),
+    # Image corruptions for drills: pure image functions, public, below everything that uses them.
+    "corruptions": frozenset({"errors"}),
     "reference": frozenset({"capture", "errors", "files"}),
     "detectors": frozenset({"config", "errors", "messages"}),
     "eventlog": frozenset({"errors", "messages", "request_context", "telemetry"}),
@@ -82,19 +84,37 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
+    # Shadow and canary: a router in front of two monitored apps (never the apps' code).
+    "routing": frozenset(
+        {
+            "_env",
+            "config",
+            "credentials",
+            "errors",
+            "eventlog",
+            "ingress",
+            "monitor",
+            "request_context",
+            "telemetry",
+        }
+    ),
     "tools": frozenset(
         {
             "_env",
             "alerts",
             "apps",
             "config",
+            "corruptions",
             "detectors",
+            "errors",
             "eventlog",
             "files",
             "messages",
             "models",
             "monitor",
             "reference",
+            "replica",
+            "routing",
         }
     ),
 }
