@@ -1,0 +1,341 @@
+"""Sums of a kernel matrix over the window side of every split: the MMD test's inner loop.
+
+For the pooled zero-diagonal kernel matrix K and the window side S of one split (M of the
+N + M pooled rows), the unbiased MMD² needs the total of K, the sum of K's row sums over S,
+and ``q_S``, the sum of K over S x S (see :mod:`serve_drift.detectors.mmd_native`). This module
+computes ``q_S`` for every split at once from blocks of K, with one of two engines:
+
+- ``numba`` (CPU, when numba is importable): visits the rows of a block in order and, for every
+  split whose window side contains the row, adds the row's elements in the window side's
+  columns. A block is read once for all splits, and a diagonal block (K_xx, K_yy) sums only
+  the pairs j > i and doubles them, so a whole test gathers P·M(M-1)/2 elements instead of
+  multiplying P dense weight vectors with the (N + M)² matrix.
+- ``torch`` (CUDA, or numba missing): the same sums as products of 0/1 indicator matrices,
+  ``((U_rows @ block) * U_cols).sum(1)``, 2·P·rows·cols floating-point operations per block.
+
+Both engines add the same numbers in a different order; results agree to rounding (~1e-15
+relative). The kernels are compiled on first use, never at import.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve_drift.detectors import permutation as perm
+
+ENGINES = ("numba", "torch")
+
+# Bound on the temporary memory of the torch engine's indicator matrices per chunk of splits.
+_CHUNK_BYTES = 64 * 2**20
+
+
+def engine_for(device: torch.device) -> str:
+    """``numba`` on the CPU when numba can be imported, otherwise ``torch``."""
+    return "numba" if device.type == "cpu" and _kernels() is not None else "torch"
+
+
+@dataclass(frozen=True)
+class Sides:
+    """The window side of every split, prepared once per test for :meth:`block_sums`.
+
+    ``indices`` (splits, M) are pooled row indices on the compute device (any order within a
+    row). The numba engine also keeps them sorted on the host with, for every pooled row, the
+    splits whose window side holds it (:class:`_HostIndex`).
+
+    >>> import torch
+    >>> sides = Sides.from_indices(torch.tensor([[2, 3], [0, 3]]), n_total=4, engine="torch")
+    >>> kernel = torch.ones(4, 4, dtype=torch.float64).fill_diagonal_(0.0)
+    >>> sides.block_sums(kernel, row_start=0, col_start=0).tolist()
+    [2.0, 2.0]
+    """
+
+    indices: torch.Tensor
+    n_total: int
+    engine: str
+    host: _HostIndex | None = None
+
+    @classmethod
+    def from_indices(cls, indices: torch.Tensor, *, n_total: int, engine: str) -> Sides:
+        """Sides from (splits, M) pooled row indices."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if engine == "torch":
+            return cls(indices=indices, n_total=n_total, engine=engine)
+        host_indices = np.sort(indices.cpu().numpy().astype(np.int64, copy=False), axis=1)
+        host = _HostIndex.build(host_indices, n_total=n_total)
+        return cls(
+            indices=torch.from_numpy(host_indices), n_total=n_total, engine=engine, host=host
+        )
+
+    @classmethod
+    def draw(
+        cls,
+        count: int,
+        *,
+        n: int,
+        m: int,
+        generator: torch.Generator,
+        engine: str,
+        chunk: int,
+    ) -> Sides:
+        """The observed split (row 0: the window's own rows) and ``count`` random ones.
+
+        Drawn ``chunk`` splits at a time with :func:`permutation.random_subsets`, so a seed
+        gives the same splits as every earlier version of the native tests.
+        """
+        device = generator.device
+        parts = [torch.arange(n, n + m, device=device).unsqueeze(0)]
+        for first in range(0, count, chunk):
+            size = min(chunk, count - first)
+            parts.append(perm.random_subsets(size, n=n, m=m, generator=generator))
+        return cls.from_indices(torch.cat(parts), n_total=n + m, engine=engine)
+
+    @property
+    def count(self) -> int:
+        return int(self.indices.shape[0])
+
+    def gather_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """``Σ_{i ∈ S} values[i]`` for every split (K's row sums over the window side)."""
+        return values[self.indices.to(values.device)].sum(dim=1)
+
+    def block_sums(
+        self, block: torch.Tensor, *, row_start: int, col_start: int, upper: bool = False
+    ) -> torch.Tensor:
+        """``Σ K_ij`` over the block's elements with i, j in the window side, for every split.
+
+        ``block`` holds K's rows ``row_start:row_start + rows`` and columns
+        ``col_start:col_start + cols``. ``upper`` keeps only the pairs j > i; it needs a block
+        that starts on K's diagonal (``col_start == row_start``), whose leading square part
+        is symmetric with a zero diagonal (as every block of K is), so that the torch engine
+        may take half of that square's full sum.
+        """
+        if upper and (col_start != row_start or block.shape[1] < block.shape[0]):
+            raise ValueError(
+                "an upper block must start on the kernel matrix's diagonal and hold its square"
+            )
+        if self.host is None:
+            return _torch_block_sums(
+                block, self.indices, row_start=row_start, col_start=col_start, upper=upper
+            )
+        sums = self.host.block_sums(
+            block.detach().cpu().numpy(), row_start=row_start, col_start=col_start, upper=upper
+        )
+        return torch.from_numpy(sums).to(block.device)
+
+
+@dataclass(frozen=True)
+class _HostIndex:
+    """Sorted window sides and, per pooled row, the splits that hold it and where.
+
+    ``row_split[row_ptr[i]:row_ptr[i + 1]]`` are the splits whose window side holds pooled row
+    i, and ``row_pos`` its position in each of them (a CSR index built in one pass).
+    """
+
+    ordered: np.ndarray
+    row_ptr: np.ndarray
+    row_split: np.ndarray
+    row_pos: np.ndarray
+
+    @classmethod
+    def build(cls, ordered: np.ndarray, *, n_total: int) -> _HostIndex:
+        row_ptr, row_split, row_pos = _require_kernels().row_index(ordered, n_total)
+        return cls(ordered=ordered, row_ptr=row_ptr, row_split=row_split, row_pos=row_pos)
+
+    def block_sums(
+        self, block: np.ndarray, *, row_start: int, col_start: int, upper: bool
+    ) -> np.ndarray:
+        kernels = _require_kernels()
+        block = np.ascontiguousarray(block, dtype=np.float64)
+        ranges = self._row_ranges(
+            row_start, block.shape[0], col_end=col_start + block.shape[1], upper=upper
+        )
+        outputs = [np.zeros(self.ordered.shape[0]) for _ in ranges]
+
+        def run(part: int) -> None:
+            kernels.pair_sums(
+                block,
+                row_start,
+                col_start,
+                self.ordered,
+                self.row_ptr,
+                self.row_split,
+                self.row_pos,
+                upper,
+                *ranges[part],
+                outputs[part],
+            )
+
+        if len(ranges) == 1:
+            run(0)
+        else:
+            list(_pool().map(run, range(len(ranges))))
+        return functools.reduce(np.add, outputs)
+
+    def _row_ranges(
+        self, row_start: int, rows: int, *, col_end: int, upper: bool
+    ) -> list[tuple[int, int]]:
+        """Consecutive row ranges of about equal work, one per thread.
+
+        A row's work is the number of splits that hold it, times the columns it sums: all of
+        them, or with ``upper`` only those after the row (fewer for later rows).
+        """
+        parts = max(1, torch.get_num_threads())  # the caller's intra-op thread budget
+        if parts == 1 or rows < 64 * parts:
+            return [(row_start, row_start + rows)]
+        rows_at = np.arange(row_start, row_start + rows)
+        work = np.diff(self.row_ptr[row_start : row_start + rows + 1]).astype(np.float64)
+        if upper:
+            work *= col_end - rows_at
+        cumulative = np.cumsum(work)
+        targets = cumulative[-1] * np.arange(1, parts) / parts
+        cuts = row_start + np.searchsorted(cumulative, targets)
+        edges = [row_start, *(int(c) for c in cuts), row_start + rows]
+        return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    # The kernels release the GIL, so row ranges run in parallel; created on first use.
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="subset-sums")
+
+
+def _torch_block_sums(
+    block: torch.Tensor, indices: torch.Tensor, *, row_start: int, col_start: int, upper: bool
+) -> torch.Tensor:
+    rows = int(block.shape[0])
+    if not upper:
+        return _indicator_sums(block, indices, row_start=row_start, col_start=col_start)
+    # Pairs j > i: half the leading (symmetric, zero-diagonal) square, all of the rest.
+    square = _indicator_sums(block[:, :rows], indices, row_start=row_start, col_start=col_start)
+    sums = 0.5 * square
+    if block.shape[1] > rows:
+        sums = sums + _indicator_sums(
+            block[:, rows:], indices, row_start=row_start, col_start=col_start + rows
+        )
+    return sums
+
+
+def _indicator_sums(
+    block: torch.Tensor, indices: torch.Tensor, *, row_start: int, col_start: int
+) -> torch.Tensor:
+    rows, cols = block.shape
+    indices = indices.to(block.device)
+    chunk = max(1, _CHUNK_BYTES // (8 * (rows + cols + 2)))
+    sums = []
+    for first in range(0, indices.shape[0], chunk):
+        part = indices[first : first + chunk]
+        in_rows = _indicator(part, start=row_start, size=rows, dtype=block.dtype)
+        in_cols = _indicator(part, start=col_start, size=cols, dtype=block.dtype)
+        sums.append(((in_rows @ block) * in_cols).sum(dim=1))
+    return torch.cat(sums)
+
+
+def _indicator(indices: torch.Tensor, *, start: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(splits, size) 0/1 rows: 1 where the split's window side holds row ``start + j``."""
+    shifted = indices - start
+    inside = (shifted >= 0) & (shifted < size)
+    # Indices outside the block land in one spare column, dropped afterwards.
+    spare = torch.where(inside, shifted, torch.full_like(shifted, size))
+    flags = torch.zeros(indices.shape[0], size + 1, dtype=dtype, device=indices.device)
+    return flags.scatter_(1, spare, 1.0)[:, :size]
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    row_index: Callable[..., Any]
+    pair_sums: Callable[..., Any]
+
+
+def _require_kernels() -> _Kernels:
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("the numba engine needs numba; use engine='torch'")
+    return kernels
+
+
+@functools.cache
+def _kernels() -> _Kernels | None:
+    """The numba kernels, compiled lazily on their first call; ``None`` without numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    jit = numba.njit(nogil=True, cache=False)
+    # Reassociation lets the compiler vectorise the gathered sums; the order stays fixed for
+    # a given machine, so results are reproducible there.
+    fast = numba.njit(nogil=True, cache=False, fastmath={"reassoc", "nsz", "contract"})
+    return _Kernels(
+        row_index=jit(_row_index),
+        pair_sums=fast(_pair_sums),
+    )
+
+
+# --- numba kernels (plain Python, compiled by _kernels) ------------------------------------
+
+
+def _row_index(
+    ordered: np.ndarray, n_total: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """For every pooled row, the splits whose window side holds it and its position there."""
+    count, m = ordered.shape
+    row_ptr = np.zeros(n_total + 1, dtype=np.int64)
+    for split in range(count):
+        for a in range(m):
+            row_ptr[ordered[split, a] + 1] += 1
+    for i in range(n_total):
+        row_ptr[i + 1] += row_ptr[i]
+    fill = row_ptr[:-1].copy()
+    row_split = np.empty(count * m, dtype=np.int64)
+    row_pos = np.empty(count * m, dtype=np.int64)
+    for split in range(count):
+        for a in range(m):
+            i = ordered[split, a]
+            row_split[fill[i]] = split
+            row_pos[fill[i]] = a
+            fill[i] += 1
+    return row_ptr, row_split, row_pos
+
+
+def _pair_sums(
+    block: np.ndarray,
+    row_start: int,
+    col_start: int,
+    ordered: np.ndarray,
+    row_ptr: np.ndarray,
+    row_split: np.ndarray,
+    row_pos: np.ndarray,
+    upper: bool,
+    lo_row: int,
+    hi_row: int,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Add, for rows ``lo_row:hi_row`` of K, the block's elements in each split's S x S
+    (with ``upper``, only those with j > i)."""
+    count = ordered.shape[0]
+    cols = block.shape[1]
+    first = np.empty(count, dtype=np.int64)
+    last = np.empty(count, dtype=np.int64)
+    for split in range(count):
+        first[split] = np.searchsorted(ordered[split], col_start)
+        last[split] = np.searchsorted(ordered[split], col_start + cols)
+    for i in range(lo_row, hi_row):
+        row = block[i - row_start]
+        for entry in range(row_ptr[i], row_ptr[i + 1]):
+            split = row_split[entry]
+            side = ordered[split]
+            start = first[split]
+            if upper:
+                start = max(start, row_pos[entry] + 1)
+            total = 0.0
+            for b in range(start, last[split]):
+                total += row[side[b] - col_start]
+            out[split] += total
