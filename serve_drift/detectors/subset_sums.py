@@ -9,7 +9,10 @@ computes ``q_S`` for every split at once from blocks of K, with one of two engin
   split whose window side contains the row, adds the row's elements in the window side's
   columns. A block is read once for all splits, and a diagonal block (K_xx, K_yy) sums only
   the pairs j > i and doubles them, so a whole test gathers P·M(M-1)/2 elements instead of
-  multiplying P dense weight vectors with the (N + M)² matrix.
+  multiplying P dense weight vectors with the (N + M)² matrix. Gathers are slower per
+  element than a matrix product's operations, so a block is gathered only when the window
+  side is a small share of the pooled rows (see ``_GATHER_FLOPS``); other blocks use the
+  torch engine's products.
 - ``torch`` (CUDA, or numba missing): the same sums as products of 0/1 indicator matrices,
   ``((U_rows @ block) * U_cols).sum(1)``, 2·P·rows·cols floating-point operations per block.
 
@@ -36,6 +39,13 @@ ENGINES = ("numba", "torch")
 
 # Bound on the temporary memory of the torch engine's indicator matrices per chunk of splits.
 _CHUNK_BYTES = 64 * 2**20
+
+# One gathered element costs about as much time as this many floating-point operations of a
+# float64 matrix product (measured on a 2-core x86 CPU: ~0.5 ns per gathered element on two
+# threads, ~190 GFLOP/s). The numba engine gathers a block only when that is expected to be
+# cheaper than the indicator products: when the window side is a small part of the pooled
+# rows (M/(N + M) below about 0.14), as for windows much smaller than the reference set.
+_GATHER_FLOPS = 100.0
 
 
 def engine_for(device: torch.device) -> str:
@@ -122,7 +132,7 @@ class Sides:
             raise ValueError(
                 "an upper block must start on the kernel matrix's diagonal and hold its square"
             )
-        if self.host is None:
+        if self.host is None or not self._gathering_pays(block.shape, upper=upper):
             return _torch_block_sums(
                 block, self.indices, row_start=row_start, col_start=col_start, upper=upper
             )
@@ -130,6 +140,20 @@ class Sides:
             block.detach().cpu().numpy(), row_start=row_start, col_start=col_start, upper=upper
         )
         return torch.from_numpy(sums).to(block.device)
+
+    def _gathering_pays(self, shape: torch.Size, *, upper: bool) -> bool:
+        """Whether gathering this block's window-side elements beats the indicator products.
+
+        A split's window side holds about M·rows/(N + M) of the block's rows and as large a
+        share of its columns; ``upper`` halves the gathers in the block's leading square.
+        """
+        rows, cols = int(shape[0]), int(shape[1])
+        m = int(self.indices.shape[1])
+        share = m / self.n_total
+        pairs = (share * rows) * (share * cols)
+        if upper:
+            pairs -= 0.5 * (share * rows) ** 2
+        return pairs * _GATHER_FLOPS < 2.0 * rows * cols
 
 
 @dataclass(frozen=True)
@@ -269,14 +293,26 @@ def _kernels() -> _Kernels | None:
         import numba
     except ImportError:
         return None
-    jit = numba.njit(nogil=True, cache=False)
     # Reassociation lets the compiler vectorise the gathered sums; the order stays fixed for
     # a given machine, so results are reproducible there.
-    fast = numba.njit(nogil=True, cache=False, fastmath={"reassoc", "nsz", "contract"})
+    fast = {"reassoc", "nsz", "contract"}
     return _Kernels(
-        row_index=jit(_row_index),
-        pair_sums=fast(_pair_sums),
+        row_index=_compile(numba, _row_index, fastmath=False),
+        pair_sums=_compile(numba, _pair_sums, fastmath=fast),
     )
+
+
+def _compile(numba: Any, function: Callable[..., Any], *, fastmath: Any) -> Callable[..., Any]:
+    """``function`` compiled on first call, cached on disk where numba finds a place for it.
+
+    The disk cache (next to this file or in the user's cache folder) saves the ~2 s compile
+    in every later process; where neither is writable numba refuses to cache, and the kernel
+    is compiled in every process instead.
+    """
+    try:
+        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, cache=False, fastmath=fastmath)(function)
 
 
 # --- numba kernels (plain Python, compiled by _kernels) ------------------------------------
@@ -337,5 +373,7 @@ def _pair_sums(
                 start = max(start, row_pos[entry] + 1)
             total = 0.0
             for b in range(start, last[split]):
-                total += row[side[b] - col_start]
+                # Unsigned: the offset is never negative, and numba then skips its
+                # negative-index wraparound, which keeps the gather vectorised.
+                total += row[np.uint64(side[b] - col_start)]
             out[split] += total

@@ -8,6 +8,7 @@ sums for the engines of ``subset_sums``. Seeded and hypothesis-driven; no Ray he
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 from collections.abc import Iterator
@@ -54,14 +55,25 @@ def obvious_mmd2(x: np.ndarray, y: np.ndarray, sides: torch.Tensor, *, sigma: fl
     return np.array(values)
 
 
-@pytest.fixture(params=subset_sums.ENGINES)
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run a test with each engine: ``torch`` by hiding the numba kernels."""
-    if request.param == "torch":
-        monkeypatch.setattr(subset_sums, "_kernels", lambda: None)
-    elif subset_sums._kernels() is None:
-        pytest.skip("numba is not installed")
-    yield request.param
+@contextlib.contextmanager
+def using(engine: str) -> Iterator[None]:
+    """Run with one engine: ``torch`` by hiding the numba kernels, ``numba`` gathering every
+    block (by default it gathers only where that beats the torch products)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if engine == "torch":
+            patch.setattr(subset_sums, "_kernels", lambda: None)
+        else:
+            patch.setattr(subset_sums, "_GATHER_FLOPS", 0.0)
+        yield
+
+
+ENGINES = [e for e in subset_sums.ENGINES if e == "torch" or subset_sums._kernels() is not None]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    with using(request.param):
+        yield request.param
 
 
 def _sides(seed: int, *, splits: int, n: int, m: int) -> torch.Tensor:
@@ -107,14 +119,11 @@ def test_block_sums_equal_brute_force_sums(seed: int, n_total: int, data: st.Dat
                 if i in members and j in members and (j > i or not upper)
             )
         )
-    for engine in _available_engines():
-        sides = Sides.from_indices(indices, n_total=n_total, engine=engine)
-        sums = sides.block_sums(block, row_start=row_start, col_start=col_start, upper=upper)
+    for engine in ENGINES:
+        with using(engine):
+            sides = Sides.from_indices(indices, n_total=n_total, engine=engine)
+            sums = sides.block_sums(block, row_start=row_start, col_start=col_start, upper=upper)
         assert sums.tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), engine
-
-
-def _available_engines() -> list[str]:
-    return [e for e in subset_sums.ENGINES if e == "torch" or subset_sums._kernels() is not None]
 
 
 def test_an_upper_block_must_start_on_the_diagonal() -> None:
@@ -141,7 +150,7 @@ def test_torch_engine_chunks_give_the_same_sums(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_numba_row_ranges_cover_every_row_once(threads: int) -> None:
-    if subset_sums._kernels() is None:
+    if "numba" not in ENGINES:
         pytest.skip("numba is not installed")
     kernel = _symmetric_kernel(5, 700)
     indices = _sides(5, splits=30, n=600, m=100)
@@ -151,7 +160,8 @@ def test_numba_row_ranges_cover_every_row_once(threads: int) -> None:
     torch.set_num_threads(threads)
     try:
         ranges = sides.host._row_ranges(0, 700, col_end=700, upper=True)
-        sums = sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
+        with using("numba"):
+            sums = sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
     finally:
         torch.set_num_threads(previous)
     assert ranges[0][0] == 0 and ranges[-1][1] == 700 and len(ranges) == threads
@@ -178,6 +188,16 @@ def test_cuda_always_uses_the_torch_engine() -> None:
     assert subset_sums.engine_for(torch.device("cuda")) == "torch"
 
 
+@pytest.mark.parametrize(
+    ("n", "m", "gathers"), [(5000, 500, True), (1000, 100, True), (1000, 1000, False)]
+)
+def test_numba_gathers_only_where_it_beats_the_products(n: int, m: int, gathers: bool) -> None:
+    if "numba" not in ENGINES:
+        pytest.skip("numba is not installed")
+    sides = Sides.from_indices(_sides(0, splits=3, n=n, m=m), n_total=n + m, engine="numba")
+    assert sides._gathering_pays(torch.Size([n, n]), upper=True) is gathers
+
+
 # --- the statistic of every split ----------------------------------------------------------
 
 
@@ -196,11 +216,14 @@ def test_split_mmd2_equals_the_obvious_statistic(
     x, y = _data(seed, n=n, m=m, dim=dim, shift=shift)
     sides = _sides(seed, splits=12, n=n, m=m)
     expected = obvious_mmd2(x, y, sides, sigma=1.7)
-    for engine in _available_engines():
-        detector = NativeMMD(x, sigma=1.7, device="cpu", max_cached_rows=0 if blockwise else None)
-        detector.engine = engine
-        y_t = torch.as_tensor(y, dtype=torch.float64)
-        mmd2 = detector.split_mmd2(y_t, detector.sides(sides, m=m)).numpy()
+    for engine in ENGINES:
+        with using(engine):
+            detector = NativeMMD(
+                x, sigma=1.7, device="cpu", max_cached_rows=0 if blockwise else None
+            )
+            assert detector.engine == engine
+            y_t = torch.as_tensor(y, dtype=torch.float64)
+            mmd2 = detector.split_mmd2(y_t, detector.sides(sides, m=m)).numpy()
         assert mmd2 == pytest.approx(expected, rel=1e-9, abs=1e-13), engine
 
 
