@@ -47,6 +47,9 @@ _CHUNK_BYTES = 64 * 2**20
 # rows (M/(N + M) below about 0.14), as for windows much smaller than the reference set.
 _GATHER_FLOPS = 100.0
 
+# A block is split over threads only when each gets at least this many gathered elements.
+_THREAD_GATHERS = 1_000_000
+
 
 def engine_for(device: torch.device) -> str:
     """``numba`` on the CPU when numba can be imported, otherwise ``torch``."""
@@ -180,7 +183,7 @@ class _HostIndex:
         kernels = _require_kernels()
         block = np.ascontiguousarray(block, dtype=np.float64)
         ranges = self._row_ranges(
-            row_start, block.shape[0], col_end=col_start + block.shape[1], upper=upper
+            row_start, block.shape[0], col_start=col_start, cols=block.shape[1], upper=upper
         )
         outputs = [np.zeros(self.ordered.shape[0]) for _ in ranges]
 
@@ -205,21 +208,24 @@ class _HostIndex:
         return functools.reduce(np.add, outputs)
 
     def _row_ranges(
-        self, row_start: int, rows: int, *, col_end: int, upper: bool
+        self, row_start: int, rows: int, *, col_start: int, cols: int, upper: bool
     ) -> list[tuple[int, int]]:
         """Consecutive row ranges of about equal work, one per thread.
 
-        A row's work is the number of splits that hold it, times the columns it sums: all of
-        them, or with ``upper`` only those after the row (fewer for later rows).
+        A row's work is the number of splits that hold it, times the window-side columns it
+        sums: a share M/(N + M) of the block's columns, or with ``upper`` of those after it.
         """
-        parts = max(1, torch.get_num_threads())  # the caller's intra-op thread budget
-        if parts == 1 or rows < 64 * parts:
+        entries = np.diff(self.row_ptr[row_start : row_start + rows + 1]).astype(np.float64)
+        after = col_start + cols - 1 - np.arange(row_start, row_start + rows)
+        columns = after if upper else np.full(rows, cols)
+        share = self.ordered.shape[1] / (self.row_ptr.shape[0] - 1)
+        cumulative = np.cumsum(entries * columns * share)
+        # The caller's intra-op thread budget (torch.set_num_threads), for blocks big enough
+        # to repay waking threads next to torch's own (idle but still spinning) workers.
+        gathers = float(cumulative[-1]) if rows else 0.0
+        parts = max(1, min(torch.get_num_threads(), int(gathers // _THREAD_GATHERS)))
+        if parts == 1:
             return [(row_start, row_start + rows)]
-        rows_at = np.arange(row_start, row_start + rows)
-        work = np.diff(self.row_ptr[row_start : row_start + rows + 1]).astype(np.float64)
-        if upper:
-            work *= col_end - rows_at
-        cumulative = np.cumsum(work)
         targets = cumulative[-1] * np.arange(1, parts) / parts
         cuts = row_start + np.searchsorted(cumulative, targets)
         edges = [row_start, *(int(c) for c in cuts), row_start + rows]

@@ -149,9 +149,12 @@ def test_torch_engine_chunks_give_the_same_sums(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_numba_row_ranges_cover_every_row_once(threads: int) -> None:
+def test_numba_row_ranges_cover_every_row_once(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if "numba" not in ENGINES:
         pytest.skip("numba is not installed")
+    monkeypatch.setattr(subset_sums, "_THREAD_GATHERS", 1)  # split even this small block
     kernel = _symmetric_kernel(5, 700)
     indices = _sides(5, splits=30, n=600, m=100)
     sides = Sides.from_indices(indices, n_total=700, engine="numba")
@@ -159,13 +162,14 @@ def test_numba_row_ranges_cover_every_row_once(threads: int) -> None:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ranges = sides.host._row_ranges(0, 700, col_end=700, upper=True)
+        ranges = sides.host._row_ranges(0, 700, col_start=0, cols=700, upper=True)
         with using("numba"):
             sums = sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
     finally:
         torch.set_num_threads(previous)
     assert ranges[0][0] == 0 and ranges[-1][1] == 700 and len(ranges) == threads
     assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(ranges))
+    assert len({hi - lo for lo, hi in ranges}) == len(ranges)  # balanced by work, not rows
     torch_sides = Sides.from_indices(indices, n_total=700, engine="torch")
     expected = torch_sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
     assert torch.allclose(sums, expected, rtol=1e-12, atol=0)
