@@ -163,12 +163,15 @@ class NativeMMD(PermutationDetector):
 
     def _cached_sums(self, k_xx: torch.Tensor, y: torch.Tensor, sides: Sides) -> _SplitSums:
         n = self.reference_size
-        k_xy = _rbf(self._x_ref, y, gamma=self._gamma, x_sq=self._x_sq)
-        k_yy = _zero_diagonal(_rbf(y, y, gamma=self._gamma))
+        # Pairs i < j inside S, then doubled: K is symmetric with a zero diagonal. The cached
+        # block goes first, before the window's blocks push it out of the CPU caches.
+        upper = sides.block_sums(k_xx, row_start=0, col_start=0, upper=True)
+        y_sq = _squared_norms(y)
+        k_xy = _rbf(self._x_ref, y, gamma=self._gamma, x_sq=self._x_sq, y_sq=y_sq)
+        k_yy = _zero_diagonal(_rbf(y, y, gamma=self._gamma, x_sq=y_sq, y_sq=y_sq))
         rows = torch.cat([self._k_xx_rows + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=1)])
-        # Pairs i < j inside S, then doubled: K is symmetric with a zero diagonal.
         upper = (
-            sides.block_sums(k_xx, row_start=0, col_start=0, upper=True)
+            upper
             + sides.block_sums(k_xy, row_start=0, col_start=n)
             + sides.block_sums(k_yy, row_start=n, col_start=n, upper=True)
         )
