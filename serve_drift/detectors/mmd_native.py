@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from serve_drift.detectors.base import DetectorInputError, PermutationDetector
+from serve_drift.detectors.compiled import Kernels, kernels
 from serve_drift.detectors.permutation import make_generator
 from serve_drift.detectors.subset_sums import Sides, engine_for
 from serve_drift.detectors.validate import as_compute_dtype, check_window
@@ -43,6 +44,11 @@ _CACHE_BYTES = 512 * 2**20
 
 # Blockwise tests compute the pooled kernel matrix this many bytes of rows at a time.
 _BLOCK_BYTES = 64 * 2**20
+
+# The exact median of a triangle of distances is selected from a band around it when the
+# triangle has at least this many entries, the band bracketed by this many sampled entries.
+_BAND_MIN_ENTRIES = 1_000_000
+_BAND_SAMPLE = 32_768
 
 # Above the cache limit the median-heuristic bandwidth comes from this many reference rows,
 # drawn with a fixed seed: the median of 8M pairwise distances is as good as that of all.
@@ -295,15 +301,52 @@ def _median_sigma(dist_xx: torch.Tensor) -> float:
     diagonal entries, the lower median of the off-diagonal ones, each of which appears twice.
     That is the lower median of the strict upper triangle, which ``torch.median`` returns.
     """
-    n = dist_xx.shape[0]
-    upper = torch.ones(n, n, dtype=torch.bool, device=dist_xx.device).triu_(diagonal=1)
-    median = float(dist_xx[upper].median())
+    median = _upper_median(dist_xx)
     if not median > 1e-30:
         raise DetectorInputError(
             "reference set is degenerate: at least half of its row pairs are identical, so the "
             "median-heuristic kernel bandwidth is 0"
         )
     return _check_sigma(math.sqrt(0.5 * median))
+
+
+def _upper_median(matrix: torch.Tensor) -> float:
+    """The lower median of the strict upper triangle of ``matrix``, exactly.
+
+    With the numba kernels (CPU) the N(N-1)/2 entries are never copied: a seeded sample of
+    them brackets the median, one pass counts the entries below the bracket and keeps those
+    inside it (about 3 % of them), and the median is selected among those. The value is
+    the same element ``torch.median`` of all the entries returns; the sample only decides
+    how fast it is found (an unlucky bracket, odds below 1e-8, falls back to that copy).
+    """
+    n = int(matrix.shape[0])
+    count = n * (n - 1) // 2
+    found = kernels()
+    if found is not None and matrix.device.type == "cpu" and count >= _BAND_MIN_ENTRIES:
+        value = _banded_median(matrix.numpy(), rank=(count - 1) // 2, kernels=found)
+        if value is not None:
+            return value
+    upper = torch.ones(n, n, dtype=torch.bool, device=matrix.device).triu_(diagonal=1)
+    return float(matrix[upper].median())
+
+
+def _banded_median(matrix: np.ndarray, *, rank: int, kernels: Kernels) -> float | None:
+    """The entry of the given rank among the strict upper triangle's, or ``None``."""
+    n = matrix.shape[0]
+    count = n * (n - 1) // 2
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, n, size=(2, _BAND_SAMPLE))
+    distinct = i != j
+    sample = np.sort(matrix[np.minimum(i, j)[distinct], np.maximum(i, j)[distinct]])
+    quantile = rank / count
+    spread = 6.0 * math.sqrt(quantile * (1.0 - quantile) / sample.size)  # six sigma
+    low = sample[max(0, math.floor((quantile - spread) * sample.size))]
+    high = sample[min(sample.size - 1, math.ceil((quantile + spread) * sample.size))]
+    band = np.empty(int(4 * spread * count) + 1024)
+    below, kept = kernels.upper_band(matrix, low, high, band)
+    if kept > band.size or not below <= rank < below + kept:
+        return None
+    return float(np.partition(band[:kept], rank - below)[rank - below])
 
 
 def _check_sigma(sigma: float) -> float:

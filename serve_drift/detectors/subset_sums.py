@@ -25,15 +25,15 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from serve_drift.detectors import permutation as perm
+from serve_drift.detectors.compiled import Kernels
+from serve_drift.detectors.compiled import kernels as _kernels
 
 ENGINES = ("numba", "torch")
 
@@ -279,107 +279,8 @@ def _indicator(indices: torch.Tensor, *, start: int, size: int, dtype: torch.dty
     return flags.scatter_(1, spare, 1.0)[:, :size]
 
 
-@dataclass(frozen=True)
-class _Kernels:
-    row_index: Callable[..., Any]
-    pair_sums: Callable[..., Any]
-
-
-def _require_kernels() -> _Kernels:
-    kernels = _kernels()
-    if kernels is None:
+def _require_kernels() -> Kernels:
+    found = _kernels()
+    if found is None:
         raise RuntimeError("the numba engine needs numba; use engine='torch'")
-    return kernels
-
-
-@functools.cache
-def _kernels() -> _Kernels | None:
-    """The numba kernels, compiled lazily on their first call; ``None`` without numba."""
-    try:
-        import numba
-    except ImportError:
-        return None
-    # Reassociation lets the compiler vectorise the gathered sums; the order stays fixed for
-    # a given machine, so results are reproducible there.
-    fast = {"reassoc", "nsz", "contract"}
-    return _Kernels(
-        row_index=_compile(numba, _row_index, fastmath=False),
-        pair_sums=_compile(numba, _pair_sums, fastmath=fast),
-    )
-
-
-def _compile(numba: Any, function: Callable[..., Any], *, fastmath: Any) -> Callable[..., Any]:
-    """``function`` compiled on first call, cached on disk where numba finds a place for it.
-
-    The disk cache (next to this file or in the user's cache folder) saves the ~2 s compile
-    in every later process; where neither is writable numba refuses to cache, and the kernel
-    is compiled in every process instead.
-    """
-    try:
-        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True, cache=False, fastmath=fastmath)(function)
-
-
-# --- numba kernels (plain Python, compiled by _kernels) ------------------------------------
-
-
-def _row_index(
-    ordered: np.ndarray, n_total: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """For every pooled row, the splits whose window side holds it and its position there."""
-    count, m = ordered.shape
-    row_ptr = np.zeros(n_total + 1, dtype=np.int64)
-    for split in range(count):
-        for a in range(m):
-            row_ptr[ordered[split, a] + 1] += 1
-    for i in range(n_total):
-        row_ptr[i + 1] += row_ptr[i]
-    fill = row_ptr[:-1].copy()
-    row_split = np.empty(count * m, dtype=np.int64)
-    row_pos = np.empty(count * m, dtype=np.int64)
-    for split in range(count):
-        for a in range(m):
-            i = ordered[split, a]
-            row_split[fill[i]] = split
-            row_pos[fill[i]] = a
-            fill[i] += 1
-    return row_ptr, row_split, row_pos
-
-
-def _pair_sums(
-    block: np.ndarray,
-    row_start: int,
-    col_start: int,
-    ordered: np.ndarray,
-    row_ptr: np.ndarray,
-    row_split: np.ndarray,
-    row_pos: np.ndarray,
-    upper: bool,
-    lo_row: int,
-    hi_row: int,
-    out: np.ndarray,
-) -> None:  # pragma: no cover - compiled
-    """Add, for rows ``lo_row:hi_row`` of K, the block's elements in each split's S x S
-    (with ``upper``, only those with j > i)."""
-    count = ordered.shape[0]
-    cols = block.shape[1]
-    first = np.empty(count, dtype=np.int64)
-    last = np.empty(count, dtype=np.int64)
-    for split in range(count):
-        first[split] = np.searchsorted(ordered[split], col_start)
-        last[split] = np.searchsorted(ordered[split], col_start + cols)
-    for i in range(lo_row, hi_row):
-        row = block[i - row_start]
-        for entry in range(row_ptr[i], row_ptr[i + 1]):
-            split = row_split[entry]
-            side = ordered[split]
-            start = first[split]
-            if upper:
-                start = max(start, row_pos[entry] + 1)
-            total = 0.0
-            for b in range(start, last[split]):
-                # Unsigned: the offset is never negative, and numba then skips its
-                # negative-index wraparound, which keeps the gather vectorised.
-                total += row[np.uint64(side[b] - col_start)]
-            out[split] += total
+    return found

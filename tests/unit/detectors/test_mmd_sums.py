@@ -313,3 +313,31 @@ def test_combined_detector_with_mmd_gives_the_former_p_values() -> None:
         sides = _sides(seed, splits=99, n=100, m=25)  # the detector's own draws
         old = frozen_mmd.combined_mmd_statistics(before, window, sides)
         assert result.p_value == float(perm.exceed_counts(old)[0]) / old.numel()
+
+
+# --- the bandwidth's median, selected from a band -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["distinct", "mostly-ties", "few-values"])
+@pytest.mark.parametrize("n", [301, 400])  # odd and even numbers of upper-triangle entries
+def test_banded_median_is_the_exact_lower_median(
+    kind: str, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "numba" not in ENGINES:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(mmd_native, "_BAND_MIN_ENTRIES", 1000)
+    monkeypatch.setattr(mmd_native, "_BAND_SAMPLE", 2000)
+    generator = torch.Generator().manual_seed(n)
+    values = torch.rand(n, n, generator=generator, dtype=torch.float64)
+    if kind == "mostly-ties":  # the band holds nearly everything: it overflows, then falls back
+        values = torch.where(values < 0.9, torch.ones_like(values), values)
+    elif kind == "few-values":
+        values = torch.floor(values * 7)
+    upper = torch.ones(n, n, dtype=torch.bool).triu_(diagonal=1)
+    expected = float(values[upper].median())
+    assert mmd_native._upper_median(values) == expected
+    if kind == "distinct":  # the band path itself, not its fallback, found it
+        selected = mmd_native._banded_median(
+            values.numpy(), rank=(int(upper.sum()) - 1) // 2, kernels=subset_sums._kernels()
+        )
+        assert selected == expected
