@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -276,6 +277,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    load_before = os.getloadavg()[0]
     first_s = first_use_s()
     rates = Rates(matmul_rate(torch.float32), matmul_rate(torch.float64), read_rate())
     rows = [
@@ -296,7 +298,9 @@ def main() -> int:
     print_verdicts(rows, floors)
     print(
         f"(blockwise: {mmd_native._BLOCK_BYTES // 2**20} MiB kernel blocks; cached reference "
-        f"blocks up to {mmd_native._CACHE_BYTES // 2**20} MiB)"
+        f"blocks up to {mmd_native._CACHE_BYTES // 2**20} MiB; 1-minute load average "
+        f"{load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end, on "
+        f"{os.cpu_count()} CPUs)"
     )
     return 0
 
