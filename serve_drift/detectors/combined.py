@@ -179,21 +179,8 @@ def _combine(statistics: dict[str, torch.Tensor], *, skipped: tuple[str, ...]) -
 def _mmd_statistics(
     mmd: mmd_native.NativeMMD, y: torch.Tensor, sides: torch.Tensor
 ) -> torch.Tensor:
-    """Unbiased MMD² of every split, from the detector's cached kernel blocks."""
-    n, m = mmd.reference_size, int(y.shape[0])
-    split = mmd_native._SplitWeights.for_sizes(n=n, m=m)
-    weights = perm.side_weights(sides, n=n, m=m, reference=split.a, window=-split.b)
-    if mmd._k_xx is None:  # a reference set too large to cache: blockwise
-        pooled = torch.cat([mmd._x_ref, y])
-        forms, total = mmd_native._blockwise_forms(pooled, weights, gamma=mmd._gamma)
-        return forms + split.offset * total
-    blocks = mmd_native._KernelBlocks(
-        k_xx=mmd._k_xx,
-        k_xy=mmd_native._rbf(mmd._x_ref, y, gamma=mmd._gamma),
-        k_yy=mmd_native._zero_diagonal(mmd_native._rbf(y, y, gamma=mmd._gamma)),
-    )
-    total = mmd._k_xx_sum + 2 * blocks.k_xy.sum() + blocks.k_yy.sum()
-    return mmd_native._quadratic_forms(blocks, weights) + split.offset * total
+    """Unbiased MMD² of every split, from the detector's cached reference block."""
+    return mmd.split_mmd2(y, mmd.sides(sides, m=int(y.shape[0])))
 
 
 def _check_components(components: Sequence[str]) -> tuple[str, ...]:

@@ -45,8 +45,13 @@ def window_sides(
 
 def random_subsets(count: int, *, n: int, m: int, generator: torch.Generator) -> torch.Tensor:
     """(count, m) indices, each row a uniformly random ``m``-subset of ``range(n + m)``."""
-    keys = torch.rand(count, n + m, generator=generator, dtype=DTYPE, device=generator.device)
+    keys = random_keys(count, n_total=n + m, generator=generator)
     return keys.topk(m, dim=1, sorted=False).indices
+
+
+def random_keys(count: int, *, n_total: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, n_total) i.i.d. uniform keys; a split's window side is its ``m`` largest."""
+    return torch.rand(count, n_total, generator=generator, dtype=DTYPE, device=generator.device)
 
 
 def side_weights(

@@ -207,17 +207,18 @@ def test_permuted_statistics_equal_alibis_formula_on_permuted_matrices() -> None
     _import_mmd_drift()  # imports alibi with its import-time warning filtered
     from alibi_detect.utils.pytorch.distance import mmd2_from_kernel_matrix
 
+    from serve_drift.detectors import permutation as perm
+
     n, m = 25, 15
     x = torch.as_tensor(_sample(5, rows=n + m), dtype=torch.float64)
+    detector = NativeMMD(x[:n].numpy(), sigma=2.0 * 2**0.5, device="cpu")
     kernel = torch.exp(-(torch.cdist(x, x) ** 2) / 16).fill_diagonal_(0.0)
-    blocks = mmd_native._KernelBlocks(kernel[:n, :n], kernel[:n, n:], kernel[n:, n:])
-    split = mmd_native._SplitWeights.for_sizes(n=n, m=m)
-    weights = split.random_weights(
-        8, generator=torch.Generator().manual_seed(0), device=torch.device("cpu")
-    )
-    ours = mmd_native._quadratic_forms(blocks, weights) + split.offset * kernel.sum()
-    for row, value in zip(weights, ours, strict=True):
-        order = torch.cat([(row > 0).nonzero().flatten(), (row < 0).nonzero().flatten()])
+    cpu = torch.device("cpu")
+    sides = perm.window_sides(8, n=n, m=m, generator=torch.Generator().manual_seed(0), device=cpu)
+    ours = detector.split_mmd2(x[n:], detector.sides(sides, m=m))
+    for side, value in zip(sides, ours, strict=True):
+        rest = torch.as_tensor(np.setdiff1d(np.arange(n + m), side.numpy()))
+        order = torch.cat([rest, side])
         permuted = kernel[order][:, order]
         assert float(value) == pytest.approx(float(mmd2_from_kernel_matrix(permuted, m)), abs=1e-12)
 
