@@ -18,8 +18,8 @@ import contextvars
 import difflib
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -167,6 +167,29 @@ def _as_embedding(tensor: object, *, layer: str) -> torch.Tensor:
     return torch.flatten(tensor.detach(), 1)
 
 
+class _CaptureScope:
+    """One ``capture()`` block: a class, not ``@contextmanager``, as it runs on every request."""
+
+    __slots__ = ("_captured", "_hooks", "_owner", "_token")
+
+    def __init__(self, hooks: EmbeddingCapture, owner: str | None) -> None:
+        self._hooks, self._owner = hooks, owner
+        self._captured = Capture()
+        self._token: contextvars.Token[Capture | None] | None = None
+
+    def __enter__(self) -> Capture:
+        self._token = self._hooks._active.set(self._captured)
+        if self._owner is not None:
+            self._hooks._owned[self._owner] = self._captured
+        return self._captured
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        self._hooks._active.reset(self._token)
+        if self._owner is not None:
+            self._hooks._owned.pop(self._owner, None)
+
+
 RowOwners = Callable[[], Sequence[str] | None]
 Scores = Literal["model", "classifier"]
 
@@ -233,20 +256,10 @@ class EmbeddingCapture:
         """Embedding width ``d``; ``None`` until the first successful capture."""
         return self._dim
 
-    @contextmanager
-    def capture(self, *, owner: str | None = None) -> Iterator[Capture]:
+    def capture(self, *, owner: str | None = None) -> AbstractContextManager[Capture]:
         """Record the forward passes run in this context (and tasks/threads that copy it), and
         the rows of batched passes that ``row_owners`` attributes to ``owner``."""
-        captured = Capture()
-        token = self._active.set(captured)
-        if owner is not None:
-            self._owned[owner] = captured
-        try:
-            yield captured
-        finally:
-            self._active.reset(token)
-            if owner is not None:
-                self._owned.pop(owner, None)
+        return _CaptureScope(self, owner)
 
     def remove(self) -> None:
         """Remove every hook; idempotent."""
