@@ -181,12 +181,12 @@ class DriftResult:
     trace_id: str
     span_id: str
     correlation_ids_sample: tuple[str, ...] = ()
+    # Rows tested / served requests they stand for (1.0 unless replicas sampled their rows).
+    sampling_rate: float = 1.0
     # A combined detector's own components, to explain an alarm: (name, uncorrected p-value).
     # Only ``p_value`` (corrected) is compared with the threshold.
     component_p_values: tuple[tuple[str, float], ...] = ()
     skipped_components: tuple[str, ...] = ()
-    # Rows tested / served requests they stand for (1.0 unless replicas sampled their rows).
-    sampling_rate: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -93,8 +93,9 @@ def top1(logits: torch.Tensor) -> tuple[int, float]:
     """Predicted class and its softmax probability for a one-row ``(1, classes)`` request (its
     span's attributes); the rest of the outputs wait for the batch.
 
-    >>> top1(torch.tensor([[0.0, 2.0, 0.0]]))
-    (1, 0.7869860421615985)
+    >>> predicted, confidence = top1(torch.tensor([[0.0, 2.0, 0.0]]))
+    >>> predicted, round(confidence, 4)
+    (1, 0.787)
     """
     if logits.shape[1] <= PYTHON_TOP1_MAX_CLASSES:
         row = logits[0].tolist()
