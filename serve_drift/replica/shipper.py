@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -115,7 +116,12 @@ class EmbeddingShipper:
         """Start the drain task on the running loop (the replica's), once."""
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # In a context of its own: started from a request, the task would otherwise keep
+            # that request's span current (its metrics would sample exemplars of it, and its
+            # calls to the monitor be traced as that request's children) and pin its capture.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
 
     def pending(self) -> int:
         return len(self._buffer)
