@@ -192,10 +192,13 @@ class ShippingConfig(_Frozen):
     spell), each row weighted 1/P(shipped); rows left out are counted
     (``embeddings.dropped{reason="sampled_out"}``) and reported to the monitor, and the drift
     results say what share of the served rows their windows held (``sampling_rate``).
-    Verified sentinel runs always ship. ``None`` means no cap.
+    Verified sentinel runs always ship. ``None`` means no cap. The default budget, 2000 rows a
+    second, is well under what one monitor of the digits app takes on two CPU cores
+    (``benchmarks/monitor_capacity.py`` measures yours): a monitor then costs at most that much,
+    whatever the traffic and however many replicas.
 
-    >>> ShippingConfig(max_rows_per_s=500).monitor_max_rows_per_s is None
-    True
+    >>> ShippingConfig(max_rows_per_s=500).monitor_max_rows_per_s
+    2000.0
     """
 
     max_queue: int = Field(10_000, ge=1)
@@ -203,7 +206,7 @@ class ShippingConfig(_Frozen):
     flush_interval_s: float = Field(0.25, gt=0)
     send_timeout_s: float = Field(5.0, gt=0)
     max_rows_per_s: float | None = Field(None, gt=0)
-    monitor_max_rows_per_s: float | None = Field(None, gt=0)
+    monitor_max_rows_per_s: float | None = Field(2000.0, gt=0)
     share_window_s: float = Field(10.0, gt=0, le=3600)
     burst_s: float = Field(1.0, gt=0, le=60)
 

@@ -92,6 +92,6 @@ def test_the_budget_is_shared_between_the_replicas_that_ship(tmp_path: Path) -> 
 
 def test_without_a_budget_the_monitor_advises_nothing(tmp_path: Path) -> None:
     memory_telemetry()
-    state = _state(tmp_path)
+    state = _state(tmp_path, shipping={"monitor_max_rows_per_s": None})
     state.accept(_sampled_batch(1, weight=1.0, unsampled=0))
     assert state.replicas.share(now=time.monotonic()) is None
