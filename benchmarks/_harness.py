@@ -9,14 +9,16 @@ costs several times more per request than the server work being measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ class LoadResult:
     seconds: float
     latencies_s: dict[int, list[float]] = field(default_factory=dict)
     client_errors: int = 0  # connections that failed or closed mid-answer
+    retry_after: int = 0  # answers with a Retry-After header: Serve's backpressure refusals
 
     def add(self, status: int, latency_s: float) -> None:
         self.latencies_s.setdefault(status, []).append(latency_s)
@@ -63,6 +66,7 @@ class LoadResult:
     def merged(self, other: LoadResult) -> LoadResult:
         out = LoadResult(self.seconds + other.seconds, client_errors=self.client_errors)
         out.client_errors += other.client_errors
+        out.retry_after = self.retry_after + other.retry_after
         for part in (self, other):
             for status, values in part.latencies_s.items():
                 out.latencies_s.setdefault(status, []).extend(values)
@@ -91,27 +95,41 @@ def _request_bytes(port: int, path: str, body: bytes, content_type: str) -> byte
     return head.encode("latin-1") + body
 
 
+@dataclass
+class _Answer:
+    status: int = 0
+    length: int = 0
+    chunked: bool = False
+    close: bool = False
+    retry_after: bool = False
+
+
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bool]:
-    """Send one request, read its whole answer; (status, whether the server closes)."""
+) -> _Answer:
+    """Send one request and read its whole answer."""
     writer.write(request)
-    status = int((await reader.readline()).split(b" ", 2)[1])
-    length, chunked, close = 0, False, False
+    answer = _Answer(status=int((await reader.readline()).split(b" ", 2)[1]))
     while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif name == b"connection":
-            close = b"close" in value.lower()
-    if chunked:
+        _header(answer, line)
+    if answer.chunked:
         await _read_chunks(reader)
     else:
-        await reader.readexactly(length)
-    return status, close
+        await reader.readexactly(answer.length)
+    return answer
+
+
+def _header(answer: _Answer, line: bytes) -> None:
+    name, _, value = line.partition(b":")
+    name = name.strip().lower()
+    if name == b"content-length":
+        answer.length = int(value)
+    elif name == b"transfer-encoding":
+        answer.chunked = b"chunked" in value.lower()
+    elif name == b"connection":
+        answer.close = b"close" in value.lower()
+    elif name == b"retry-after":
+        answer.retry_after = True
 
 
 async def _read_chunks(reader: asyncio.StreamReader) -> None:
@@ -132,13 +150,14 @@ class _Client:
         try:
             if self._conn is None:
                 self._conn = await self._endpoint.connect()
-            status, close = await _exchange(*self._conn, self._endpoint.request(i))
+            answer = await _exchange(*self._conn, self._endpoint.request(i))
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             result.client_errors += 1
             self.close()
             return
-        result.add(status, time.perf_counter() - started)
-        if close:
+        result.add(answer.status, time.perf_counter() - started)
+        result.retry_after += answer.retry_after
+        if answer.close:
             self.close()
 
     def close(self) -> None:
@@ -330,6 +349,41 @@ def start_ray(env: dict[str, str]) -> None:
         configure_logging=False,
         logging_level=logging.ERROR,
     )
+
+
+def stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[OtlpSink]:
+    sink = OtlpSink(stats_path=Path(tempfile.mkdtemp()) / "otlp-counts.json")
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@contextlib.contextmanager
+def ray_exporting_to(sink: OtlpSink, extra_env: dict[str, str] | None = None) -> Iterator[None]:
+    """Ray whose workers have the SDK on and export to ``sink``."""
+    try:
+        start_ray({**telemetry_env(sink.endpoint), **(extra_env or {})})
+        yield
+    finally:
+        stop_ray()
+
+
+@contextlib.contextmanager
+def serving(extra_env: dict[str, str] | None = None) -> Iterator[OtlpSink]:
+    """An OTLP receiver, and Ray whose workers have the SDK on and export to it."""
+    with otlp_sink() as sink, ray_exporting_to(sink, extra_env):
+        yield sink
 
 
 def free_port() -> int:

@@ -38,13 +38,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared benchmark harness
 
-from _harness import (  # noqa: E402
+from _harness import (
     CpuMeter,
     OtlpSink,
     find_pids,
     load_average,
-    start_ray,
-    telemetry_env,
+    serving,
     verdict,
 )
 
@@ -172,7 +171,9 @@ async def _ingest_round(handle: Any, reference: Reference, *, senders: int, seco
     return time.perf_counter() - started, counts
 
 
-def ingest_benchmark(reference: Reference, *, senders: int, seconds: float, sink: OtlpSink) -> Ingest:
+def ingest_benchmark(
+    reference: Reference, *, senders: int, seconds: float, sink: OtlpSink
+) -> Ingest:
     from ray import serve
 
     from serve_drift.monitor.deployment import monitor_deployment
@@ -233,9 +234,7 @@ def test_benchmark(reference: Reference, *, window: int, repeats: int) -> Tests:
     )
     batch = BatchMaker(reference, seed=99)
     rows = np.concatenate([batch.next(replica="t").embeddings for _ in range(-(-window // 64))])
-    probs = np.concatenate(
-        [batch.next(replica="t").probabilities for _ in range(-(-window // 64))]
-    )
+    probs = np.concatenate([batch.next(replica="t").probabilities for _ in range(-(-window // 64))])
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -287,10 +286,10 @@ def report(ingest: Ingest, tests: Tests, *, senders: int) -> None:
         f"({ingest.rows_recorded:,} in {ingest.seconds:.1f} s; {ingest.rows_unrecorded} "
         "answered not recorded)"
     )
+    cores = ingest.monitor_cpu_s / ingest.seconds
     print(
         f"  windows of {tests.window} tested: {ingest.windows_tested}, skipped (tests could not "
-        f"keep up): {ingest.windows_skipped}; monitor CPU {ingest.monitor_cpu_s / ingest.seconds:.2f}"
-        " cores"
+        f"keep up): {ingest.windows_skipped}; monitor CPU {cores:.2f} cores"
     )
     print(f"\nDefault detector on windows of {tests.window} (in process, one thread):")
     print(
@@ -328,24 +327,10 @@ def main() -> None:
     tests = test_benchmark(reference, window=200, repeats=args.repeats)
     if args.profile:
         print(profile_ingest(reference, batches=300))
-    sink = OtlpSink(stats_path=Path(tempfile.mkdtemp()) / "otlp-counts.json")
-    try:
-        start_ray(telemetry_env(sink.endpoint))
+    with serving() as sink:
         ingest = ingest_benchmark(reference, senders=args.senders, seconds=args.seconds, sink=sink)
-    finally:
-        _shutdown()
-        sink.stop()
     report(ingest, tests, senders=args.senders)
     print(f"\nload average at the end: {load_average()}")
-
-
-def _shutdown() -> None:
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
 
 
 if __name__ == "__main__":

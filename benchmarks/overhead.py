@@ -35,7 +35,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared benchmark harness
 
-from _harness import (  # noqa: E402
+from _harness import (
     CpuMeter,
     Endpoint,
     LoadResult,
@@ -55,7 +54,8 @@ from _harness import (  # noqa: E402
     find_pids,
     free_port,
     load_average,
-    start_ray,
+    otlp_sink,
+    ray_exporting_to,
     status_summary,
     telemetry_env,
     verdict,
@@ -86,7 +86,7 @@ class InProcess:
 class _ReceiptMonitor:
     """Stands in for the monitor's handle: takes every batch, as a healthy monitor answers."""
 
-    class ingest:  # noqa: N801 - mirrors ``handle.ingest.remote``
+    class ingest:
         @staticmethod
         async def remote(batch: Any) -> Any:
             from serve_drift.messages import IngestReceipt
@@ -139,7 +139,9 @@ def _flush_spans() -> None:
         flush()
 
 
-async def _alternate(bare: Any, wrapped: Any, bodies: list[bytes], *, n: int) -> tuple[float, float]:
+async def _alternate(
+    bare: Any, wrapped: Any, bodies: list[bytes], *, n: int
+) -> tuple[float, float]:
     """Process CPU per request of each, in alternating chunks of 200 (load drifts on a shared
     machine). Each monitored chunk ends by shipping its batch and exporting its spans."""
     from serve_drift.replica.decorator import replica_monitor
@@ -156,7 +158,7 @@ async def _alternate(bare: Any, wrapped: Any, bodies: list[bytes], *, n: int) ->
     for start in range(0, n, chunk):
         for name, app, after in (("bare", bare, nothing), ("wrapped", wrapped, settle)):
 
-            def call(i: int, app: Any = app) -> Any:
+            def call(i: int, app: Any = app, start: int = start) -> Any:
                 return app.predict(_starlette_request(bodies[(start + i) % len(bodies)]))
 
             totals[name] += await _cpu_per_call(call, chunk, after)
@@ -260,28 +262,20 @@ def run_round(endpoint: Endpoint, pids: dict[str, int], *, seconds: float, clien
 
 
 def http_benchmark(args: argparse.Namespace, sink: OtlpSink) -> dict[str, Any]:
-    from ray import serve
-
-    start_ray({**telemetry_env(sink.endpoint), "SERVE_DRIFT_ADMIN_TOKEN": ADMIN_TOKEN})
-    try:
-        options = deploy_both(args.port)
-        pids = {**_processes(), "receiver": sink.pid}
-        bodies = digits_pngs(200)
-        endpoints = {
-            name: Endpoint(
-                port=args.port, path=f"/{name}/predict", bodies=bodies, content_type="image/png"
-            )
-            for name in VARIANTS
-        }
-        for endpoint in endpoints.values():  # warm-up: connections, first-call paths
-            asyncio.run(closed_loop(endpoint, seconds=3, concurrency=4))
-        rounds = _alternating_rounds(args, endpoints, pids)
-        return {"options": options, "rounds": rounds, "facts": _facts(args.port, sink)}
-    finally:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
+    options = deploy_both(args.port)
+    pids = {**_processes(), "receiver": sink.pid}
+    bodies = digits_pngs(200)
+    endpoints = {
+        name: Endpoint(
+            port=args.port, path=f"/{name}/predict", bodies=bodies, content_type="image/png"
+        )
+        for name in VARIANTS
+    }
+    for endpoint in endpoints.values():  # warm-up: connections, first-call paths
+        asyncio.run(closed_loop(endpoint, seconds=3, concurrency=4))
+    before = sink.counts()
+    rounds = _alternating_rounds(args, endpoints, pids)
+    return {"options": options, "rounds": rounds, "facts": _facts(args.port, sink, before)}
 
 
 def _alternating_rounds(
@@ -304,16 +298,17 @@ def _get_json(port: int, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _facts(port: int, sink: OtlpSink) -> dict[str, Any]:
-    """What was on, as the running system reports it."""
-    time.sleep(2.0)  # one more export interval of spans and metrics
+def _facts(port: int, sink: OtlpSink, before: dict[str, int]) -> dict[str, Any]:
+    """What was on, as the running system reports it (spans: received during the rounds)."""
+    time.sleep(6.0)  # the span exporter's schedule (5 s): the rounds' last spans arrive
     drift = _get_json(port, "/wrapped/drift?limit=500")["results"]
     health = _get_json(port, "/wrapped/admin/health")
+    after = sink.counts()
     return {
         "detectors": sorted({f"{r['detector']}/{r['backend']}" for r in drift}),
         "windows_tested": len(drift),
         "event_log": health["monitor"].get("event_log"),
-        "received": sink.counts(),
+        "received": {k: v - before.get(k, 0) for k, v in after.items()},
     }
 
 
@@ -434,12 +429,10 @@ def main() -> None:
     args = parser.parse_args()
     args.port = args.port or free_port()
     print(f"load average at the start: {load_average()}")
-    sink = OtlpSink(stats_path=Path(tempfile.mkdtemp()) / "otlp-counts.json")
-    try:
+    with otlp_sink() as sink:
         inproc = in_process_benchmark(iterations=args.iterations, endpoint=sink.endpoint)
-        http = http_benchmark(args, sink)
-    finally:
-        sink.stop()
+        with ray_exporting_to(sink, {"SERVE_DRIFT_ADMIN_TOKEN": ADMIN_TOKEN}):
+            http = http_benchmark(args, sink)
     report(inproc, http, args)
 
 

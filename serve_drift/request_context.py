@@ -195,7 +195,8 @@ def mark_request(
 
     ``flags``, ``exclude_from_drift`` and ``input_stats`` go on the event of input ``row``
     (every row when ``None``); the monitor keeps excluded rows out of drift windows and counts
-    them. ``input_stats`` may be a :class:`PendingStats`, computed in the replica's next batch. ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g.
+    them; ``input_stats`` may be a :class:`PendingStats`, computed in the replica's next batch.
+    ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g.
     ``"rejected"`` when the handler answers a 4xx itself).
 
     >>> mark_request(flags=["constant"], exclude_from_drift=True)

@@ -88,7 +88,9 @@ def summarise_thumbnails(thumbnails: Sequence[Thumbnail]) -> list[InputStats]:
         groups.setdefault(item.pixels.shape, []).append(index)
     for indices in groups.values():
         stack = np.stack([thumbnails[i].pixels for i in indices])
-        for i, stats in zip(indices, _stack_stats(stack, [thumbnails[i] for i in indices])):
+        for i, stats in zip(
+            indices, _stack_stats(stack, [thumbnails[i] for i in indices]), strict=True
+        ):
             results[i] = stats
     return [r for r in results if r is not None]
 

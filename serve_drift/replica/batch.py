@@ -175,7 +175,7 @@ class BatchBuilder:
             [rows[i][0].marks.row(rows[i][1]).input_stats for i in kept], on_error=self._on_error
         )
         events = tuple(
-            self._event(*rows[i], outputs, i, weight=w, stats=s)
+            self._event(rows[i][0], rows[i][1], outputs, i, weight=w, stats=s)
             for i, w, s in zip(kept, choice.weights.tolist(), stats, strict=True)
         )
         embeddings = torch.cat([item.embeddings for item in items])

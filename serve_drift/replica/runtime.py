@@ -141,12 +141,7 @@ class ReplicaMonitor:
         self, *, instance: object, config: DriftConfig, monitor_handle: Any | None
     ) -> None:
         if config.telemetry.configure_sdk:
-            from serve_drift.telemetry.setup import configure_telemetry
-
-            destination = configure_telemetry(
-                service_name=config.model_name, **config.telemetry.sdk_arguments()
-            )
-            logger.info("serve-drift: telemetry to %s", destination)
+            _configure_sdk(config)
         self.config = config
         self.capture = EmbeddingCapture(
             find_model(instance, attr=config.model_attr),
@@ -161,28 +156,28 @@ class ReplicaMonitor:
             tel.ATTR_MODEL_NAME: config.model_name,
             tel.ATTR_MODEL_VERSION: config.model_version,
         }
-        self._span_attributes = {
-            **self._metric_attributes,
-            tel.ATTR_REFERENCE_VERSION: self.reference_version,
-        }
         self._instruments = tel.replica_instruments()
         self.requests = RequestCounts(attributes=self._metric_attributes)
-        self.shipper = EmbeddingShipper(
-            config=config.shipping,
-            send=self._send,
-            builder=BatchBuilder(
-                model_name=config.model_name,
-                model_version=config.model_version,
-                replica_id=self.replica_id,
-                on_confidences=self._record_confidences,
-                on_error=functools.partial(self._count_failure, "input_stats"),
-            ),
-            on_tick=self.requests.flush,
-        )
+        self.shipper = self._shipper()
         self.admin = AdminCredential.load(
             token_env=config.admin.token_env, token_file=config.admin.token_file
         )
         self._tracer: trace.Tracer | None = None
+
+    def _shipper(self) -> EmbeddingShipper:
+        builder = BatchBuilder(
+            model_name=self.config.model_name,
+            model_version=self.config.model_version,
+            replica_id=self.replica_id,
+            on_confidences=self._record_confidences,
+            on_error=functools.partial(self._count_failure, "input_stats"),
+        )
+        return EmbeddingShipper(
+            config=self.config.shipping,
+            send=self._send,
+            builder=builder,
+            on_tick=self.requests.flush,
+        )
 
     async def handle(
         self,
@@ -200,15 +195,9 @@ class ReplicaMonitor:
         install_on(asyncio.get_running_loop())
         ids = current_request_ids()
         headers = _request_headers(args)
-        parent = _parent_context(
-            headers, trust_client=self.config.telemetry.trust_client_traceparent
-        )
-        kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
         context, sentinel = self._caller(headers)
         started = time.perf_counter()
-        span = self.tracer().start_span(
-            SPAN_NAME, context=parent, kind=kind, attributes=self._request_attributes(ids)
-        )
+        span = self._start_span(ids, headers)
         # What start_as_current_span does, without its two generator context managers.
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
@@ -229,6 +218,19 @@ class ReplicaMonitor:
             span.end()
         self._record_latency(latency_s)
         return result
+
+    def _start_span(self, ids: RequestIds, headers: Any | None) -> trace.Span:
+        parent = _parent_context(
+            headers, trust_client=self.config.telemetry.trust_client_traceparent
+        )
+        kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
+        attributes = {
+            tel.ATTR_CORRELATION_ID: ids.correlation_id,
+            tel.ATTR_INTERNAL_ID: ids.internal_id,
+            **self._metric_attributes,
+            tel.ATTR_REFERENCE_VERSION: self.reference_version,
+        }
+        return self.tracer().start_span(SPAN_NAME, context=parent, kind=kind, attributes=attributes)
 
     def tracer(self) -> trace.Tracer:
         """The library's tracer, looked up at the first request (the SDK is configured by
@@ -258,13 +260,6 @@ class ReplicaMonitor:
         if headers is None or request_source(headers) != SENTINEL_SOURCE:
             return False
         return self.admin is not None and self.admin.verify_headers(headers)
-
-    def _request_attributes(self, ids: RequestIds) -> dict[str, str]:
-        return {
-            tel.ATTR_CORRELATION_ID: ids.correlation_id,
-            tel.ATTR_INTERNAL_ID: ids.internal_id,
-            **self._span_attributes,
-        }
 
     def _record_latency(self, latency_s: float) -> None:
         # Outside the request span, on purpose: inside it the SDK offers every measurement to
@@ -362,6 +357,15 @@ class ReplicaMonitor:
 
     async def _send(self, batch: EventBatch) -> object:
         return await self.monitor_call("ingest", batch)
+
+
+def _configure_sdk(config: DriftConfig) -> None:
+    from serve_drift.telemetry.setup import configure_telemetry
+
+    destination = configure_telemetry(
+        service_name=config.model_name, **config.telemetry.sdk_arguments()
+    )
+    logger.info("serve-drift: telemetry to %s", destination)
 
 
 def _record_exception(span: trace.Span, exc: BaseException) -> None:
