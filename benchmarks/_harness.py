@@ -238,6 +238,16 @@ def find_pids(title: str) -> list[int]:
     return sorted(pids)
 
 
+def one_pid(title: str, *, timeout_s: float = 15.0) -> int:
+    """The one process of ours titled ``ray::<title>``, waiting for Ray to retitle it."""
+    deadline = time.monotonic() + timeout_s
+    while len(pids := find_pids(title)) != 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"expected one process titled ray::{title} of ours, found {pids}")
+        time.sleep(0.5)
+    return pids[0]
+
+
 def _descends_from_us(pid: int) -> bool:
     ours = os.getpid()
     while pid > 1:

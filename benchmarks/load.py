@@ -43,9 +43,9 @@ from _harness import (
     OtlpSink,
     closed_loop,
     digits_pngs,
-    find_pids,
     free_port,
     load_average,
+    one_pid,
     open_loop,
     rss_mib,
     serving,
@@ -198,7 +198,7 @@ def _unexpected_5xx(result: LoadResult) -> int:
 
 def run(args: argparse.Namespace, sink: OtlpSink) -> Run:
     deploy(args.port)
-    pids = {name: _one(find_pids(title), name) for name, title in PROCESSES.items()}
+    pids = {name: one_pid(title) for name, title in PROCESSES.items()}
     endpoint = Endpoint(
         port=args.port, path="/predict", bodies=digits_pngs(200), content_type="image/png"
     )
@@ -223,12 +223,6 @@ def run(args: argparse.Namespace, sink: OtlpSink) -> Run:
         accounting=accounting(args.port, served),
         spans_received=sink.counts().get("span:serve_drift.request", 0),
     )
-
-
-def _one(pids: list[int], name: str) -> int:
-    if len(pids) != 1:
-        raise RuntimeError(f"expected one {name} process of this Ray instance, found {pids}")
-    return pids[0]
 
 
 # --- the table ------------------------------------------------------------------------------

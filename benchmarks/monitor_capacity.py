@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared benchmark
 from _harness import (
     CpuMeter,
     OtlpSink,
-    find_pids,
     load_average,
+    one_pid,
     serving,
     verdict,
 )
@@ -185,7 +185,7 @@ def ingest_benchmark(
     handle = serve.get_deployment_handle(MONITOR, app_name="capacity")
     asyncio.run(_ingest_round(handle, reference, senders=senders, seconds=3))  # warm-up
     before = handle.health.remote().result()
-    (pid,) = find_pids(f"ServeReplica:capacity:{MONITOR}")
+    pid = one_pid(f"ServeReplica:capacity:{MONITOR}")
     meter = CpuMeter({"monitor": pid, "receiver": sink.pid})
     elapsed, counts = asyncio.run(
         _ingest_round(handle, reference, senders=senders, seconds=seconds)

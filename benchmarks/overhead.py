@@ -51,9 +51,9 @@ from _harness import (
     OtlpSink,
     closed_loop,
     digits_pngs,
-    find_pids,
     free_port,
     load_average,
+    one_pid,
     otlp_sink,
     ray_exporting_to,
     status_summary,
@@ -248,11 +248,7 @@ def _processes() -> dict[str, int]:
         "monitor": "ServeReplica:wrapped:ImageClassifierDriftMonitor",
         "proxy": "ProxyActor",
     }
-    found = {name: find_pids(title) for name, title in titles.items()}
-    missing = [name for name, pids in found.items() if len(pids) != 1]
-    if missing:
-        raise RuntimeError(f"could not find exactly one process for {missing}: {found}")
-    return {name: pids[0] for name, pids in found.items()}
+    return {name: one_pid(title) for name, title in titles.items()}
 
 
 def run_round(endpoint: Endpoint, pids: dict[str, int], *, seconds: float, clients: int) -> Round:
