@@ -25,7 +25,7 @@ Targets (issue 13): added replica CPU per request <= 60 us with the SDK on; wrap
 >= 0.97 x bare at saturation; p50 added <= 1 ms at one client. The monitor shares the cores
 here, so its CPU share is printed beside the throughput ratio.
 
-    python benchmarks/overhead.py [--seconds 6] [--rounds 3] [--concurrency 16]
+    python benchmarks/overhead.py [--seconds 6] [--rounds 3] [--concurrency 16] [--breakdown]
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class InProcess:
     bare_us: float
     wrapped_us: float
     span_us: float
+    # (part switched off, added us without it and every part before it)
+    breakdown: tuple[tuple[str, float], ...] = ()
 
     @property
     def added_us(self) -> float:
@@ -192,7 +194,7 @@ def _span_cost_us(n: int = 5000) -> float:
     return (time.process_time() - started) / n * 1e6
 
 
-def in_process_benchmark(*, iterations: int, endpoint: str) -> InProcess:
+def in_process_benchmark(*, iterations: int, endpoint: str, breakdown: bool) -> InProcess:
     import torch
 
     from serve_drift.telemetry.setup import configure_telemetry
@@ -204,7 +206,41 @@ def in_process_benchmark(*, iterations: int, endpoint: str) -> InProcess:
     bodies = digits_pngs(200)
     asyncio.run(_alternate(bare, wrapped, bodies, n=400))  # warm-up: first calls, caches
     bare_us, wrapped_us = asyncio.run(_alternate(bare, wrapped, bodies, n=iterations))
-    return InProcess(bare_us=bare_us, wrapped_us=wrapped_us, span_us=_span_cost_us())
+    span_us = _span_cost_us()
+    parts = _breakdown(bare, wrapped, bodies, n=iterations) if breakdown else ()
+    return InProcess(bare_us=bare_us, wrapped_us=wrapped_us, span_us=span_us, breakdown=parts)
+
+
+def _breakdown(bare: Any, wrapped: Any, bodies: list[bytes], *, n: int) -> tuple[Any, ...]:
+    """Where the added cost goes: the parts of the monitored path switched off one after the
+    other in this process (a measurement tool only: it reaches into the runtime's parts)."""
+    from opentelemetry import trace
+
+    from serve_drift.replica.decorator import replica_monitor
+
+    runtime = replica_monitor(wrapped)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("the request span", lambda: setattr(runtime, "_tracer", trace.NoOpTracer())),
+        ("the latency histogram", lambda: setattr(runtime, "_record_latency", lambda _: None)),
+        (
+            "top-1 for the span, the offer, the batch (events, outputs, confidence histogram, "
+            "statistics, shipping)",
+            lambda: setattr(runtime, "_after_response", lambda *_: None),
+        ),
+        ("the capture hooks", runtime.capture.remove),
+        ("the input thumbnail", lambda: _no_input_stats(wrapped)),
+    ]
+    parts = []
+    for name, switch_off in steps:
+        switch_off()
+        bare_us, wrapped_us = asyncio.run(_alternate(bare, wrapped, bodies, n=n // 2))
+        parts.append((name, wrapped_us - bare_us))
+    return tuple(parts)
+
+
+def _no_input_stats(wrapped: Any) -> None:
+    gate = wrapped.gate
+    gate.config = gate.config.model_copy(update={"input_stats_max_side": 0})
 
 
 # --- over HTTP -------------------------------------------------------------------------------
@@ -362,6 +398,12 @@ def _print_in_process(inproc: InProcess) -> None:
         f"  of which one request span, created and exported: {inproc.span_us:.1f} us; "
         f"the rest: {inproc.added_us - inproc.span_us:+.1f} us"
     )
+    if inproc.breakdown:
+        print("  where it goes (each part switched off after the ones above; added us left):")
+        previous = inproc.added_us
+        for name, left in inproc.breakdown:
+            print(f"    {left:+7.1f} us without {name} ({previous - left:+.1f} us)")
+            previous = left
 
 
 def _cpu_us(result: Round, name: str) -> float:
@@ -422,11 +464,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="clients at saturation")
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     parser.add_argument("--iterations", type=int, default=4000, help="in-process calls each")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="in process, where the added cost goes"
+    )
     args = parser.parse_args()
     args.port = args.port or free_port()
     print(f"load average at the start: {load_average()}")
     with otlp_sink() as sink:
-        inproc = in_process_benchmark(iterations=args.iterations, endpoint=sink.endpoint)
+        inproc = in_process_benchmark(
+            iterations=args.iterations, endpoint=sink.endpoint, breakdown=args.breakdown
+        )
         with ray_exporting_to(sink, {"SERVE_DRIFT_ADMIN_TOKEN": ADMIN_TOKEN}):
             http = http_benchmark(args, sink)
     report(inproc, http, args)

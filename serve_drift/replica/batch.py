@@ -153,6 +153,11 @@ class BatchBuilder:
         self._on_confidences = on_confidences
         self._on_error = on_error
 
+    def empty(self, *, width: int) -> EventBatch:
+        """A batch of no rows: it only carries the count of rows left out to the monitor."""
+        rows = np.zeros((0, width), dtype=np.float32)
+        return EventBatch(embeddings=rows, events=(), replica_id=self._replica_id)
+
     def build(self, items: Sequence[PendingRows], *, sampler: RowSampler, now: float) -> Drained:
         outputs = batch_outputs(items)
         self._on_confidences([c for c in outputs.confidence if c is not None])

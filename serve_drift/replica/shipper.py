@@ -183,8 +183,11 @@ class EmbeddingShipper:
         if drained.unsampled:
             self._count_drop(SAMPLED_OUT, drained.unsampled)
             self._unreported += drained.unsampled
-        for batch in _chunks(drained.batch, size=self._config.batch_size):
-            await self._send_one(batch)
+        batch = drained.batch
+        if batch is None and self._unreported:  # no row to ship: still report those left out
+            batch = self._builder.empty(width=items[0].embeddings.shape[1])
+        for chunk in _chunks(batch, size=self._config.batch_size):
+            await self._send_one(chunk)
         return rows
 
     async def _build(self, items: list[PendingRows]) -> Drained:

@@ -95,3 +95,17 @@ def test_without_a_budget_the_monitor_advises_nothing(tmp_path: Path) -> None:
     state = _state(tmp_path, shipping={"monitor_max_rows_per_s": None})
     state.accept(_sampled_batch(1, weight=1.0, unsampled=0))
     assert state.replicas.share(now=time.monotonic()) is None
+
+
+def test_a_batch_of_no_rows_reports_the_rows_left_out(tmp_path: Path) -> None:
+    memory_telemetry()
+    state = _state(tmp_path)
+    empty = EventBatch(
+        embeddings=np.zeros((0, DIM), dtype=np.float32), events=(), replica_id="r", unsampled=7
+    )
+    assert state.accept(empty) == []
+    assert state.event_log is not None
+    state.event_log.record_arrivals(empty.events)
+    accounting = state.event_log.recorder.accounting()
+    accounting.check(settled=True)
+    assert accounting.accepted == accounting.sampled_out == 7 and state.counts.unsampled == 7

@@ -106,6 +106,17 @@ def test_rows_left_out_are_reported_with_the_next_batch_the_monitor_takes() -> N
     assert shipper.dropped["sampled_out"] > 80
 
 
+def test_rows_left_out_reach_the_monitor_even_when_no_row_ships() -> None:
+    memory_telemetry()
+    monitor = AdvisingMonitor()
+    instance = _deployment("all-out", max_rows_per_s=5.0, burst_s=1.0)(drift_monitor=monitor)
+    _serve(instance, 20)  # the bucket's 5 rows ship, 15 are left out
+    _serve(instance, 20)  # no token left: nothing ships, yet the monitor hears of all 20
+    reported = sum(b.unsampled for b in monitor.batches)
+    assert reported == replica_monitor(instance).shipper.dropped["sampled_out"] == 35
+    assert len(monitor.batches[-1].events) == 0 and monitor.batches[-1].embeddings.shape == (0, 5)
+
+
 def test_request_counts_reach_the_counter_at_the_next_tick() -> None:
     _, reader = memory_telemetry()
     instance = _deployment("counted")(drift_monitor=AdvisingMonitor())
