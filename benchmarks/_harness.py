@@ -39,6 +39,7 @@ class LoadResult:
     latencies_s: dict[int, list[float]] = field(default_factory=dict)
     client_errors: int = 0  # connections that failed or closed mid-answer
     retry_after: int = 0  # answers with a Retry-After header: Serve's backpressure refusals
+    queued_s: list[float] = field(default_factory=list)  # open loop: waits for a connection
 
     def add(self, status: int, latency_s: float) -> None:
         self.latencies_s.setdefault(status, []).append(latency_s)
@@ -185,31 +186,32 @@ async def closed_loop(endpoint: Endpoint, *, seconds: float, concurrency: int) -
 
 
 async def open_loop(
-    endpoint: Endpoint, *, rate: float, seconds: float, max_in_flight: int = 2048
+    endpoint: Endpoint, *, rate: float, seconds: float, connections: int
 ) -> LoadResult:
-    """Requests started at ``rate`` per second whatever the answers do (as real clients
-    arrive); a request that would exceed ``max_in_flight`` is counted as a client error."""
+    """Requests due at ``rate`` per second whatever the answers do (as real clients arrive),
+    sent over at most ``connections`` keep-alive connections, as a load balancer or a fixed
+    client fleet would. A request due while every connection is busy waits on the client side:
+    that wait is recorded apart (``queued_s``), the answer's own latency as usual."""
     result = LoadResult(seconds)
-    idle: list[_Client] = []
-    in_flight: set[asyncio.Task[None]] = set()
+    due: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
 
-    async def one(i: int) -> None:
-        client = idle.pop() if idle else _Client(endpoint)
-        await client.send(i, result)
-        idle.append(client)
+    async def connection() -> None:
+        client = _Client(endpoint)
+        while (item := await due.get()) is not None:
+            i, when = item
+            result.queued_s.append(max(0.0, time.perf_counter() - when))
+            await client.send(i, result)
+        client.close()
 
+    workers = [asyncio.get_running_loop().create_task(connection()) for _ in range(connections)]
     started = time.perf_counter()
     for i in range(int(rate * seconds)):
-        await _sleep_until(started + i / rate)
-        if len(in_flight) >= max_in_flight:
-            result.client_errors += 1
-            continue
-        task = asyncio.get_running_loop().create_task(one(i))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-    await asyncio.gather(*in_flight)
-    for client in idle:
-        client.close()
+        when = started + i / rate
+        await _sleep_until(when)
+        due.put_nowait((i, when))
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.gather(*workers)
     result.seconds = time.perf_counter() - started
     return result
 

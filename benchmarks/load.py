@@ -15,6 +15,12 @@ process, in one local Ray Serve instance on 127.0.0.1. Phases:
    dropped, or still in an open window (``pending`` equals the rows in open windows), and every
    200 answer the client got is a row the monitor accepted or the replica counted.
 
+The open-loop phases send over a fixed number of keep-alive connections, as a client fleet or
+a load balancer would: 32 in the hold (the app's ``max_ongoing_requests``; with more in flight,
+Serve's proxy queue retries requests with a backoff and goodput collapses, which the 64-client
+saturation step and the overload phase show), 384 in overload (more than the app's 32 + 64);
+a request due while all are busy waits on the client side, and that wait is printed apart.
+
 Targets: memory flat (growth over an hour at the measured slope within 2 % of the process's
 memory, or 10 MiB); zero unexpected 5xx; p99 of a refusal <= 100 ms; the invariants hold.
 
@@ -53,8 +59,14 @@ from _harness import (
 )
 
 ADMIN_TOKEN = "load-benchmark-admin-token-0123456"
-CONCURRENCY_STEPS = (1, 2, 4, 8, 16, 32)
+CONCURRENCY_STEPS = (1, 2, 4, 8, 16, 32, 64)
 REFUSAL_P99_TARGET_MS = 100.0
+# Clients' connections. The hold's fleet keeps at most the app's max_ongoing_requests (32) in
+# flight: beyond that, Ray Serve's proxy queues requests and its router retries them with a
+# backoff of up to 0.5 s, and goodput falls several-fold (bare Serve too: see the 64-client
+# saturation step), so any hiccup would tip a hold near capacity into that state for good.
+# Overload needs more requests in flight than the app takes (32 + max_queued_requests 64).
+HOLD_CONNECTIONS, OVERLOAD_CONNECTIONS = 32, 384
 FLAT_SHARE, FLAT_FLOOR_MIB = 0.02, 10.0
 PROCESSES = {
     "replica": "ServeReplica:digits:ImageClassifier",
@@ -113,7 +125,9 @@ async def _hold(
             await asyncio.sleep(sample_s)
         trace.sample(pids, at_s=time.perf_counter() - started)
 
-    load, _ = await asyncio.gather(open_loop(endpoint, rate=rate, seconds=seconds), sampler())
+    load, _ = await asyncio.gather(
+        open_loop(endpoint, rate=rate, seconds=seconds, connections=HOLD_CONNECTIONS), sampler()
+    )
     return load, trace
 
 
@@ -209,7 +223,11 @@ def run(args: argparse.Namespace, sink: OtlpSink) -> Run:
         _hold(endpoint, pids, rate=hold_rate, seconds=args.hold_s, sample_s=args.sample_s)
     )
     overload_rate = 3 * saturation
-    overload = asyncio.run(open_loop(endpoint, rate=overload_rate, seconds=args.overload_s))
+    overload = asyncio.run(
+        open_loop(
+            endpoint, rate=overload_rate, seconds=args.overload_s, connections=OVERLOAD_CONNECTIONS
+        )
+    )
     served = warm.ok + sum(s.ok for s in steps) + hold.ok + overload.ok
     return Run(
         saturation=saturation,
@@ -263,8 +281,10 @@ def _hold_rows(result: Run, args: argparse.Namespace) -> list[tuple[str, str, st
     return [
         (
             f"hold: 0.8 x saturation for {args.hold_s:.0f} s",
-            f"{result.hold_rate:.1f} req/s offered, {hold.throughput:.1f} answered 200; "
-            f"p50 {hold.percentile_ms(50):.1f} ms, p99 {hold.percentile_ms(99):.1f} ms",
+            f"{result.hold_rate:.1f} req/s offered over {HOLD_CONNECTIONS} connections, "
+            f"{hold.throughput:.1f} answered 200; p50 {hold.percentile_ms(50):.1f} ms, "
+            f"p99 {hold.percentile_ms(99):.1f} ms; p99 wait for a connection "
+            f"{np.percentile(hold.queued_s, 99) * 1000 if hold.queued_s else 0:.1f} ms",
             "-",
             "-",
         ),
@@ -312,7 +332,9 @@ def _overload_rows(result: Run) -> list[tuple[str, str, str, str]]:
     return [
         (
             "overload: 3 x saturation",
-            f"{result.overload_rate:.0f} req/s offered: {over.ok} answered 200, refused "
+            f"{result.overload_rate:.0f} req/s offered over {OVERLOAD_CONNECTIONS} connections: "
+            f"{over.ok} answered 200 ({over.throughput:.0f}/s, "
+            f"{over.throughput / result.saturation:.2f} x saturation), refused "
             f"{refusals or 'none'} ({over.retry_after} with Retry-After), "
             f"client errors {over.client_errors}",
             "-",
