@@ -18,8 +18,8 @@ import contextvars
 import difflib
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -156,6 +156,8 @@ def _as_embedding(tensor: object, *, layer: str) -> torch.Tensor:
         raise EmbeddingShapeError(
             f"layer {layer!r} produced {type(tensor).__name__}, expected a (batch, d) tensor"
         )
+    if tensor.dim() == 2:  # the common case, without the checks' cost (this runs per request)
+        return _detached(tensor)
     shape = tuple(tensor.shape)
     # (B, C, 1, 1) from a global pool is one vector per input; (B, T, d) token sequences or
     # (B, C, H, W) maps are not, and flattening them would silently change what drift means.
@@ -164,7 +166,35 @@ def _as_embedding(tensor: object, *, layer: str) -> torch.Tensor:
             f"layer {layer!r} produced shape {shape}, expected (batch, d) (trailing size-1 "
             "dims allowed); for token sequences or feature maps name a pooled layer with layer="
         )
-    return torch.flatten(tensor.detach(), 1)
+    return torch.flatten(_detached(tensor), 1)
+
+
+def _detached(tensor: torch.Tensor) -> torch.Tensor:
+    # Under no_grad (serving) nothing requires grad: skip making a new view per request.
+    return tensor.detach() if tensor.requires_grad else tensor
+
+
+class _CaptureScope:
+    """One ``capture()`` block: a class, not ``@contextmanager``, as it runs on every request."""
+
+    __slots__ = ("_captured", "_hooks", "_owner", "_token")
+
+    def __init__(self, hooks: EmbeddingCapture, owner: str | None) -> None:
+        self._hooks, self._owner = hooks, owner
+        self._captured = Capture()
+        self._token: contextvars.Token[Capture | None] | None = None
+
+    def __enter__(self) -> Capture:
+        self._token = self._hooks._active.set(self._captured)
+        if self._owner is not None:
+            self._hooks._owned[self._owner] = self._captured
+        return self._captured
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        self._hooks._active.reset(self._token)
+        if self._owner is not None:
+            self._hooks._owned.pop(self._owner, None)
 
 
 RowOwners = Callable[[], Sequence[str] | None]
@@ -233,20 +263,10 @@ class EmbeddingCapture:
         """Embedding width ``d``; ``None`` until the first successful capture."""
         return self._dim
 
-    @contextmanager
-    def capture(self, *, owner: str | None = None) -> Iterator[Capture]:
+    def capture(self, *, owner: str | None = None) -> AbstractContextManager[Capture]:
         """Record the forward passes run in this context (and tasks/threads that copy it), and
         the rows of batched passes that ``row_owners`` attributes to ``owner``."""
-        captured = Capture()
-        token = self._active.set(captured)
-        if owner is not None:
-            self._owned[owner] = captured
-        try:
-            yield captured
-        finally:
-            self._active.reset(token)
-            if owner is not None:
-                self._owned.pop(owner, None)
+        return _CaptureScope(self, owner)
 
     def remove(self) -> None:
         """Remove every hook; idempotent."""
@@ -286,8 +306,15 @@ class EmbeddingCapture:
         self._deliver(lambda: (None, output))
 
     def _on_model_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        active = self._active.get()
+        if active is not None and active.logits is output and not self._owned_elsewhere():
+            return  # the model answered with its classifier's output: already recorded
         if _is_scores(output):  # a tuple, dict or 1-class output keeps the classifier's
             self._deliver(lambda: (None, output))
+
+    def _owned_elsewhere(self) -> bool:
+        # A batched pass's rows go to their owners' captures, not to the active one.
+        return bool(self._row_owners is not None and self._row_owners())
 
     def _deliver(self, read: Callable[[], tuple[torch.Tensor | None, Any]]) -> None:
         """Store ``read()``'s (embedding, scores) in the capture(s) this pass belongs to."""
@@ -337,7 +364,7 @@ class EmbeddingCapture:
                 f"classifier {self.classifier_name!r} produced {type(output).__name__} "
                 "logits, expected a (batch, classes) tensor"
             )
-        return output.detach()
+        return _detached(output)
 
     def _check_dim(self, *, dim: int) -> None:
         known = self._dim

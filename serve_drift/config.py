@@ -204,12 +204,36 @@ class MonitorUpdate(_Frozen):
 
 
 class ShippingConfig(_Frozen):
-    """How replicas move embeddings to the monitor, off the request path."""
+    """How replicas move embeddings to the monitor, off the request path.
+
+    ``max_queue`` rows wait at most (beyond: dropped and counted); they leave in batches of
+    ``batch_size`` rows, at least every ``flush_interval_s``.
+
+    **Sampling, so the monitor's cost is bounded at any traffic.** A replica ships at most
+    ``max_rows_per_s`` rows a second, and at most its share of ``monitor_max_rows_per_s``, the
+    monitor's ingest budget split equally between the replicas it heard from in the last
+    ``share_window_s``. Below both, every row ships. Above, the replica ships a uniform random
+    sample of the rows of each drain (``burst_s`` seconds' worth may go at once after a quiet
+    spell), each row weighted 1/P(shipped); rows left out are counted
+    (``embeddings.dropped{reason="sampled_out"}``) and reported to the monitor, and the drift
+    results say what share of the served rows their windows held (``sampling_rate``).
+    Verified sentinel runs always ship. ``None`` means no cap. The default budget, 2000 rows a
+    second, is well under what one monitor of the digits app takes on two CPU cores
+    (``benchmarks/monitor_capacity.py`` measures yours): a monitor then costs at most that much,
+    whatever the traffic and however many replicas.
+
+    >>> ShippingConfig(max_rows_per_s=500).monitor_max_rows_per_s
+    2000.0
+    """
 
     max_queue: int = Field(10_000, ge=1)
     batch_size: int = Field(64, ge=1)
     flush_interval_s: float = Field(0.25, gt=0)
     send_timeout_s: float = Field(5.0, gt=0)
+    max_rows_per_s: float | None = Field(None, gt=0)
+    monitor_max_rows_per_s: float | None = Field(2000.0, gt=0)
+    share_window_s: float = Field(10.0, gt=0, le=3600)
+    burst_s: float = Field(1.0, gt=0, le=60)
 
 
 class TelemetryConfig(_Frozen):

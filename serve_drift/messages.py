@@ -83,6 +83,9 @@ class InferenceEvent:
     context: Mapping[str, str] = field(default_factory=dict)
     input_stats: InputStats | None = None
     replica_id: str = ""
+    # 1 / P(the replica shipped this row): above its rate cap a replica ships a uniform sample
+    # (see serve_drift.replica.sampler), and each shipped row stands for this many served.
+    sampling_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class EventBatch:
     replica_id: str
     # Softmax outputs (rows, classes) when the classifier was captured: for tests on outputs.
     probabilities: np.ndarray | None = None
+    # Rows the replica's sampler left out since its previous batch: served and counted, not
+    # shipped (the shipped rows' ``sampling_weight`` stands for them).
+    unsampled: int = 0
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.events):
@@ -110,11 +116,14 @@ class IngestReceipt:
     ``recorded`` is True once every request of the batch has its compact row committed to the
     event store (so a restart cannot lose it and a label for it joins at once), False when the
     store could not record it in time (the rows still reached the drift windows), and None
-    when the monitor keeps no event log.
+    when the monitor keeps no event log. ``max_rows_per_s`` is the replica's share of the
+    monitor's ingest budget (``ShippingConfig.monitor_max_rows_per_s`` over the replicas it
+    hears from), ``None`` without a budget.
     """
 
     accepted: int
     recorded: bool | None
+    max_rows_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,8 @@ class DriftResult:
     trace_id: str
     span_id: str
     correlation_ids_sample: tuple[str, ...] = ()
+    # Rows tested / served requests they stand for (1.0 unless replicas sampled their rows).
+    sampling_rate: float = 1.0
     # A combined detector's own components, to explain an alarm: (name, uncorrected p-value).
     # Only ``p_value`` (corrected) is compared with the threshold.
     component_p_values: tuple[tuple[str, float], ...] = ()

@@ -10,15 +10,19 @@ Ingress and the replica both use it; nothing here does I/O.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from serve_drift.messages import InputStats
+
+T = TypeVar("T")
 
 MAX_CORRELATION_ID_LENGTH = 128
 _UNSAFE = re.compile(r"[^\x21-\x7e]")  # anything but printable, non-space ASCII
@@ -63,15 +67,24 @@ def _serve_request_context() -> tuple[str, str]:
         return "", ""
 
 
+@functools.cache
+def _batch_context_getter() -> Callable[[], Any] | None:
+    try:
+        from ray.serve.context import _get_serve_batch_request_context
+    except Exception:
+        return None
+    return _get_serve_batch_request_context
+
+
 def serve_batch_request_ids() -> list[str] | None:
     """Inside a ``@serve.batch`` call, the internal IDs of its requests in row order, else None.
 
     Ray Serve sets the batch's request contexts just before running the batched function; the
-    getter is private, so it is read defensively like the single-request one."""
+    getter is private, so it is read defensively like the single-request one (and looked up
+    once: this runs in every forward pass of a monitored model)."""
+    getter = _batch_context_getter()
     try:
-        from ray.serve.context import _get_serve_batch_request_context
-
-        contexts = _get_serve_batch_request_context()
+        contexts = getter() if getter is not None else None
     except Exception:
         return None
     ids = [str(getattr(ctx, "_internal_request_id", "") or "") for ctx in contexts or ()]
@@ -83,14 +96,28 @@ def serve_batch_request_ids() -> list[str] | None:
 _BOUND: ContextVar[RequestIds | None] = ContextVar("serve_drift_request_ids", default=None)
 
 
-@contextmanager
-def bind_request_ids(ids: RequestIds) -> Iterator[RequestIds]:
+class _Scoped(Generic[T]):
+    """Sets a context variable for a ``with`` block: a class, not ``@contextmanager``, because
+    it runs on every monitored request and a generator costs several times more."""
+
+    __slots__ = ("_token", "_value", "_var")
+
+    def __init__(self, var: ContextVar[T | None], value: T) -> None:
+        self._var, self._value = var, value
+        self._token: Token[T | None] | None = None
+
+    def __enter__(self) -> T:
+        self._token = self._var.set(self._value)
+        return self._value
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        self._var.reset(self._token)
+
+
+def bind_request_ids(ids: RequestIds) -> AbstractContextManager[RequestIds]:
     """Make ``ids`` what :func:`current_request_ids` returns inside the ``with`` block."""
-    token = _BOUND.set(ids)
-    try:
-        yield ids
-    finally:
-        _BOUND.reset(token)
+    return _Scoped(_BOUND, ids)
 
 
 def current_request_ids() -> RequestIds:
@@ -107,12 +134,27 @@ def current_request_ids() -> RequestIds:
 
 
 @dataclass(frozen=True)
+class PendingStats:
+    """Input statistics to compute later, off the request path, and only for the rows the
+    replica ships: ``summarise`` turns a list of ``item`` values (e.g. thumbnails) into one
+    :class:`~serve_drift.messages.InputStats` each, in one vectorised call per batch.
+
+    >>> stats = PendingStats(item=3, summarise=lambda items: [None for _ in items])
+    >>> list(stats.summarise([stats.item]))
+    [None]
+    """
+
+    item: Any
+    summarise: Callable[[Sequence[Any]], Sequence[InputStats]]
+
+
+@dataclass(frozen=True)
 class RowMark:
     """What the handler said about one input row of the current request."""
 
     flags: tuple[str, ...] = ()
     exclude_from_drift: bool = False
-    input_stats: InputStats | None = None
+    input_stats: InputStats | PendingStats | None = None
 
 
 @dataclass
@@ -134,16 +176,11 @@ _REQUEST_MARKS: ContextVar[RequestMarks | None] = ContextVar(
 )
 
 
-@contextmanager
 def request_marks(
     *, context: Mapping[str, str] | None = None, sentinel: bool = False
-) -> Iterator[RequestMarks]:
-    marks = RequestMarks(context=dict(context or {}), sentinel=sentinel)
-    token = _REQUEST_MARKS.set(marks)
-    try:
-        yield marks
-    finally:
-        _REQUEST_MARKS.reset(token)
+) -> AbstractContextManager[RequestMarks]:
+    """A fresh :class:`RequestMarks` that :func:`mark_request` updates inside the block."""
+    return _Scoped(_REQUEST_MARKS, RequestMarks(context=dict(context or {}), sentinel=sentinel))
 
 
 def mark_request(
@@ -152,13 +189,14 @@ def mark_request(
     exclude_from_drift: bool = False,
     row: int | None = None,
     outcome: str | None = None,
-    input_stats: InputStats | None = None,
+    input_stats: InputStats | PendingStats | None = None,
 ) -> bool:
     """Mark the monitored request being handled; returns False outside one (then a no-op).
 
     ``flags``, ``exclude_from_drift`` and ``input_stats`` go on the event of input ``row``
     (every row when ``None``); the monitor keeps excluded rows out of drift windows and counts
-    them. ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g.
+    them; ``input_stats`` may be a :class:`PendingStats`, computed in the replica's next batch.
+    ``outcome`` replaces ``"ok"`` in the ``serve_drift.requests`` counter (e.g.
     ``"rejected"`` when the handler answers a 4xx itself).
 
     >>> mark_request(flags=["constant"], exclude_from_drift=True)

@@ -92,6 +92,15 @@ class EventRecorder:
         self._accounting.accept(n)
         self._instruments.accepted.add(n)
 
+    def sampled_out_at_replica(self, n: int) -> None:
+        """``n`` served events a replica's sampler left out (it shipped a weighted sample):
+        accepted and resolved as ``sampled_out`` at once, their sampled neighbours' weights
+        standing for them."""
+        if n:
+            self.accept(n)
+            self._accounting.sampled_out(n)
+            self._instruments.sampled_out.add(n)
+
     def record(self, records: Sequence[InferenceRecord], *, in_drift_window: bool) -> RecordOutcome:
         """Sample, store and export accepted events; returns after the store committed them."""
         kept, sampled_out = self.sampler.apply(records, in_drift_window=in_drift_window)

@@ -116,7 +116,10 @@ class Sampler:
     ) -> tuple[list[InferenceRecord], int]:
         """The records to store (weight and keep reason set), and how many were sampled out."""
         kept = [
-            dataclasses.replace(record, sampling_weight=d.weight, keep_reason=d.reason)
+            # A replica that shipped a sample already weighted the record: weights multiply.
+            dataclasses.replace(
+                record, sampling_weight=record.sampling_weight * d.weight, keep_reason=d.reason
+            )
             for record, d in zip(
                 records, self.decide_many(records, in_drift_window=in_drift_window), strict=True
             )

@@ -23,8 +23,8 @@ from serve_drift.ingress.plausibility import Finding, evaluate
 from serve_drift.ingress.policy import Verdict, block_message, decide
 from serve_drift.ingress.profile import InputProfile
 from serve_drift.ingress.quarantine import QuarantineStore
-from serve_drift.ingress.stats import compute_input_stats
-from serve_drift.request_context import current_request_ids, mark_request
+from serve_drift.ingress.stats import summarise_thumbnails, thumbnail
+from serve_drift.request_context import PendingStats, current_request_ids, mark_request
 from serve_drift.telemetry import instruments as tel
 
 logger = logging.getLogger(__name__)
@@ -110,13 +110,17 @@ class IngressGate:
 
     def _mark_input_stats(self, payload: Payload) -> None:
         """Per-image statistics for the event log, only for monitored requests (nobody else
-        would record them)."""
+        would record them). Only a thumbnail is taken here: the replica summarises a whole
+        shipping batch at once, off the request path, and only the rows it ships."""
         side = self.config.input_stats_max_side
         if not side or not mark_request():
             return
         for row, decoded in enumerate(payload.images):
-            stats = compute_input_stats(np.asarray(decoded.image), max_side=side)
-            mark_request(row=row, input_stats=stats)
+            pending = PendingStats(
+                item=thumbnail(np.asarray(decoded.image), max_side=side),
+                summarise=summarise_thumbnails,
+            )
+            mark_request(row=row, input_stats=pending)
 
     def error_response(self, error: IngressError, *, request_id: str | None = None) -> Any:
         """The refusal as a Starlette ``JSONResponse``: counted, on the span, stable body."""

@@ -74,7 +74,8 @@ class DriftMonitor:
         for job in self._state.accept(batch):
             self._dispatch(job)
         recorded = await self._record_arrivals(batch.events)
-        return IngestReceipt(accepted=len(batch.events), recorded=recorded)
+        share = self._state.replicas.share(now=time.monotonic())
+        return IngestReceipt(accepted=len(batch.events), recorded=recorded, max_rows_per_s=share)
 
     def _dispatch(self, job: Job) -> None:
         if not isinstance(job, Window):

@@ -115,6 +115,7 @@ def to_record(
         drift_window=drift_window,
         trace_id=event.trace_id,
         span_id=event.span_id,
+        sampling_weight=event.sampling_weight,
     )
 
 

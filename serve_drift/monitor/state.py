@@ -20,6 +20,7 @@ from serve_drift.monitor.accuracy import fit_accuracy_estimator
 from serve_drift.monitor.calibration import MonitorDetectors, build_monitor_detectors
 from serve_drift.monitor.event_log import MonitorEventLog
 from serve_drift.monitor.runner import DriftRunner
+from serve_drift.monitor.shares import ReplicaShares
 from serve_drift.monitor.traffic_sample import TrafficSample
 from serve_drift.monitor.windows import Window, make_windows, reconfigure_windows
 from serve_drift.reference.reference_set import ReferenceSet
@@ -44,6 +45,7 @@ class MonitorCounts:
     windows_skipped: int = 0  # tests could not keep up: logged, not tested
     test_errors: int = 0
     unrecorded: int = 0  # reached windows, but the store did not record them at arrival
+    unsampled: int = 0  # served rows replicas left out of their sample (counted, not shipped)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class MonitorState:
         )
         self.results: deque[DriftResult] = deque(maxlen=MAX_RESULTS_KEPT)
         self.counts = MonitorCounts()
+        self.replicas = ReplicaShares(
+            budget_rows_per_s=config.shipping.monitor_max_rows_per_s,
+            window_s=config.shipping.share_window_s,
+        )
         self.last_error: str | None = None
         self.detectors: MonitorDetectors | None = None  # calibrated for reference and window
         self.runner = self._build_runner() if self.reference is not None else None
@@ -137,9 +143,12 @@ class MonitorState:
         """Keep finite rows of the reference's dimension that ingress did not exclude in
         windows; return the windows that filled and, for the event log, the rows kept out."""
         self.counts.received += len(batch.events)
+        self.counts.unsampled += batch.unsampled
+        self.replicas.heard(batch.replica_id, now=time.monotonic())
         self._instruments.embeddings_received.add(len(batch.events))
         if self.event_log is not None:
             self.event_log.recorder.accept(len(batch.events))
+            self.event_log.recorder.sampled_out_at_replica(batch.unsampled)
         usable = self._usable_rows(batch)
         self.counts.rejected += int((~usable).sum())
         keep = usable & ~self._excluded_rows(batch, usable=usable)
@@ -216,7 +225,9 @@ class MonitorState:
         if self.runner is None:
             return []
         try:
-            results = self.runner.run(window)
+            results = [
+                replace(r, sampling_rate=window.sampling_rate) for r in self.runner.run(window)
+            ]
         except Exception as exc:
             logger.exception("serve-drift: drift test failed on window %d", window.index)
             self.counts.test_errors += 1

@@ -31,11 +31,15 @@ from serve_drift.messages import EventBatch, InferenceEvent
 
 @dataclass(frozen=True)
 class Window:
+    """``sampling_rate`` is the window's rows over the served requests they stand for (the
+    sum of their ``sampling_weight``): 1.0 unless replicas shipped a sample of their rows."""
+
     index: int
     model_version: str
     embeddings: np.ndarray
     events: tuple[InferenceEvent, ...]
     probabilities: np.ndarray | None = None
+    sampling_rate: float = 1.0
 
 
 @dataclass
@@ -110,6 +114,7 @@ class Windows:
             embeddings=np.stack([r.embedding for r in rows]),
             events=tuple(r.event for r in rows),
             probabilities=_stack_probabilities(rows),
+            sampling_rate=len(rows) / sum(r.event.sampling_weight for r in rows),
         )
         self._next_index += 1
         return window

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -112,10 +113,14 @@ def _wrap_init(cls: Any) -> Callable[..., None]:
 
 
 def _wrap_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    is_async = inspect.iscoroutinefunction(method)  # once, not per request
+
     @functools.wraps(method)
     async def monitored_method(self: Any, *args: Any, **kwargs: Any) -> Any:
         runtime: ReplicaMonitor = getattr(self, _RUNTIME_ATTR)
-        return await runtime.handle(functools.partial(method, self), args, kwargs)
+        return await runtime.handle(
+            functools.partial(method, self), args, kwargs, is_async=is_async
+        )
 
     return monitored_method
 

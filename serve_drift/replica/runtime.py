@@ -8,6 +8,7 @@ import inspect
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,16 +16,18 @@ from typing import Any
 import torch
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from serve_drift.capture import Capture, EmbeddingCapture
 from serve_drift.config import DriftConfig
 from serve_drift.credentials import AdminCredential
-from serve_drift.messages import EventBatch, InferenceEvent
+from serve_drift.messages import EventBatch
 from serve_drift.reference.reference_set import read_reference_version
+from serve_drift.replica.batch import BatchBuilder, PendingRows, top1
 from serve_drift.replica.executor import install_on
-from serve_drift.replica.shipper import EmbeddingShipper, PendingEmbedding
+from serve_drift.replica.shipper import EmbeddingShipper
 from serve_drift.request_context import (
+    CONTEXT_PREFIX,
     RequestIds,
     RequestMarks,
     bind_request_ids,
@@ -78,36 +81,67 @@ def _parent_context(headers: Any | None, *, trust_client: bool) -> otel_context.
 
 
 def _is_http_request(value: object) -> bool:
-    return hasattr(value, "headers") and hasattr(value, "url") and hasattr(value, "method")
+    return _has(value, "headers") and _has(value, "url") and _has(value, "method")
 
 
-def _span_hex(span: trace.Span) -> tuple[str, str]:
-    ctx = span.get_span_context()
-    return trace.format_trace_id(ctx.trace_id), trace.format_span_id(ctx.span_id)
+def _has(value: object, name: str) -> bool:
+    # Not hasattr(value, ...): Starlette's ``url`` is a property that builds a URL when read.
+    return hasattr(type(value), name) or name in getattr(value, "__dict__", ())
+
+
+_RAW_PREFIX = CONTEXT_PREFIX.encode("latin-1")
+
+
+def _has_context_headers(headers: Any) -> bool:
+    """Whether any ``X-Serve-Drift-Context-*`` header came: one pass over Starlette's raw
+    (lower-cased) names, so the common request, which has none, costs no decoding."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:  # another mapping: let the full parser look
+        return True
+    return any(name.startswith(_RAW_PREFIX) for name, _ in raw)
 
 
 async def _call_user_code(
-    method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, is_async: bool
 ) -> Any:
-    if inspect.iscoroutinefunction(method):
+    if is_async:
         return await method(*args, **kwargs)
     # Ray Serve runs sync handlers in a thread pool: so do we (to_thread copies the context).
     return await asyncio.to_thread(functools.partial(method, *args, **kwargs))
 
 
+class RequestCounts:
+    """Requests by outcome, counted in the replica and added to the OTel counter once per
+    shipping tick: an SDK counter call per request costs more than the rest of the count."""
+
+    def __init__(self, *, attributes: Mapping[str, str]) -> None:
+        self._attributes = dict(attributes)
+        self._counts: Counter[str] = Counter()
+
+    def add(self, outcome: str) -> None:
+        self._counts[outcome] += 1
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, Counter()
+        requests = tel.replica_instruments().requests
+        for outcome, n in counts.items():
+            requests.add(n, {**self._attributes, "outcome": outcome})
+
+
 class ReplicaMonitor:
-    """Everything serve-drift adds to one replica of a monitored deployment."""
+    """Everything serve-drift adds to one replica of a monitored deployment.
+
+    The request path keeps to what must happen per request: the span (with the predicted
+    class and confidence), the latency histogram, and an ``offer`` of references to the
+    captured tensors. Events, softmax rows, top-k, input statistics and the other metrics are
+    made per batch by the shipper (:mod:`serve_drift.replica.batch`).
+    """
 
     def __init__(
         self, *, instance: object, config: DriftConfig, monitor_handle: Any | None
     ) -> None:
         if config.telemetry.configure_sdk:
-            from serve_drift.telemetry.setup import configure_telemetry
-
-            destination = configure_telemetry(
-                service_name=config.model_name, **config.telemetry.sdk_arguments()
-            )
-            logger.info("serve-drift: telemetry to %s", destination)
+            _configure_sdk(config)
         self.config = config
         self.capture = EmbeddingCapture(
             find_model(instance, attr=config.model_attr),
@@ -118,45 +152,98 @@ class ReplicaMonitor:
         self.reference_version = read_reference_version(config.reference_path)
         self._monitor_handle = monitor_handle
         self.replica_id = _replica_id()
-        self.shipper = EmbeddingShipper(
-            config=config.shipping, send=self._send, replica_id=self.replica_id
-        )
+        self._metric_attributes = {
+            tel.ATTR_MODEL_NAME: config.model_name,
+            tel.ATTR_MODEL_VERSION: config.model_version,
+        }
         self._instruments = tel.replica_instruments()
+        self.requests = RequestCounts(attributes=self._metric_attributes)
+        self.shipper = self._shipper()
         self.admin = AdminCredential.load(
             token_env=config.admin.token_env, token_file=config.admin.token_file
         )
+        self._tracer: trace.Tracer | None = None
+
+    def _shipper(self) -> EmbeddingShipper:
+        builder = BatchBuilder(
+            model_name=self.config.model_name,
+            model_version=self.config.model_version,
+            replica_id=self.replica_id,
+            on_confidences=self._record_confidences,
+            on_error=functools.partial(self._count_failure, "input_stats"),
+        )
+        return EmbeddingShipper(
+            config=self.config.shipping,
+            send=self._send,
+            builder=builder,
+            on_tick=self.requests.flush,
+        )
 
     async def handle(
-        self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        is_async: bool | None = None,
     ) -> Any:
+        """Run the user's handler in a request span with embedding capture; ``is_async``
+        (whether ``method`` is a coroutine function) is looked up when not given."""
+        if is_async is None:
+            is_async = inspect.iscoroutinefunction(method)
         # run_in_executor(None, ...) must carry the request's context to its thread too.
         install_on(asyncio.get_running_loop())
         ids = current_request_ids()
         headers = _request_headers(args)
+        context, sentinel = self._caller(headers)
+        started = time.perf_counter()
+        span = self._start_span(ids, headers)
+        # What start_as_current_span does, without its two generator context managers.
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            with (
+                bind_request_ids(ids),
+                request_marks(context=context, sentinel=sentinel) as marks,
+                self.capture.capture(owner=ids.internal_id) as captured,
+            ):
+                result = await _call_user_code(method, args, kwargs, is_async=is_async)
+                latency_s = time.perf_counter() - started
+                self._after_response(span, captured, ids, latency_s, marks)
+        except BaseException as exc:
+            self.requests.add("error")
+            _record_exception(span, exc)
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+        self._record_latency(latency_s)
+        return result
+
+    def _start_span(self, ids: RequestIds, headers: Any | None) -> trace.Span:
         parent = _parent_context(
             headers, trust_client=self.config.telemetry.trust_client_traceparent
         )
         kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
-        started = time.perf_counter()
-        tracer = tel.tracer()
-        with (
-            bind_request_ids(ids),
-            request_marks(
-                context=self._context(headers), sentinel=self.is_sentinel(headers)
-            ) as marks,
-            tracer.start_as_current_span(SPAN_NAME, context=parent, kind=kind) as span,
-        ):
-            span.set_attributes(self._request_attributes(ids))
-            with self.capture.capture(owner=ids.internal_id) as captured:
-                try:
-                    result = await _call_user_code(method, args, kwargs)
-                except BaseException:
-                    self._instruments.requests.add(
-                        1, {**self._metric_attributes(), "outcome": "error"}
-                    )
-                    raise
-            self._after_response(span, captured, ids, time.perf_counter() - started, marks)
-        return result
+        attributes = {
+            tel.ATTR_CORRELATION_ID: ids.correlation_id,
+            tel.ATTR_INTERNAL_ID: ids.internal_id,
+            **self._metric_attributes,
+            tel.ATTR_REFERENCE_VERSION: self.reference_version,
+        }
+        return self.tracer().start_span(SPAN_NAME, context=parent, kind=kind, attributes=attributes)
+
+    def tracer(self) -> trace.Tracer:
+        """The library's tracer, looked up at the first request (the SDK is configured by
+        then, or the API's proxy tracer follows a provider installed later)."""
+        if self._tracer is None:
+            self._tracer = tel.tracer()
+        return self._tracer
+
+    def _caller(self, headers: Any | None) -> tuple[dict[str, str], bool]:
+        """Caller context and whether this is a verified sentinel run."""
+        if headers is None or not _has_context_headers(headers):
+            return {}, False
+        return self._context(headers), self.is_sentinel(headers)
 
     def _context(self, headers: Any | None) -> dict[str, str]:
         """Caller context from the configured ``X-Serve-Drift-Context-*`` headers only."""
@@ -174,20 +261,18 @@ class ReplicaMonitor:
             return False
         return self.admin is not None and self.admin.verify_headers(headers)
 
-    def _request_attributes(self, ids: RequestIds) -> dict[str, str]:
-        return {
-            tel.ATTR_CORRELATION_ID: ids.correlation_id,
-            tel.ATTR_INTERNAL_ID: ids.internal_id,
-            tel.ATTR_MODEL_NAME: self.config.model_name,
-            tel.ATTR_MODEL_VERSION: self.config.model_version,
-            tel.ATTR_REFERENCE_VERSION: self.reference_version,
-        }
+    def _record_latency(self, latency_s: float) -> None:
+        # Outside the request span, on purpose: inside it the SDK offers every measurement to
+        # an exemplar reservoir, which costs more than the histogram itself.
+        try:
+            self._instruments.latency.record(latency_s, self._metric_attributes)
+        except Exception as exc:
+            self._count_failure("latency", exc)
 
-    def _metric_attributes(self) -> dict[str, str]:
-        return {
-            tel.ATTR_MODEL_NAME: self.config.model_name,
-            tel.ATTR_MODEL_VERSION: self.config.model_version,
-        }
+    def _record_confidences(self, confidences: list[float]) -> None:
+        histogram = self._instruments.confidence
+        for confidence in confidences:
+            histogram.record(confidence, self._metric_attributes)
 
     def _after_response(
         self,
@@ -199,9 +284,7 @@ class ReplicaMonitor:
     ) -> None:
         """Record and enqueue; any failure here is counted, never raised into the request."""
         try:
-            outcome = marks.outcome or "ok"
-            self._instruments.requests.add(1, {**self._metric_attributes(), "outcome": outcome})
-            self._instruments.latency.record(latency_s, self._metric_attributes())
+            self.requests.add(marks.outcome or "ok")
             span.set_attribute(tel.ATTR_LATENCY_S, latency_s)
             self._record_capture(span, captured, ids, marks, latency_s)
         except Exception as exc:
@@ -215,82 +298,42 @@ class ReplicaMonitor:
         marks: RequestMarks,
         latency_s: float,
     ) -> None:
+        self.shipper.ensure_started()
         if captured.error is not None:
             self._record_failure(span, "capture", captured.error)
             return
-        if captured.embeddings is None:
+        embeddings = captured.embeddings
+        if embeddings is None:
             span.set_attribute("serve_drift.embedding.captured", False)
             return
-        rows = len(captured.embeddings)
-        predictions = Predictions.from_logits(captured.logits, rows=rows)
-        if rows == 1 and predictions.predicted[0] is not None:
-            span.set_attribute(tel.ATTR_PREDICTED_CLASS, predictions.predicted[0])
-            span.set_attribute(tel.ATTR_CONFIDENCE, predictions.confidence[0])
-        trace_id, span_id = _span_hex(span)
-        for row in range(rows):
-            confidence = predictions.confidence[row]
-            if confidence is not None:
-                self._instruments.confidence.record(confidence, self._metric_attributes())
-            event = self._event(
-                ids,
-                row,
-                predictions,
-                marks,
+        rows = embeddings.shape[0]
+        logits = _scores(captured.logits, rows=rows)
+        if logits is not None and rows == 1:
+            predicted, confidence = top1(logits)
+            span.set_attribute(tel.ATTR_PREDICTED_CLASS, predicted)
+            span.set_attribute(tel.ATTR_CONFIDENCE, confidence)
+        self.shipper.offer(
+            PendingRows(
+                rows=rows,
+                embeddings=embeddings,
+                logits=logits,
+                ids=ids,
+                marks=marks,
                 latency_s=latency_s,
-                trace_id=trace_id,
-                span_id=span_id,
+                timestamp=time.time(),
+                span=span.get_span_context(),
             )
-            self.shipper.offer(
-                PendingEmbedding(
-                    embedding=captured.embeddings[row],
-                    event=event,
-                    probabilities=None
-                    if predictions.probabilities is None
-                    else predictions.probabilities[row],
-                )
-            )
-        self.shipper.ensure_started()
-
-    def _event(
-        self,
-        ids: RequestIds,
-        row: int,
-        predictions: Predictions,
-        marks: RequestMarks,
-        *,
-        latency_s: float,
-        trace_id: str,
-        span_id: str,
-    ) -> InferenceEvent:
-        mark = marks.row(row)
-        # Sentinel runs measure the model, not production traffic: flag them, keep them out of
-        # drift windows (and, being flagged, they are always stored for their labels to join).
-        sentinel = marks.sentinel
-        return InferenceEvent(
-            correlation_id=ids.correlation_id,
-            internal_id=ids.internal_id if row == 0 else f"{ids.internal_id}:{row}",
-            timestamp=time.time(),
-            model_name=self.config.model_name,
-            model_version=self.config.model_version,
-            predicted_class=predictions.predicted[row],
-            confidence=predictions.confidence[row],
-            trace_id=trace_id,
-            span_id=span_id,
-            flags=(*mark.flags, "sentinel") if sentinel else mark.flags,
-            exclude_from_drift=mark.exclude_from_drift or sentinel,
-            latency_s=latency_s,
-            top_k=predictions.top_k[row],
-            context=marks.context,
-            input_stats=mark.input_stats,
-            replica_id=self.replica_id,
         )
 
     def _record_failure(self, span: trace.Span, stage: str, exc: BaseException) -> None:
-        logger.warning("serve-drift: monitoring failed at %s: %s", stage, exc)
-        self._instruments.monitoring_errors.add(1, {"stage": stage})
+        self._count_failure(stage, exc)
         span.add_event(
             "serve_drift.monitoring_error", {"stage": stage, "error.type": type(exc).__name__}
         )
+
+    def _count_failure(self, stage: str, exc: BaseException) -> None:
+        logger.warning("serve-drift: monitoring failed at %s: %s", stage, exc)
+        self._instruments.monitoring_errors.add(1, {"stage": stage})
 
     def monitor(self) -> Any:
         """Handle to this app's drift monitor (passed in by ``monitored_app`` or looked up)."""
@@ -309,23 +352,46 @@ class ReplicaMonitor:
             dropped=dict(self.shipper.dropped),
             pending=self.shipper.pending(),
             reasons=reasons,
+            sampling_rate_cap=self.shipper.sampler.rate,
         )
 
     async def _send(self, batch: EventBatch) -> object:
         return await self.monitor_call("ingest", batch)
 
 
-TOP_K = 5
+def _configure_sdk(config: DriftConfig) -> None:
+    from serve_drift.telemetry.setup import configure_telemetry
+
+    destination = configure_telemetry(
+        service_name=config.model_name, **config.telemetry.sdk_arguments()
+    )
+    logger.info("serve-drift: telemetry to %s", destination)
+
+
+def _record_exception(span: trace.Span, exc: BaseException) -> None:
+    """The application's exception on its request span, as ``use_span`` would record it."""
+    if isinstance(exc, Exception):
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def _scores(logits: torch.Tensor | None, *, rows: int) -> torch.Tensor | None:
+    """The captured scores when they are one ``(classes,)`` row per embedding row."""
+    if logits is None or logits.ndim != 2 or logits.shape[0] != rows:
+        return None
+    return logits
 
 
 @dataclass(frozen=True)
 class ReplicaHealth:
-    """What one replica knows about its own shipping to the monitor."""
+    """What one replica knows about its own shipping to the monitor; ``sampling_rate_cap`` is
+    the rows per second it may ship now (``None``: every row ships)."""
 
     shipped: int
     dropped: Mapping[str, int]
     pending: int
     reasons: tuple[str, ...]
+    sampling_rate_cap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -333,34 +399,8 @@ class ReplicaHealth:
             "dropped": dict(self.dropped),
             "pending": self.pending,
             "reasons": list(self.reasons),
+            "sampling_rate_cap": self.sampling_rate_cap,
         }
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Per-row outputs of one forward pass, from the classifier's logits (if captured)."""
-
-    predicted: list[int | None]
-    confidence: list[float | None]
-    top_k: list[tuple[tuple[int, float], ...]]
-    probabilities: torch.Tensor | None  # (rows, classes), on the model's device
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor | None, *, rows: int) -> Predictions:
-        if logits is None or logits.ndim != 2 or len(logits) != rows:
-            return cls([None] * rows, [None] * rows, [()] * rows, None)
-        probabilities = torch.softmax(logits.float(), dim=-1)
-        top_p, top_i = probabilities.topk(min(TOP_K, probabilities.shape[-1]), dim=-1)
-        top_k = [
-            tuple(zip(i, p, strict=True))
-            for i, p in zip(top_i.tolist(), top_p.tolist(), strict=True)
-        ]
-        return cls(
-            predicted=[t[0][0] for t in top_k],
-            confidence=[t[0][1] for t in top_k],
-            top_k=top_k,
-            probabilities=probabilities,
-        )
 
 
 def _lookup_monitor(config: DriftConfig) -> Any:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from serve_drift.capture import EmbeddingCapture
-from serve_drift.replica.runtime import Predictions
+from serve_drift.replica.batch import batch_outputs
+from tests.unit.replica.rows import pending_rows
 
 timm = pytest.importorskip("timm")
 
@@ -43,9 +44,12 @@ def test_capture_equals_timm_pre_logits_and_the_model_output(name: str) -> None:
     hooks.remove()
     assert captured.embeddings is not None and captured.logits is not None
     torch.testing.assert_close(captured.embeddings, pre_logits, rtol=1e-5, atol=1e-5)
-    predictions = Predictions.from_logits(captured.logits, rows=2)
-    assert predictions.probabilities is not None
-    torch.testing.assert_close(predictions.probabilities, torch.softmax(output, dim=-1))
+    rows = pending_rows(rows=2, embeddings=captured.embeddings, logits=captured.logits)
+    outputs = batch_outputs([rows])  # what the replica ships for these rows
+    assert outputs.probabilities is not None
+    torch.testing.assert_close(
+        torch.from_numpy(outputs.probabilities), torch.softmax(output, dim=-1)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TWO_HEADS))

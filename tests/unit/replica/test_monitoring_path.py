@@ -16,6 +16,7 @@ from serve_drift.replica.shipper import BoundedBuffer
 from serve_drift.request_context import sanitize_correlation_id
 from serve_drift.telemetry import instruments as tel
 from tests.support.telemetry_memory import memory_telemetry, metric_points
+from tests.unit.replica.rows import pending_rows
 
 
 class _Method:
@@ -165,10 +166,13 @@ def test_decorator_rejects_missing_method() -> None:
         monitored({}, methods=("predict",))(type("NoPredict", (), {}))
 
 
-def test_bounded_buffer_refuses_when_full() -> None:
-    buffer = BoundedBuffer(capacity=1)
-    assert buffer.offer("a") and not buffer.offer("b")  # type: ignore[arg-type]
-    assert buffer.drain(max_items=10) == ["a"] and len(buffer) == 0
+def test_bounded_buffer_counts_rows_and_refuses_when_full() -> None:
+    buffer = BoundedBuffer(capacity=3)
+    two, one, another = pending_rows(rows=2), pending_rows(rows=1), pending_rows(rows=1)
+    assert buffer.offer(two) and buffer.offer(one) and not buffer.offer(another)
+    assert len(buffer) == 3
+    assert buffer.drain(max_rows=2) == [two] and buffer.drain(max_rows=10) == [one]
+    assert len(buffer) == 0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,230 @@
+"""From what the request path leaves in the buffer to the batch the monitor receives.
+
+The request path only records references (the captured tensors, the request's IDs and marks,
+its span context): softmax and top-k, input statistics, ID formatting and the events
+themselves are made here, for a whole drain at once, off the request path. Vectorised, they
+cost a fraction of what they cost one request at a time; and rows the sampler does not ship
+get no event and no statistics at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
+from serve_drift.messages import EventBatch, InferenceEvent, InputStats
+from serve_drift.replica.sampler import RowSampler, SampleChoice
+from serve_drift.request_context import PendingStats, RequestIds, RequestMarks
+
+logger = logging.getLogger(__name__)
+
+TOP_K = 5
+TopK = tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRows:
+    """One request's captured rows, as the request path leaves them."""
+
+    rows: int
+    embeddings: torch.Tensor  # (rows, d), still on the model's device
+    logits: torch.Tensor | None  # (rows, classes) scores, same device; None if not captured
+    ids: RequestIds
+    marks: RequestMarks
+    latency_s: float
+    timestamp: float
+    span: SpanContext
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Per row of a drain: prediction, confidence and top-k; softmax rows when every row has
+    them (a test on outputs needs them for the whole window)."""
+
+    predicted: list[int | None]
+    confidence: list[float | None]
+    top_k: list[TopK]
+    probabilities: np.ndarray | None
+
+
+def batch_outputs(items: Sequence[PendingRows], *, top_k: int = TOP_K) -> Outputs:
+    """Softmax and top-k of every row, one call per distinct class count (usually one)."""
+    n = sum(item.rows for item in items)
+    outputs = Outputs([None] * n, [None] * n, [()] * n, None)
+    for positions, logits in _logit_groups(items):
+        probabilities = torch.softmax(logits.float(), dim=-1)
+        top_p, top_i = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+        for pos, indices, values in zip(positions, top_i.tolist(), top_p.tolist(), strict=True):
+            outputs.top_k[pos] = tuple(zip(indices, values, strict=True))
+            outputs.predicted[pos], outputs.confidence[pos] = indices[0], values[0]
+        if len(positions) == n:
+            outputs = Outputs(
+                outputs.predicted, outputs.confidence, outputs.top_k, probabilities.cpu().numpy()
+            )
+    return outputs
+
+
+def _logit_groups(items: Sequence[PendingRows]) -> list[tuple[list[int], torch.Tensor]]:
+    """(row positions, stacked logits) per class count."""
+    groups: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+    position = 0
+    for item in items:
+        if item.logits is not None:
+            positions, tensors = groups.setdefault(item.logits.shape[1], ([], []))
+            positions.extend(range(position, position + item.rows))
+            tensors.append(item.logits)
+        position += item.rows
+    return [(positions, torch.cat(tensors)) for positions, tensors in groups.values()]
+
+
+# Up to this many classes, the top-1 of one row is cheaper in Python than in four tensor calls.
+PYTHON_TOP1_MAX_CLASSES = 64
+
+
+def top1(logits: torch.Tensor) -> tuple[int, float]:
+    """Predicted class and its softmax probability for a one-row ``(1, classes)`` request (its
+    span's attributes); the rest of the outputs wait for the batch.
+
+    >>> predicted, confidence = top1(torch.tensor([[0.0, 2.0, 0.0]]))
+    >>> predicted, round(confidence, 4)
+    (1, 0.787)
+    """
+    if logits.shape[1] <= PYTHON_TOP1_MAX_CLASSES:
+        row = logits[0].tolist()
+        best = max(row)
+        confidence = 1.0 / sum(math.exp(value - best) for value in row)
+        if math.isfinite(confidence):
+            return row.index(best), confidence
+    found = torch.softmax(logits.float(), dim=-1).max(dim=-1)
+    return int(found.indices.item()), float(found.values.item())
+
+
+def resolve_stats(
+    values: Sequence[InputStats | PendingStats | None], *, on_error: Callable[[Exception], None]
+) -> list[InputStats | None]:
+    """Statistics marked by the handler; pending ones computed in one call per summariser."""
+    resolved: list[InputStats | None] = [v if isinstance(v, InputStats) else None for v in values]
+    groups: dict[Any, list[int]] = {}
+    for index, value in enumerate(values):
+        if isinstance(value, PendingStats):
+            groups.setdefault(value.summarise, []).append(index)
+    for summarise, indices in groups.items():
+        try:
+            stats = list(summarise([values[i].item for i in indices]))  # type: ignore[union-attr]
+        except Exception as exc:  # the statistics are lost, never the batch
+            on_error(exc)
+            continue
+        for index, one in zip(indices, stats, strict=True):
+            resolved[index] = one
+    return resolved
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A drain turned into what ships (``batch``, ``None`` when nothing does) and how many of
+    its rows the sampler left out."""
+
+    batch: EventBatch | None
+    unsampled: int
+
+
+class BatchBuilder:
+    """Turns drained :class:`PendingRows` into one :class:`EventBatch` of the rows to ship."""
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model_version: str,
+        replica_id: str,
+        on_confidences: Callable[[list[float]], None],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self._model = (model_name, model_version)
+        self._replica_id = replica_id
+        self._on_confidences = on_confidences
+        self._on_error = on_error
+
+    def empty(self, *, width: int) -> EventBatch:
+        """A batch of no rows: it only carries the count of rows left out to the monitor."""
+        rows = np.zeros((0, width), dtype=np.float32)
+        return EventBatch(embeddings=rows, events=(), replica_id=self._replica_id)
+
+    def build(self, items: Sequence[PendingRows], *, sampler: RowSampler, now: float) -> Drained:
+        outputs = batch_outputs(items)
+        self._on_confidences([c for c in outputs.confidence if c is not None])
+        rows = [(item, row) for item in items for row in range(item.rows)]
+        always = np.fromiter((item.marks.sentinel for item, _ in rows), bool, len(rows))
+        choice = sampler.choose(always=always, now=now)
+        if not len(choice.kept):
+            return Drained(None, choice.unsampled)
+        return Drained(self._batch(items, rows, outputs, choice), choice.unsampled)
+
+    def _batch(
+        self,
+        items: Sequence[PendingRows],
+        rows: list[tuple[PendingRows, int]],
+        outputs: Outputs,
+        choice: SampleChoice,
+    ) -> EventBatch:
+        kept = choice.kept.tolist()
+        stats = resolve_stats(
+            [rows[i][0].marks.row(rows[i][1]).input_stats for i in kept], on_error=self._on_error
+        )
+        events = tuple(
+            self._event(rows[i][0], rows[i][1], outputs, i, weight=w, stats=s)
+            for i, w, s in zip(kept, choice.weights.tolist(), stats, strict=True)
+        )
+        embeddings = torch.cat([item.embeddings for item in items])
+        if len(kept) < len(embeddings):  # only the shipped rows leave the device
+            embeddings = embeddings[torch.as_tensor(choice.kept, device=embeddings.device)]
+        probabilities = outputs.probabilities
+        return EventBatch(
+            embeddings=np.ascontiguousarray(embeddings.to(torch.float32).cpu().numpy()),
+            events=events,
+            replica_id=self._replica_id,
+            probabilities=None if probabilities is None else probabilities[choice.kept],
+        )
+
+    def _event(
+        self,
+        item: PendingRows,
+        row: int,
+        outputs: Outputs,
+        position: int,
+        *,
+        weight: float,
+        stats: InputStats | None,
+    ) -> InferenceEvent:
+        mark = item.marks.row(row)
+        # Sentinel runs measure the model, not production traffic: flag them, keep them out of
+        # drift windows (and, being flagged, they are always stored for their labels to join).
+        sentinel = item.marks.sentinel
+        internal_id = item.ids.internal_id
+        return InferenceEvent(
+            correlation_id=item.ids.correlation_id,
+            internal_id=internal_id if row == 0 else f"{internal_id}:{row}",
+            timestamp=item.timestamp,
+            model_name=self._model[0],
+            model_version=self._model[1],
+            predicted_class=outputs.predicted[position],
+            confidence=outputs.confidence[position],
+            trace_id=trace.format_trace_id(item.span.trace_id),
+            span_id=trace.format_span_id(item.span.span_id),
+            flags=(*mark.flags, "sentinel") if sentinel else mark.flags,
+            exclude_from_drift=mark.exclude_from_drift or sentinel,
+            latency_s=item.latency_s,
+            top_k=outputs.top_k[position],
+            context=item.marks.context,
+            input_stats=stats,
+            replica_id=self._replica_id,
+            sampling_weight=weight,
+        )

@@ -1,0 +1,127 @@
+"""What a shipping batch carries: the request's own outputs and statistics, made per batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from serve_drift.ingress.stats import compute_input_stats, summarise_thumbnails, thumbnail
+from serve_drift.replica.batch import BatchBuilder, batch_outputs, resolve_stats, top1
+from serve_drift.replica.sampler import RowSampler
+from serve_drift.request_context import PendingStats, RequestMarks, RowMark
+from tests.unit.replica.rows import pending_rows
+
+
+def _builder(*, confidences: list[float] | None = None, errors: list | None = None) -> BatchBuilder:
+    return BatchBuilder(
+        model_name="m",
+        model_version="v",
+        replica_id="r",
+        on_confidences=(confidences if confidences is not None else []).extend,
+        on_error=(errors if errors is not None else []).append,
+    )
+
+
+def test_batch_outputs_are_each_rows_own_softmax_and_top_k() -> None:
+    items = [pending_rows(rows=2, classes=7, seed=1), pending_rows(rows=1, classes=7, seed=2)]
+    outputs = batch_outputs(items)
+    logits = torch.cat([item.logits for item in items])  # type: ignore[misc]
+    expected = torch.softmax(logits, dim=-1)
+    assert outputs.probabilities is not None
+    np.testing.assert_allclose(outputs.probabilities, expected.numpy(), rtol=1e-6)
+    for row in range(3):
+        top_p, top_i = expected[row].topk(5)
+        assert [c for c, _ in outputs.top_k[row]] == top_i.tolist()
+        assert outputs.predicted[row] == top_i[0] and outputs.confidence[row] == pytest.approx(
+            float(top_p[0])
+        )
+
+
+def test_rows_without_scores_or_with_another_class_count_ship_no_probability_matrix() -> None:
+    items = [pending_rows(classes=3), pending_rows(classes=None), pending_rows(classes=4)]
+    outputs = batch_outputs(items)
+    assert outputs.probabilities is None  # a test on outputs needs them for every row
+    assert outputs.predicted[1] is None and outputs.top_k[1] == ()
+    assert len(outputs.top_k[0]) == 3 and len(outputs.top_k[2]) == 4
+
+
+@pytest.mark.parametrize("classes", [3, 10, 64, 65, 1000])
+def test_the_spans_top1_is_the_softmax_top1(classes: int) -> None:
+    logits = torch.randn(1, classes, generator=torch.Generator().manual_seed(classes)) * 4
+    predicted, confidence = top1(logits)
+    probabilities = torch.softmax(logits, dim=-1)[0]
+    assert predicted == int(probabilities.argmax())
+    assert confidence == pytest.approx(float(probabilities.max()), rel=1e-6)
+
+
+def test_pending_statistics_are_computed_once_per_batch_and_equal_the_direct_ones() -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(8, 8), dtype=np.uint8) for _ in range(5)]
+    images.append(rng.integers(0, 256, size=(300, 200, 3), dtype=np.uint8))  # another shape
+    calls: list[int] = []
+
+    def summarise(items: list) -> list:
+        calls.append(len(items))
+        return summarise_thumbnails(items)
+
+    pending = [PendingStats(item=thumbnail(im, max_side=64), summarise=summarise) for im in images]
+    resolved = resolve_stats([*pending, None], on_error=pytest.fail)
+    assert calls == [6] and resolved[-1] is None
+    assert resolved[:-1] == [compute_input_stats(im, max_side=64) for im in images]
+
+
+def test_a_failing_summary_loses_the_statistics_not_the_batch() -> None:
+    def broken(items: list) -> list:
+        raise RuntimeError("no statistics today")
+
+    errors: list[Exception] = []
+    marks = RequestMarks(rows={None: RowMark(input_stats=PendingStats(item=0, summarise=broken))})
+    drained = _builder(errors=errors).build(
+        [pending_rows(marks=marks)], sampler=RowSampler(max_rows_per_s=None, burst_s=1.0), now=0.0
+    )
+    assert drained.batch is not None and drained.batch.events[0].input_stats is None
+    assert [str(e) for e in errors] == ["no statistics today"]
+
+
+def test_sampled_out_rows_get_no_event_and_no_statistics_but_their_confidence_counts() -> None:
+    summarised: list[int] = []
+
+    def summarise(items: list) -> list:
+        summarised.append(len(items))
+        return summarise_thumbnails(items)
+
+    image = np.zeros((8, 8), dtype=np.uint8)
+    items = [
+        pending_rows(
+            marks=RequestMarks(
+                rows={None: RowMark(input_stats=PendingStats(thumbnail(image), summarise))}
+            ),
+            seed=i,
+        )
+        for i in range(50)
+    ]
+    confidences: list[float] = []
+    drained = _builder(confidences=confidences).build(
+        items, sampler=RowSampler(max_rows_per_s=5.0, burst_s=1.0, seed=0), now=0.0
+    )
+    assert drained.batch is not None and drained.unsampled == 45
+    assert len(drained.batch.events) == 5 and drained.batch.embeddings.shape == (5, 4)
+    assert summarised == [5] and len(confidences) == 50
+    assert {e.sampling_weight for e in drained.batch.events} == {10.0}
+    shipped = {e.internal_id for e in drained.batch.events}
+    expected = [item.embeddings[0].numpy() for item in items if item.ids.internal_id in shipped]
+    np.testing.assert_array_equal(drained.batch.embeddings, np.stack(expected))
+
+
+def test_sentinel_rows_always_ship_flagged_and_kept_out_of_windows() -> None:
+    items = [pending_rows(seed=i) for i in range(30)]
+    items[7] = pending_rows(marks=RequestMarks(sentinel=True), seed=7)
+    drained = _builder().build(
+        items, sampler=RowSampler(max_rows_per_s=2.0, burst_s=1.0, seed=0), now=0.0
+    )
+    assert drained.batch is not None
+    sentinel = [e for e in drained.batch.events if "sentinel" in e.flags]
+    assert [e.internal_id for e in sentinel] == [items[7].ids.internal_id]
+    assert sentinel[0].exclude_from_drift and sentinel[0].sampling_weight == 1.0
+    assert len(drained.batch.events) == 3 and drained.unsampled == 27
