@@ -351,3 +351,7 @@ class DriftConfig(_Frozen):
     # sample) for `serve-drift reference from-traffic`; 0 turns it off.
     traffic_sample_size: int = Field(2000, ge=0, le=1_000_000)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    # The ``alerts`` section (``serve_drift.alerts.AlertsConfig``: rules, schedules, sinks,
+    # Alertmanager), kept as a mapping because this module sits below the alerts package: the
+    # monitor validates it when the app is built and when it starts. None: the default rules.
+    alerts: dict[str, Any] | None = None

@@ -185,12 +185,15 @@ class AlertmanagerOptions(_Frozen):
 
 
 class AlertsConfig(_Frozen):
-    """The ``alerts`` section. ``queue_size``: notifications each sink may have waiting."""
+    """The ``alerts`` section. ``queue_size``: notifications each sink may have waiting;
+    ``tick_interval_s``: how often the monitor tells the engine that time passed, so that
+    silence rules fire and reminders go out when no window arrives."""
 
     rules: tuple[AlertRule, ...] = Field(default_factory=default_rules)
     suppress: tuple[SuppressionSchedule, ...] = ()
     sinks: tuple[SinkConfig, ...] = (StdoutSinkConfig(),)
     queue_size: int = Field(1000, ge=1, le=1_000_000)
+    tick_interval_s: float = Field(30.0, gt=0, le=3600)
     prometheus: PrometheusOptions = PrometheusOptions()
     alertmanager: AlertmanagerOptions = AlertmanagerOptions()
 

@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_drift import _env
+from serve_drift.alerts.control import MaintenanceStatus
+from serve_drift.alerts.endpoints import maintenance_endpoint
 from serve_drift.apps.model_loading import LoadedModel, ModelSpec, load_model, model_version
 from serve_drift.config import DriftConfig
 from serve_drift.eventlog.labels import parse_labels
@@ -41,6 +43,7 @@ from serve_drift.telemetry import instruments as tel
 MONITOR_TIMEOUT_S = 2.0
 LABELS_TIMEOUT_S = 10.0
 LABEL_SOURCES = ("feedback", "sentinel")
+ALERT_STATES = ("open", "resolved", "all")
 MAX_DRIFT_LIMIT = 500
 _LIMIT = re.compile(r"[1-9][0-9]?|[1-4][0-9]{2}|500")  # 1..500, ASCII digits ("²".isdigit())
 # Backpressure: a replica takes this many requests at once and each proxy queues this many
@@ -157,17 +160,12 @@ class ImageClassifier:
             return await self.predict(request)
         if route == ("GET", "healthz"):
             return await self._health()
-        admin_routes = {
-            ("GET", "drift"): self._drift,
-            ("POST", "labels"): self._labels,
-            ("GET", "health"): self._admin_health,
-        }
-        handler = admin_routes.get(route)
-        if handler is None or (route[1] == "health" and segments[-2:-1] != ["admin"]):
+        handler = _admin_handler(self, request.method, request.url.path)
+        if handler is None:
             error = IngressError(
                 "not_found",
                 "try POST /predict or GET /healthz; admin: GET /drift, POST /labels, "
-                "GET /admin/health",
+                "GET /admin/health, GET|POST|DELETE /admin/maintenance, GET /admin/alerts[/<id>]",
             )
             return self._reject(error, correlation_id)
         refused = self._refuse_unless_admin(request)
@@ -300,6 +298,51 @@ class ImageClassifier:
             {"request_id": correlation_id, "results": [a.to_dict() for a in answers]}
         )
 
+    async def _maintenance(self, request: Request, correlation_id: str) -> Response:
+        """``/admin/maintenance``: the admin check is done; the handler validates the body."""
+        control = _MonitorMaintenance(replica_monitor(self))
+        try:
+            return await maintenance_endpoint(request, control=control, check_admin=_admitted)
+        except Exception:
+            error = IngressError("monitor_unavailable", "the drift monitor did not answer")
+            return self._reject(error, correlation_id)
+
+    async def _alerts(self, request: Request, correlation_id: str) -> Response:
+        """``GET /admin/alerts?state=open|resolved|all&limit=``: incidents, newest first."""
+        state = request.query_params.get("state", "open")
+        limit = request.query_params.get("limit", "50")
+        if state not in ALERT_STATES or not _LIMIT.fullmatch(limit):
+            error = IngressError(
+                "invalid_query",
+                f"state is one of {', '.join(ALERT_STATES)}; limit 1..{MAX_DRIFT_LIMIT}",
+            )
+            return self._reject(error, correlation_id)
+        wanted = None if state == "all" else state
+        try:
+            incidents = await asyncio.wait_for(
+                replica_monitor(self).monitor_call("alerts", wanted, int(limit)),
+                MONITOR_TIMEOUT_S,
+            )
+        except Exception:
+            error = IngressError("monitor_unavailable", "the drift monitor did not answer")
+            return self._reject(error, correlation_id)
+        return JSONResponse({"state": state, "incidents": [i.to_dict() for i in incidents]})
+
+    async def _alert(self, request: Request, correlation_id: str) -> Response:
+        """``GET /admin/alerts/<id or unique prefix>``: the incident and its transitions."""
+        incident_id = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            found = await asyncio.wait_for(
+                replica_monitor(self).monitor_call("alert", incident_id), MONITOR_TIMEOUT_S
+            )
+        except Exception:
+            error = IngressError("monitor_unavailable", "the drift monitor did not answer")
+            return self._reject(error, correlation_id)
+        if found is None:
+            missing = IngressError("not_found", "no incident has that id (or the prefix is shared)")
+            return self._reject(missing, correlation_id)
+        return JSONResponse(found.to_dict())
+
     async def _health(self) -> Response:
         """Public: ready or degraded, nothing more (details are an admin operation)."""
         status, _ = await self._status()
@@ -338,6 +381,49 @@ class ImageClassifier:
             "input_profile": None if profile is None else profile.source,
             "quarantine_directory": None if store is None else str(store.directory),
         }
+
+
+def _admin_handler(app: ImageClassifier, method: str, path: str) -> Any:
+    """The admin operation a path names (its last segments, so any route prefix works)."""
+    segments = path.rstrip("/").split("/")
+    last = segments[-1]
+    parent = segments[-2] if len(segments) > 1 else ""
+    if parent == "admin":
+        by_name = {
+            ("GET", "health"): app._admin_health,
+            ("GET", "alerts"): app._alerts,
+        }
+        if last == "maintenance":  # GET, POST and DELETE: the handler answers 405 to the rest
+            return app._maintenance
+        return by_name.get((method, last))
+    if method == "GET" and segments[-3:-1] == ["admin", "alerts"]:
+        return app._alert
+    return {("GET", "drift"): app._drift, ("POST", "labels"): app._labels}.get((method, last))
+
+
+def _admitted(request: Request) -> bool:
+    return True  # the app checked the admin credential before routing here
+
+
+class _MonitorMaintenance:
+    """Maintenance operations as calls on the drift monitor (they run on its alert lane)."""
+
+    def __init__(self, monitor: Any) -> None:
+        self._monitor = monitor
+
+    async def _call(self, operation: str, **kwargs: Any) -> MaintenanceStatus:
+        call = self._monitor.monitor_call("maintenance", operation, **kwargs)
+        status: MaintenanceStatus = await asyncio.wait_for(call, MONITOR_TIMEOUT_S)
+        return status
+
+    async def status(self) -> MaintenanceStatus:
+        return await self._call("status")
+
+    async def start(self, *, who: str, why: str, duration_s: float) -> MaintenanceStatus:
+        return await self._call("start", who=who, why=why, duration_s=duration_s)
+
+    async def stop(self, *, who: str) -> MaintenanceStatus:
+        return await self._call("stop", who=who)
 
 
 def _drift_config(args: AppArgs) -> DriftConfig:

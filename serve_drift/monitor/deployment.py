@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from serve_drift.alerts import Incident, MaintenanceStatus
 from serve_drift.config import DriftConfig, MonitorUpdate
 from serve_drift.eventlog.store import LabelAnswer, StoreError
 from serve_drift.messages import DriftResult, EventBatch, InferenceEvent, IngestReceipt
+from serve_drift.monitor.alerting import AlertHistory, alerts_config
 from serve_drift.monitor.state import MAX_PENDING_WINDOWS, Job, MonitorHealth, MonitorState
 from serve_drift.monitor.traffic_sample import TrafficSnapshot
 from serve_drift.monitor.windows import Window
@@ -66,6 +68,7 @@ class DriftMonitor:
         self._pending_windows = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticking = False
+        self._state.alerts.start_ticking()  # silence rules fire even without traffic
 
     async def ingest(self, batch: EventBatch) -> IngestReceipt:
         """Take a replica's batch into the windows at once, then wait (bounded) until the
@@ -93,6 +96,7 @@ class DriftMonitor:
         finally:
             self._pending_windows -= 1
         self._log(window, results)
+        self._state.alert_on(window, results)  # evaluated on the alert lane, not here
 
     def _log(self, job: Job, results: list[DriftResult]) -> None:
         event_log = self._state.event_log
@@ -162,11 +166,30 @@ class DriftMonitor:
             pending_windows=self._pending_windows, event_log_queue=self._writer.pending()
         )
 
+    async def maintenance(self, operation: str, **kwargs: Any) -> MaintenanceStatus:
+        """``status``, ``start`` (``who``, ``why``, ``duration_s``) or ``stop`` (``who``)
+        maintenance; it runs on the alert lane (store, Alertmanager) and is awaited here."""
+        if operation not in ("status", "start", "stop"):
+            raise ValueError(f"unknown maintenance operation {operation!r}")
+        future = self._state.alerts.maintenance_call(operation, **kwargs)
+        return await asyncio.wrap_future(future)
+
+    async def alerts(self, state: str | None = "open", limit: int = 100) -> list[Incident]:
+        """Incidents newest first (``state``: ``open``, ``resolved`` or ``None`` for all)."""
+        work = functools.partial(self._state.alerts.incidents, state=state, limit=limit)
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+
+    async def alert(self, incident_id: str) -> AlertHistory | None:
+        """One incident (an id or a unique prefix) with its transitions."""
+        work = functools.partial(self._state.alerts.history, incident_id)
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+
     def __del__(self) -> None:
         # Serve calls __del__ before it kills a stopped replica: let queued store writes
         # finish, then export buffered telemetry, each within its bound (no exit hook runs).
         with contextlib.suppress(Exception):
             self._writer.close(timeout_s=self._config.events.arrival_timeout_s)
+            self._state.alerts.close(timeout_s=self._config.events.arrival_timeout_s)
             shutdown_telemetry()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
@@ -207,6 +230,7 @@ def monitored_app(
     config: DriftConfig | None = getattr(deployment.func_or_class, "serve_drift_config", None)
     if config is None:
         raise TypeError("monitored_app needs a deployment whose class is decorated with @monitored")
+    alerts_config(config)  # a bad ``alerts`` section fails here, not in the monitor's start
     options = dict(monitor_options or {})
     name = str(options.pop("name", None) or config.monitor_name(deployment.name))
     monitor_config = config.model_copy(update={"monitor_deployment": name})

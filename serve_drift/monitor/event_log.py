@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,8 @@ class MonitorEventLog:
         self._gauges = tel.event_log_instruments().concept
         self._estimate_error = tel.event_log_instruments().accuracy_estimate_error
         self._sentinel_runs: dict[str, list[tuple[int, ServedRequest]]] = {}
+        # Told every recomputed metrics record (a window's labels, a sentinel run): alerting.
+        self.on_metrics: Callable[[ConceptMetricsRecord], object] | None = None
 
     def record_arrivals(self, events: Sequence[InferenceEvent]) -> None:
         """Durably record that these requests were served (compact rows), before any test.
@@ -256,6 +258,8 @@ class MonitorEventLog:
                 self._gauges[name].set(value, attributes)
         if record.estimated_accuracy is not None:  # the label-free estimate met the truth
             self._estimate_error.set(record.estimated_accuracy - m.accuracy, attributes)
+        if self.on_metrics is not None:
+            self.on_metrics(record)
 
     def health(self) -> EventLogHealth:
         return self.recorder.health()

@@ -88,6 +88,11 @@ class DriftRunner:
         ]
 
     @property
+    def detector_names(self) -> tuple[str, ...]:
+        """The detectors' names, in the config's order (the alert rules' scopes)."""
+        return tuple(d.name for d in self._detectors)
+
+    @property
     def accuracy_baseline(self) -> float | None:
         """The accuracy estimate on the reference itself: a clean window's expected estimate
         (the alert signal ``estimated_accuracy_baseline``), or None without an estimator."""

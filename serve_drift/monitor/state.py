@@ -17,6 +17,7 @@ from serve_drift.eventlog.recorder import EventLogHealth
 from serve_drift.eventlog.store import StoreError
 from serve_drift.messages import DriftResult, EventBatch, InferenceEvent
 from serve_drift.monitor.accuracy import fit_accuracy_estimator
+from serve_drift.monitor.alerting import AlertsHealth, MonitorAlerts, WindowMeasures, share
 from serve_drift.monitor.calibration import MonitorDetectors, build_monitor_detectors
 from serve_drift.monitor.event_log import MonitorEventLog
 from serve_drift.monitor.runner import DriftRunner
@@ -65,12 +66,15 @@ class MonitorHealth:
     event_log: EventLogHealth | None
     checked_at: float
     pid: int
+    alerts: AlertsHealth | None = None  # open incidents, maintenance, sink outcomes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the counts at the top level beside the rest."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("counts", "event_log")}
+        nested = ("counts", "event_log", "alerts")
+        data = {k: v for k, v in asdict(self).items() if k not in nested}
         data["reasons"] = list(self.reasons)
         data["event_log"] = None if self.event_log is None else self.event_log.to_dict()
+        data["alerts"] = None if self.alerts is None else self.alerts.to_dict()
         return {**data, **asdict(self.counts)}
 
 
@@ -108,6 +112,8 @@ class MonitorState:
         if self.event_log is not None:
             self._resume_from(self.event_log)
         self._instruments = tel.monitor_instruments()
+        self.alerts = self._build_alerts()
+        self._alerted = (0, 0, 0)  # received, flagged, dropped at the previous tested window
 
     def _resume_from(self, event_log: MonitorEventLog) -> None:
         """A restarted monitor continues window numbering (indices key stored events and
@@ -126,6 +132,39 @@ class MonitorState:
             return None
         version = "none" if self.reference is None else self.reference.version
         return MonitorEventLog(self.config, reference_version=version)
+
+    def _build_alerts(self) -> MonitorAlerts:
+        store = None if self.event_log is None else self.event_log.store
+        alerts = MonitorAlerts(
+            self.config,
+            store=store,
+            detectors=() if self.runner is None else self.runner.detector_names,
+            accuracy_baseline=None if self.runner is None else self.runner.accuracy_baseline,
+        )
+        if self.event_log is not None:
+            self.event_log.on_metrics = alerts.metrics  # label and sentinel metrics
+        return alerts
+
+    def alert_on(self, window: Window, results: list[DriftResult]) -> None:
+        """Hand a tested window (or a failed test) to the alert lane; never blocks."""
+        if results:
+            measures = self._window_measures()
+            self.alerts.window_tested(results=results, events=window.events, measures=measures)
+        elif self.runner is not None and self.last_error is not None:
+            self.alerts.detector_failed(model_version=window.model_version, error=self.last_error)
+
+    def _window_measures(self) -> WindowMeasures:
+        """Flagged and lost shares of the events received since the previous tested window."""
+        lost = None
+        if self.event_log is not None:
+            lost = self.event_log.recorder.accounting().dropped_total
+        now = (self.counts.received, self.counts.flagged, lost or 0)
+        before, self._alerted = self._alerted, now
+        received = now[0] - before[0]
+        return WindowMeasures(
+            flagged_share=share(now[1] - before[1], received),
+            dropped_share=None if lost is None else share(now[2] - before[2], received),
+        )
 
     def _build_runner(self) -> DriftRunner:
         assert self.reference is not None
@@ -172,6 +211,8 @@ class MonitorState:
         """Test a window and log its events; or just log events that no test will cover."""
         results = self.test(job) if isinstance(job, Window) else []
         self.log(job, results)
+        if isinstance(job, Window):
+            self.alert_on(job, results)
         return results
 
     def skip(self, window: Window) -> Untested:
@@ -274,6 +315,7 @@ class MonitorState:
             event_log=event_log,
             checked_at=time.time(),
             pid=os.getpid(),
+            alerts=self.alerts.health(),
         )
 
 

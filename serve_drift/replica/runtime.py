@@ -341,8 +341,8 @@ class ReplicaMonitor:
             self._monitor_handle = _lookup_monitor(self.config)
         return self._monitor_handle
 
-    async def monitor_call(self, method: str, *args: Any) -> Any:
-        return await getattr(self.monitor(), method).remote(*args)
+    async def monitor_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.monitor(), method).remote(*args, **kwargs)
 
     def replica_health(self) -> ReplicaHealth:
         failure = self.shipper.last_failure

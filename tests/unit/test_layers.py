@@ -57,9 +57,11 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
+    # The monitor feeds the alert pipeline and keeps its incidents in the event store.
     "monitor": frozenset(
         {
             "_env",
+            "alerts",
             "config",
             "detectors",
             "errors",
@@ -70,9 +72,11 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
+    # The app mounts the alerts' maintenance handler behind its admin credential.
     "apps": frozenset(
         {
             "_env",
+            "alerts",
             "config",
             "credentials",
             "eventlog",
