@@ -75,7 +75,7 @@ def test_check_states_each_rule_and_its_false_alert_rate(
     assert main(["alerts", "check", "--config", "deployments/digits.yaml"]) == 0
     out = capsys.readouterr().out
     assert "9 rules for digits" in out
-    assert any(line.startswith("input-drift") and "0.195" in line for line in out.splitlines())
+    assert any(line.startswith("input-drift") and "0.333" in line for line in out.splitlines())
 
 
 def test_compile_writes_the_four_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

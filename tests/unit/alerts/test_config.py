@@ -156,8 +156,8 @@ def test_the_default_rules_docstring_states_the_computed_rates() -> None:
     )
     assert f"**{rate * 1000:.3f} incidents per 1000 clean windows**" in doc
     assert rate * 1000 <= 1.0  # the target
-    within3 = k_of_n_detection_probability(k=2, n=3, power=0.9, within=3)
-    within2 = k_of_n_detection_probability(k=2, n=3, power=0.9, within=2)
-    assert f"probability {within3:.3f} (within 2: {within2:.2f})" in doc
+    within4 = k_of_n_detection_probability(k=condition.k, n=condition.n, power=0.9, within=4)
+    within3 = k_of_n_detection_probability(k=condition.k, n=condition.n, power=0.9, within=3)
+    assert f"within 4 windows with probability {within4:.3f} (within 3: {within3:.3f})" in doc
     assert f"{condition.k} of the last {condition.n} windows" in doc
     assert f"``p <= {condition.alpha:g}``" in doc

@@ -10,15 +10,27 @@ from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.engine import AlertEngine
 from serve_drift.alerts.incidents import Incident
 from serve_drift.alerts.maintenance import MaintenanceWindow
+from serve_drift.alerts.rules import AlertRule, DriftCondition
 from serve_drift.alerts.signals import DetectorFailed, LabelMetrics, SentinelRun, Tick
 from tests.support.alert_signals import MODEL, kinds, replay, window, windows
 
 CLEAN, SHIFT = 0.4, 0.002
+TWO_OF_THREE = DriftCondition(k=2, n=3, alpha=0.01)
+
+
+def _two_of_three(rule: AlertRule) -> AlertRule:
+    conditions = tuple(
+        TWO_OF_THREE if isinstance(c, DriftCondition) else c for c in rule.conditions
+    )
+    return rule.model_copy(update={rule.combine: conditions})
 
 
 def _only(*names: str) -> AlertsConfig:
-    """The default rules, keeping only ``names`` (inhibiting only among themselves)."""
-    rules = [r for r in AlertsConfig().rules if r.name in names]
+    """The default rules, keeping only ``names`` (inhibiting only among themselves), with the
+    sustained-drift condition these sequences were recorded for: 2 of the last 3 windows at
+    p <= 0.01. The engine's state machine is under test here, not the default's k and n
+    (``test_defaults`` and ``benchmarks/alert_rules.py`` judge those)."""
+    rules = [_two_of_three(r) for r in AlertsConfig().rules if r.name in names]
     kept = [r.model_copy(update={"inhibits": tuple(set(r.inhibits) & set(names))}) for r in rules]
     return AlertsConfig(rules=tuple(kept), sinks=())
 

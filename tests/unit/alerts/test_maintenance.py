@@ -99,7 +99,7 @@ def test_maintenance_creates_a_silence_stores_itself_and_expires_both(
 def test_maintenance_holds_notifications_in_the_pipeline(pipeline: AlertPipeline) -> None:
     service = _service(pipeline, _FakeAlertmanager(), now=0.0)
     service.start(who="alice", why="retraining", duration_s=3600)
-    held = [t for w in windows([0.002, 0.003]) for t in pipeline.observe(w)]
+    held = [t for w in windows([0.002, 0.003, 0.004]) for t in pipeline.observe(w)]
     assert [(t.kind, t.notify) for t in held] == [("opened", False)]
     assert pipeline.maintenance(at=10.0) is not None
 
@@ -208,7 +208,7 @@ def test_a_bad_maintenance_request_is_a_400(
 
 
 def test_open_alerts_over_http(pipeline: AlertPipeline) -> None:
-    for signal in windows([0.002, 0.003]):
+    for signal in windows([0.002, 0.003, 0.004]):
         pipeline.observe(signal)
     client = _app(_service(pipeline, _FakeAlertmanager()), pipeline)
     answer = client.get(ALERTS_PATH, headers={"authorization": f"Bearer {TOKEN}"})

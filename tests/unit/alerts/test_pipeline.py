@@ -57,7 +57,9 @@ def _pipeline(reader: InMemoryMetricReader, **kwargs: Any) -> tuple[AlertPipelin
 def test_the_active_gauge_follows_incidents_and_signals_are_exported() -> None:
     reader = InMemoryMetricReader()
     pipeline, _ = _pipeline(reader)
-    for signal in windows([0.002, 0.003], estimated_accuracy=0.9, estimated_accuracy_baseline=0.95):
+    for signal in windows(
+        [0.002, 0.003, 0.004], estimated_accuracy=0.9, estimated_accuracy_baseline=0.95
+    ):
         pipeline.observe(signal)
     (active,) = _points(reader, "serve_drift.alerts.active")
     assert active == (
@@ -75,7 +77,7 @@ def test_the_active_gauge_follows_incidents_and_signals_are_exported() -> None:
     }
     assert signals == {"estimated_accuracy": 0.9, "estimated_accuracy_baseline": 0.95}
     assert _points(reader, "serve_drift.alerts.rules") == [({"serve_drift.model.name": MODEL}, 9)]
-    for signal in windows([0.5] * 4, start=2):
+    for signal in windows([0.5] * 5, start=3):
         pipeline.observe(signal)
     assert [v for _, v in _points(reader, "serve_drift.alerts.active")] == [0]
     pipeline.close()
@@ -98,7 +100,7 @@ def test_a_failing_store_is_counted_and_the_sinks_still_get_the_alert() -> None:
 
     reader = InMemoryMetricReader()
     pipeline, sink = _pipeline(reader, record=broken)
-    transitions = [t for s in windows([0.002, 0.003]) for t in pipeline.observe(s)]
+    transitions = [t for s in windows([0.002, 0.003, 0.004]) for t in pipeline.observe(s)]
     pipeline.dispatcher.drain()
     assert [t.kind for t in transitions] == ["opened"] and sink.sent == transitions
     assert _points(reader, "serve_drift.alerts.errors") == [({"stage": "record"}, 1)]

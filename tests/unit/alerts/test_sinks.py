@@ -33,7 +33,7 @@ SECRET = b"s3cret"
 @pytest.fixture(scope="module")
 def opened() -> Transition:
     config = AlertsConfig(rules=(AlertsConfig().rule("input-drift"),), sinks=())
-    (transition,) = replay(windows([0.5, 0.002, 0.003]), config=config)
+    (transition,) = replay(windows([0.5, 0.002, 0.003, 0.004]), config=config)
     return transition
 
 
@@ -53,7 +53,7 @@ def test_the_webhook_posts_alertmanager_json_signed_with_hmac(opened: Transition
     assert alert["annotations"]["runbook_url"].endswith("#input-drift")
     assert alert["endsAt"] == "0001-01-01T00:00:00Z"
     incident = body["serve_drift"]["incident"]
-    assert [w["p_value"] for w in incident["evidence"]["windows"]] == [0.5, 0.002, 0.003]
+    assert [w["p_value"] for w in incident["evidence"]["windows"]] == [0.5, 0.002, 0.003, 0.004]
     jsonschema.validate(opened.to_dict(), load_alert_schema())
 
 
@@ -216,5 +216,5 @@ def test_a_webhook_secret_that_is_not_set_is_refused_at_startup() -> None:
 
 def _any_transition(*, notify: bool = True) -> Transition:
     config = AlertsConfig(rules=(AlertsConfig().rule("input-drift"),), sinks=())
-    (transition,) = replay(windows([0.002, 0.003]), config=config)
+    (transition,) = replay(windows([0.002, 0.003, 0.004]), config=config)
     return Transition.from_dict({**transition.to_dict(), "notify": notify})

@@ -58,8 +58,8 @@ def test_writes_are_idempotent_and_the_newest_state_wins(store: EventStore) -> N
 
 def test_incidents_are_filtered_and_found_by_id_prefix(store: EventStore) -> None:
     engine = AlertEngine(AlertsConfig(sinks=()), started_at=0.0, model_names=(MODEL,))
-    transitions = replay(windows([0.002, 0.003]), engine=engine)
-    transitions += replay(windows([0.5], start=2, flagged_share=0.5), engine=engine)
+    transitions = replay(windows([0.002, 0.003, 0.004]), engine=engine)
+    transitions += replay(windows([0.5], start=3, flagged_share=0.5), engine=engine)
     store.write_alert_transitions(transitions)
     rules = {s.rule for s in store.alert_incidents(state="open")}
     assert rules == {"input-drift", "flagged-inputs"}
