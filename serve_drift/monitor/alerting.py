@@ -355,9 +355,18 @@ class MonitorAlerts:
     def drain(self, *, timeout_s: float = 10.0) -> bool:
         """Wait until every signal handed over so far is evaluated and its notifications sent
         (tests and shutdown); whether that happened in time."""
+        deadline = time.monotonic() + timeout_s
+        while True:  # a full lane takes the marker once it has room
+            try:
+                marker = self._lane.submit(lambda: None)
+                break
+            except WriterQueueFull:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
         try:
-            self._lane.submit(lambda: None).result(timeout=timeout_s)
-        except (WriterQueueFull, concurrent.futures.TimeoutError):
+            marker.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
             return False
         return self.pipeline.dispatcher.drain(timeout_s=timeout_s)
 

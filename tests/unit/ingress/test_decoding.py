@@ -261,6 +261,9 @@ def test_table_covers_every_client_error_code() -> None:
         # admin credential (tests/unit/apps/test_ingress_app.py, tests/integration/test_admin.py)
         "unauthorized",
         "admin_disabled",
+        # /admin/maintenance (tests/unit/apps/test_admin_alerts.py)
+        "invalid_maintenance",
+        "method_not_allowed",
     }
     assert covered | elsewhere == set(STATUS_BY_CODE)
 
@@ -398,7 +401,7 @@ def test_nesting_depth_ignores_brackets_in_strings(body: bytes, depth: int) -> N
 
 def test_error_codes_map_to_the_documented_statuses() -> None:
     assert {status for status in STATUS_BY_CODE.values()} == {
-        400, 401, 403, 404, 408, 413, 415, 422, 500, 503
+        400, 401, 403, 404, 405, 408, 413, 415, 422, 500, 503
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown ingress error code"):
         IngressError("made_up", "x")
