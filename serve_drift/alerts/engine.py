@@ -274,7 +274,10 @@ class AlertEngine:
             if self._held_by(live.rule, live.incident.scope, at=at) is not None:
                 continue
             if live.incident.notifications == 0:
-                transitions.append(self._transition(live, "released", at=at))
+                # Held back while its condition holds; one already clearing is not worth
+                # telling now: it is released if the condition holds again, else it resolves.
+                if live.clears == 0:
+                    transitions.append(self._transition(live, "released", at=at))
             elif _reminder_due(live, at=at):
                 transitions.append(self._transition(live, "renotified", at=at))
         return transitions

@@ -119,6 +119,25 @@ def test_the_ticket_is_notified_once_the_page_resolves_while_it_is_still_open() 
     ]
 
 
+def test_a_muted_ticket_whose_shift_ended_with_the_page_is_never_sent() -> None:
+    config = _only("drift-accuracy-drop", "input-drift")
+    engine = AlertEngine(config, started_at=0.0, model_names=(MODEL,))
+    fell = windows([SHIFT, SHIFT], estimated_accuracy=0.2, estimated_accuracy_baseline=0.97)
+    after = windows([CLEAN] * 5, start=2, estimated_accuracy=0.96, estimated_accuracy_baseline=0.97)
+    opened = replay(fell, engine=engine)
+    later = replay(after, engine=engine)
+    assert [(t.incident.rule, t.kind, t.notify) for t in opened] == [
+        ("drift-accuracy-drop", "opened", True),
+        ("input-drift", "opened", False),
+    ]
+    # The page resolves while the ticket's condition is already clearing: nothing is released,
+    # and the ticket resolves unsent one window later. One shift, one notification.
+    assert [(t.incident.rule, t.kind, t.notify) for t in later] == [
+        ("drift-accuracy-drop", "resolved", True),
+        ("input-drift", "resolved", False),
+    ]
+
+
 def test_incidents_are_per_detector() -> None:
     sequence = [window(i, {"combined": SHIFT, "mmd": CLEAN}) for i in range(3)]
     transitions = replay(sequence, config=_only("input-drift"))
