@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--clean-windows", type=int, default=3, help="windows of clean traffic (default 3)"
     )
-    demo.add_argument("--shift-windows", type=int, default=2, help="windows per shift (default 2)")
+    demo.add_argument("--shift-windows", type=int, default=3, help="windows per shift (default 3)")
     demo.add_argument(
         "--concurrency", type=int, default=8, help="concurrent HTTP clients (default 8)"
     )

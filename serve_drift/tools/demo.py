@@ -20,6 +20,7 @@ from rich.table import Table
 
 from serve_drift import _env
 from serve_drift.files import atomic_write
+from serve_drift.tools.demo_alerts import DemoAlert, DemoReceiver, alerts_table, firing_alerts
 from serve_drift.tools.local_ray import start_local_ray
 
 APP_NAME = "serve-drift-demo"
@@ -36,7 +37,8 @@ PHASES = (
 class DemoOptions:
     window_size: int = 100
     clean_windows: int = 3
-    shift_windows: int = 2
+    # The default drift rule wants 3 of the last 4 windows: a shift of 3 windows can alert.
+    shift_windows: int = 3
     concurrency: int = 8
     port: int = 8000
     # "kind" or "kind:backend": the default detector beside alibi-detect's and our MMD.
@@ -61,6 +63,7 @@ class DemoSummary:
     first_drift_window: dict[str, int | None]
     phases: list[PhaseTraffic]
     telemetry: list[str] = field(default_factory=list)
+    alerts: list[DemoAlert] = field(default_factory=list)
 
 
 def _telemetry_env() -> list[str]:
@@ -94,7 +97,7 @@ def _start_serve(options: DemoOptions, console: Console) -> bool:
     return started_ray
 
 
-def _deploy(options: DemoOptions, *, events_path: Path, token_file: Path) -> None:
+def _deploy(options: DemoOptions, *, events_path: Path, token_file: Path, hook_url: str) -> None:
     from ray import serve
 
     from serve_drift.apps.classifier import build_app
@@ -109,6 +112,8 @@ def _deploy(options: DemoOptions, *, events_path: Path, token_file: Path) -> Non
             # Keep every event, so the labels sent afterwards all join (production samples).
             "events": {"path": str(events_path), "sample_rate": 1.0},
             "admin": {"token_file": str(token_file)},
+            # The default rules; notified on the monitor's stdout and the demo's webhook.
+            "alerts": {"sinks": [{"kind": "stdout"}, {"kind": "webhook", "url": hook_url}]},
         },
     }
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
@@ -321,9 +326,10 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
     started_ray = _start_serve(options, console)
     events_path = _env.event_db_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.sqlite"
     token_file, admin = _admin_token()
+    receiver = DemoReceiver().__enter__()
     try:
         with console.status("Deploying the monitored app and its drift monitor..."):
-            _deploy(options, events_path=events_path, token_file=token_file)
+            _deploy(options, events_path=events_path, token_file=token_file, hook_url=receiver.url)
         traffic = _replay(options, console)
         expected_windows = sum(t.sent for t in traffic) // options.window_size
         with console.status("Waiting for the drift monitor to test every window..."):
@@ -335,8 +341,12 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
             *_telemetry_files(telemetry),
             f"events and labels in {events_path} (serve-drift events list --db {events_path})",
         ]
+        alerts = firing_alerts(receiver.received())
         summary = _summarise(options, results, traffic, accuracy, telemetry, console, started)
+        summary.alerts = alerts
+        _print_alerts(alerts, results, events_path, receiver.url, console)
     finally:
+        receiver.__exit__(None, None, None)
         _stop_serve(started_ray)
     from serve_drift.tools.report import offer_report
 
@@ -382,6 +392,32 @@ def _summarise(
     return DemoSummary(
         ok=ok, results=results, first_drift_window=first, phases=traffic, telemetry=telemetry
     )
+
+
+DRIFT_RULES = ("input-drift", "drift-accuracy-drop")
+EXPECTED = {"clean": None, "brightness": "warning", "occlusion": "critical"}
+
+
+def _print_alerts(
+    alerts: list[DemoAlert],
+    results: list[dict[str, Any]],
+    events_path: Path,
+    hook_url: str,
+    console: Console,
+) -> None:
+    """Where the alerts went, and whether each phase got the severity it deserves."""
+    phases = {r["window_index"]: _window_phase(r) for r in results}
+    console.print(alerts_table(alerts, lambda w: "-" if w is None else phases.get(w, "?")))
+    for phase, expected in EXPECTED.items():
+        found = sorted(
+            {a.severity for a in alerts if a.rule in DRIFT_RULES and phases.get(a.window) == phase}
+        )
+        wanted = [] if expected is None else [expected]
+        verdict = "as expected" if found == wanted else "NOT as expected"
+        console.print(f"  {phase:<11} drift alerts: {', '.join(found) or 'none'} ({verdict})")
+    console.print(f"  webhook receiver {hook_url}: {len(alerts)} alerts notified")
+    console.print("  stdout of the drift monitor's process: the same JSON (Ray's worker logs)")
+    console.print(f"  event store: serve-drift alerts list --db {events_path}")
 
 
 def _window_kind(phase: str) -> str:
