@@ -50,10 +50,11 @@ from serve_drift.alerts.engine import AlertEngine
 from serve_drift.alerts.incidents import Incident, Transition
 from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.prometheus import compile_rules, render_yaml
-from serve_drift.alerts.signals import LabelMetrics, SentinelRun, Signal, Tick, WindowTested
-from serve_drift.eventlog.schema import ConceptMetricsRecord, DriftTestRecord
+from serve_drift.alerts.signals import Signal, Tick, WindowTested
+from serve_drift.eventlog.schema import DriftTestRecord
 from serve_drift.eventlog.store import EventStore, StoredIncident, StoreError
 from serve_drift.messages import DriftResult
+from serve_drift.monitor.alerting import metrics_signal
 from serve_drift.tools.events_cli import _table, _when, default_db_path, parse_time
 
 __all__ = ["load_alerts_config", "main", "parse_duration", "signals_from_store"]
@@ -299,7 +300,7 @@ def signals_from_store(store: EventStore, *, limit: int = 100_000) -> list[Signa
         )
         for (name, version, index), results in windows.items()
     ]
-    signals += [s for m in store.concept_metrics(limit=limit) if (s := _metrics_signal(m))]
+    signals += [metrics_signal(m) for m in store.concept_metrics(limit=limit)]
     return sorted(signals, key=lambda s: s.at)
 
 
@@ -328,28 +329,6 @@ def _result(record: DriftTestRecord) -> DriftResult | None:
         trace_id=record.trace_id or "",
         span_id=record.span_id or "",
         correlation_ids_sample=record.correlation_ids_sample,
-    )
-
-
-def _metrics_signal(record: ConceptMetricsRecord) -> Signal | None:
-    m = record.metrics
-    if record.tag == "sentinel":
-        return SentinelRun(
-            at=record.computed_at,
-            model_name=record.model_name,
-            model_version=record.model_version,
-            accuracy=m.accuracy,
-            n_images=m.n_labelled,
-        )
-    return LabelMetrics(
-        at=record.computed_at,
-        model_name=record.model_name,
-        model_version=record.model_version,
-        window_index=record.window_index,
-        n_labels=m.n_labelled,
-        accuracy=m.accuracy,
-        f1_macro=m.f1_macro,
-        ece=m.ece,
     )
 
 

@@ -23,7 +23,6 @@ from tests.unit.apps.test_ingress_app import (
     make_request,
 )
 
-
 __all__ = ["cache_dir"]  # the module-scoped fixture, shared with the ingress tests
 
 

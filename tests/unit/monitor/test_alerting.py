@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve_drift import DriftConfig, ReferenceSet
+from serve_drift import DriftConfig
 from serve_drift.alerts import LabelMetrics, SentinelRun
 from serve_drift.eventlog.schema import ConceptDriftMetrics, ConceptMetricsRecord
 from serve_drift.monitor.alerting import MonitorAlerts, WindowMeasures, metrics_signal
@@ -19,18 +19,10 @@ from serve_drift.monitor.windows import Window
 from tests.support.alert_signals import drift_result
 from tests.support.batches import event_batch
 from tests.support.telemetry_memory import memory_telemetry
+from tests.unit.monitor.test_state import _reference
 
 DIM = 8
 NO_SINKS: dict[str, Any] = {"sinks": []}
-
-
-def _reference(tmp_path: Path) -> str:
-    data = np.random.default_rng(0).normal(size=(300, DIM)).astype(np.float32)
-    path = tmp_path / "ref.npz"
-    ReferenceSet.from_embeddings(
-        data, model_name="m", model_version="1", data_version="normal"
-    ).save(path)
-    return str(path)
 
 
 def _state(tmp_path: Path, **config: object) -> MonitorState:
