@@ -30,8 +30,8 @@ Why ``alpha = 0.05`` and not a stricter level with fewer windows: the p-values r
 calibrated for the deployed reference (``serve_drift.detectors.calibration``), which raises
 them. The default detector's smallest calibrated p-value, a raw 1/501 calibrated, is 0.02 to
 0.04 at windows of 200 (M/N = 0.45) and 0.008 to 0.015 at 100: a rule at ``p <= 0.01`` could
-never fire at the default window size. ``benchmarks/alert_rules.py`` measures both figures
-through the monitor itself.
+never fire at the default window size. ``benchmarks/alert_wiring.py`` measures the rules
+through the monitor itself, on calibrated p-values.
 
 Label metrics on fewer than 50 labels are not trusted for alerting.
 
