@@ -23,7 +23,7 @@ from serve_drift.monitor import (
     monitored_app,
 )
 from serve_drift.reference import ReferenceLineage, ReferenceSet, build_reference, embed_outputs
-from serve_drift.replica import monitored
+from serve_drift.replica import answer_batch, monitored
 from serve_drift.request_context import mark_request
 from serve_drift.telemetry import (
     TelemetryDestination,
@@ -48,6 +48,7 @@ __all__ = [
     "TelemetryDestination",
     "TelemetryFlushResult",
     "WindowConfig",
+    "answer_batch",
     "build_reference",
     "calibrate_reference",
     "configure_telemetry",

@@ -10,10 +10,21 @@ from typing import Any
 from serve_drift.routing.mirror import MirrorQueue, MirrorTimeout
 
 
+def _one_by_one(call: Any) -> Any:
+    """A per-job ``call`` as the queue's ``call(jobs)``, for queues of batch size 1."""
+
+    async def calls(jobs: list[int]) -> list[Any]:
+        return [await call(job) for job in jobs]
+
+    return calls
+
+
 def _queue(call: Any, outcomes: list[Any], **options: Any) -> MirrorQueue[int]:
     settings = {"queue_size": 4, "max_in_flight": 2, "timeout_s": 1.0, **options}
     return MirrorQueue(
-        call=call, done=lambda job, outcome: outcomes.append((job, outcome)), **settings
+        call=_one_by_one(call),
+        done=lambda job, outcome: outcomes.append((job, outcome)),
+        **settings,
     )
 
 
@@ -83,7 +94,7 @@ def test_a_raising_candidate_and_a_failing_recorder_do_not_stop_the_workers() ->
             seen.append(outcome)
 
         queue: MirrorQueue[int] = MirrorQueue(
-            queue_size=10, max_in_flight=1, timeout_s=1.0, call=call, done=done
+            queue_size=10, max_in_flight=1, timeout_s=1.0, call=_one_by_one(call), done=done
         )
         for i in range(4):
             queue.offer(i)
