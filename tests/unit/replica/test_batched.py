@@ -21,6 +21,7 @@ from serve_drift.request_context import (
 )
 from tests.support.telemetry_memory import memory_telemetry
 from tests.unit.replica.test_monitoring_path import FakeMonitorHandle
+from tests.unit.replica.test_monitoring_path import _deployment as monitored_classifier
 
 
 def _items(n: int) -> list[BatchedRequest]:
@@ -87,26 +88,11 @@ def test_a_sync_handler_runs_in_a_thread_with_the_items_ids() -> None:
     assert [o.result for o in outcomes if isinstance(o, BatchedAnswer)] == ["client-0", "client-1"]
 
 
-def _classifier() -> type:
-    @monitored({"model_name": "batched", "shipping": {"flush_interval_s": 0.01}})
-    class Classifier:
-        def __init__(self) -> None:
-            torch.manual_seed(0)
-            self.model = torch.nn.Sequential(
-                torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)
-            )
-
-        async def __call__(self, x: torch.Tensor) -> list[int]:
-            return self.model(x).argmax(-1).tolist()
-
-    return Classifier
-
-
 def test_a_monitored_class_answers_a_batch_with_a_span_and_an_event_per_copy() -> None:
     spans, _ = memory_telemetry()
     spans.clear()
     handle = FakeMonitorHandle()
-    instance = _classifier()(drift_monitor=handle)
+    instance = monitored_classifier()(drift_monitor=handle)
     items = [
         BatchedRequest(torch.full((1, 3), float(i)), RequestIds(f"c-{i}", f"in-{i}"))
         for i in range(4)
