@@ -37,7 +37,7 @@ class MirrorConfig(_Frozen):
 
     A copy is made after the incumbent has answered. The router replica buffers at most
     ``buffer_size`` copies and ships them to the comparator in batches of ``batch_size``
-    (every ``flush_interval_s``); the comparator, at low CPU priority, sends them to the
+    (or what has gathered after ``flush_interval_s``); the comparator, at low CPU priority, sends them to the
     candidate, up to ``candidate_batch_size`` copies per handle call (those waiting: it never
     waits to fill one; 1 sends one call per copy), at most ``max_in_flight`` calls at once
     with ``queue_size`` copies waiting, each copy bounded by ``timeout_s``. A copy that meets
@@ -55,7 +55,10 @@ class MirrorConfig(_Frozen):
     # A copy holds the request body: larger requests are answered, never copied (and counted).
     max_copy_bytes: int = Field(2 << 20, ge=1)
     batch_size: int = Field(32, ge=1, le=10_000)
-    flush_interval_s: float = Field(0.05, gt=0, le=60)
+    # A copy waits for the comparator at most this long (a full batch goes at once). Long
+    # on purpose: each trip is a Serve call, whose CPU would come out of the incumbent's,
+    # and nobody waits for a copy's answer (windows close by count, not by time).
+    flush_interval_s: float = Field(0.5, gt=0, le=60)
 
 
 class CanaryKey(_Frozen):
