@@ -272,13 +272,17 @@ def main() -> None:
     from serve_drift.tools.local_ray import start_local_ray
 
     start_local_ray(
-        num_cpus=16, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False
+        address="local",  # a Ray of its own, never another one running on the machine
+        num_cpus=16,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=False,
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         started = time.monotonic()
         deploy(work)
-        print(f"Deployed 4 apps and 4 routers in {time.monotonic() - started:.0f} s; {work}")
+        print(f"Deployed 4 apps and 5 routers in {time.monotonic() - started:.0f} s; {work}")
         print(f"Load average before the rounds (1, 5, 15 min): {_load()}")
         base = f"http://127.0.0.1:{args.port}"
         results, cpu = run_rounds(args, args.port)

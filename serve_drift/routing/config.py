@@ -37,12 +37,12 @@ class MirrorConfig(_Frozen):
 
     A copy is made after the incumbent has answered. The router replica buffers at most
     ``buffer_size`` copies and ships them to the comparator in batches of ``batch_size``
-    (or what has gathered after ``flush_interval_s``); the comparator, at low CPU priority, sends them to the
-    candidate, up to ``candidate_batch_size`` copies per handle call (those waiting: it never
-    waits to fill one; 1 sends one call per copy), at most ``max_in_flight`` calls at once
-    with ``queue_size`` copies waiting, each copy bounded by ``timeout_s``. A copy that meets
-    a full buffer or queue is dropped and counted, as is a request whose body exceeds
-    ``max_copy_bytes`` (so the buffers stay bounded in memory: ``buffer_size`` and
+    (or what has gathered after ``flush_interval_s``); the comparator, at low CPU priority,
+    sends them to the candidate, up to ``candidate_batch_size`` copies per handle call
+    (those waiting: it never waits to fill one; 1 sends one call per copy), at most
+    ``max_in_flight`` calls at once with ``queue_size`` copies waiting, each copy bounded by
+    ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted, as is a
+    request whose body exceeds ``max_copy_bytes`` (so the buffers stay bounded in memory: ``buffer_size`` and
     ``queue_size + max_in_flight * candidate_batch_size`` copies of at most that size).
     """
 

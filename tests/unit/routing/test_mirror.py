@@ -110,51 +110,35 @@ def test_a_raising_candidate_and_a_failing_recorder_do_not_stop_the_workers() ->
     ]
 
 
+async def _batched(call: Any, jobs: int, **options: Any) -> list[Any]:
+    """Offer ``jobs`` jobs to a one-worker batching queue; (job, outcome) once all are done."""
+    outcomes: list[Any] = []
+    queue = MirrorQueue(
+        max_in_flight=1,
+        call=call,
+        done=lambda job, outcome: outcomes.append((job, outcome)),
+        **{"queue_size": 20, "timeout_s": 1.0, **options},
+    )
+    for i in range(jobs):
+        queue.offer(i)
+    await queue.drain()
+    await queue.stop()
+    return outcomes
+
+
 def test_a_worker_takes_what_is_waiting_up_to_the_batch_size_in_one_call() -> None:
     calls: list[list[int]] = []
 
-    async def run() -> list[Any]:
-        async def call(jobs: list[int]) -> list[str]:
-            calls.append(list(jobs))
-            return [f"ok {job}" for job in jobs]
+    async def call(jobs: list[int]) -> list[str]:
+        calls.append(list(jobs))
+        return [f"ok {job}" for job in jobs]
 
-        outcomes: list[Any] = []
-        queue = MirrorQueue(
-            queue_size=20,
-            max_in_flight=1,
-            timeout_s=1.0,
-            batch_size=8,
-            call=call,
-            done=lambda job, outcome: outcomes.append((job, outcome)),
-        )
-        for i in range(19):
-            queue.offer(i)
-        await queue.drain()
-        await queue.stop()
-        return outcomes
-
-    outcomes = asyncio.run(run())
+    outcomes = asyncio.run(_batched(call, 19, batch_size=8))
     assert calls == [list(range(8)), list(range(8, 16)), [16, 17, 18]]
     assert outcomes == [(i, f"ok {i}") for i in range(19)]
 
 
 def test_a_batch_call_that_fails_or_miscounts_is_every_jobs_outcome() -> None:
-    async def run(call: Any) -> list[Any]:
-        outcomes: list[Any] = []
-        queue = MirrorQueue(
-            queue_size=4,
-            max_in_flight=1,
-            timeout_s=0.05,
-            batch_size=4,
-            call=call,
-            done=lambda job, outcome: outcomes.append(outcome),
-        )
-        for i in range(3):
-            queue.offer(i)
-        await queue.drain()
-        await queue.stop()
-        return outcomes
-
     async def raises(jobs: list[int]) -> list[str]:
         raise RuntimeError("candidate down")
 
@@ -165,7 +149,9 @@ def test_a_batch_call_that_fails_or_miscounts_is_every_jobs_outcome() -> None:
     async def miscounts(jobs: list[int]) -> list[str]:
         return ["one"]
 
-    assert [type(o).__name__ for o in asyncio.run(run(raises))] == ["RuntimeError"] * 3
-    assert [type(o).__name__ for o in asyncio.run(run(hangs))] == ["MirrorTimeout"] * 3
-    miscounted = asyncio.run(run(miscounts))
-    assert [str(o) for o in miscounted] == ["1 outcomes for 3 copies"] * 3
+    def outcomes(call: Any) -> list[Any]:
+        return [o for _, o in asyncio.run(_batched(call, 3, batch_size=4, timeout_s=0.05))]
+
+    assert [type(o).__name__ for o in outcomes(raises)] == ["RuntimeError"] * 3
+    assert [type(o).__name__ for o in outcomes(hangs)] == ["MirrorTimeout"] * 3
+    assert [str(o) for o in outcomes(miscounts)] == ["1 outcomes for 3 copies"] * 3
