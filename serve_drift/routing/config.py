@@ -42,8 +42,9 @@ class MirrorConfig(_Frozen):
     (those waiting: it never waits to fill one; 1 sends one call per copy), at most
     ``max_in_flight`` calls at once with ``queue_size`` copies waiting, each copy bounded by
     ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted, as is a
-    request whose body exceeds ``max_copy_bytes`` (so the buffers stay bounded in memory: ``buffer_size`` and
-    ``queue_size + max_in_flight * candidate_batch_size`` copies of at most that size).
+    request whose body exceeds ``max_copy_bytes`` (so the buffers stay bounded in memory:
+    ``buffer_size`` and ``queue_size + max_in_flight * candidate_batch_size`` copies of at
+    most that size).
     """
 
     fraction: float = Field(1.0, ge=0, le=1)
