@@ -71,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--preprocess", help="import path of its preprocessing (PIL images -> batch tensor)"
     )
+    build.add_argument(
+        "-d",
+        "--app-dir",
+        default=".",
+        help="folder to import --model and --preprocess from, as serve run's (default: .)",
+    )
     build.add_argument("--app-config", type=Path, help="Serve YAML whose model section to use")
     build.add_argument("--app", help="application name in --app-config (default: the only one)")
     build.add_argument("--source", choices=("digits", "torchvision", "timm"), default=None)
@@ -155,6 +161,7 @@ def build_from_args(args: argparse.Namespace) -> ReferenceSet:
     model and drift sections (when given) under the flags."""
     from serve_drift.apps.reference_build import build_reference_from
 
+    sys.path.insert(0, str(Path(args.app_dir).resolve()))  # as serve run imports the app
     spec_fields, layer, drift = _app_model(args.app_config, app=args.app)
     flags = {
         "source": args.source,
