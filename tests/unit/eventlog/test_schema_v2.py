@@ -20,7 +20,6 @@ from serve_drift.eventlog.schema import (
 )
 from serve_drift.eventlog.store import EventStore
 
-
 # What version 2 added to drift records (issue 10, then the reference's model version).
 V2_DRIFT_FIELDS = (
     "uncalibrated_p_value",
