@@ -324,3 +324,14 @@ def test_from_traffic_saves_the_monitors_sample(tmp_path: Path) -> None:
     assert loaded.embeddings.shape == (64, 4) and loaded.probabilities is not None
     assert "uniform sample of 300 rows served by app 'a'" in loaded.lineage.source
     assert reference.version == loaded.version
+
+
+def test_from_traffic_finds_the_one_drift_monitor_or_says_which_to_name() -> None:
+    from serve_drift.tools.reference_cli import MonitorNotFoundError, find_monitor
+
+    assert find_monitor(["Router", "ClassifierDriftMonitor"], app="a") == "ClassifierDriftMonitor"
+    with pytest.raises(MonitorNotFoundError, match="2 drift monitors") as several:
+        find_monitor(["ADriftMonitor", "BDriftMonitor", "A", "B"], app="two")
+    assert several.value.code == "monitor_not_found" and "--monitor" in str(several.value)
+    with pytest.raises(MonitorNotFoundError, match="0 drift monitors"):
+        find_monitor(["Classifier"], app="none")
