@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_drift.errors import ServeDriftError
+from serve_drift.errors import CodedError
 
 Preprocess = Callable[[list[Image.Image]], torch.Tensor]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NAMED_SOURCES = ("torchvision", "timm")
 
 
-class ModelLoadError(ServeDriftError, ValueError):
+class ModelLoadError(CodedError, ValueError):
     """The model or its preprocessing could not be loaded as specified.
 
     ``code``: ``bad_import_path`` (not ``pkg.module:name``), ``import_failed`` (the module or
@@ -38,10 +38,6 @@ class ModelLoadError(ServeDriftError, ValueError):
     ``nn.Module``), ``missing_option`` (e.g. a factory without its preprocess function),
     ``missing_dependency`` (timm not installed) or ``bad_weights``.
     """
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class ModelSpec(BaseModel):

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 from serve_drift.config import DriftConfig, MonitorUpdate
-from serve_drift.errors import ServeDriftError
+from serve_drift.errors import CodedError, ServeDriftError
 from serve_drift.monitor.accuracy import fit_accuracy_estimator
 from serve_drift.monitor.calibration import MonitorDetectors, build_monitor_detectors
 from serve_drift.monitor.runner import DriftRunner
@@ -50,15 +50,11 @@ VERSION_MISMATCH = "model_version_mismatch"
 DEFAULT_CHANGED_BY = "user_config"
 
 
-class ReferenceSwapError(ServeDriftError, ValueError):
+class ReferenceSwapError(CodedError, ValueError):
     """A new reference set that cannot replace the current one; ``code`` says why:
     ``reference_not_found``, ``reference_unreadable`` (or the file's own
     ``reference_*`` integrity code), ``reference_hash_mismatch`` (not the expected
     ``reference_sha256``), ``reference_dimension_mismatch`` or ``model_version_mismatch``."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -31,22 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from serve_drift.errors import ServeDriftError
+from serve_drift.errors import CodedError
 from serve_drift.reference.build import IMAGE_SUFFIXES, find_images
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
-class ImageSourceError(ServeDriftError, ValueError):
+class ImageSourceError(CodedError, ValueError):
     """Inputs that cannot be read; ``code`` is ``no_images`` (nothing found, or no such path),
     ``unreadable_image`` (a file that does not decode), ``bad_manifest`` (a malformed CSV or
     JSONL row), ``missing_label`` (some image has no label) or ``bad_npy`` (not a numeric
     array, or a pickled one)."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from serve_drift.monitor.deployment import DriftMonitor
 from serve_drift.monitor.state import MonitorState
 from tests.support.batches import event_batch
 from tests.support.telemetry_memory import memory_telemetry
+from tests.unit.monitor.test_lanes import _until
 
 DIM = 6
 WINDOW = 20
@@ -115,15 +114,6 @@ def test_reconfigure_can_change_the_policy(tmp_path: Path) -> None:
 
 
 # --- swaps through user_config -------------------------------------------------------------
-
-
-async def _until(check: Callable[[], Any], *, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def _swap_under_load(monitor: DriftMonitor, user_config: dict[str, Any]) -> list[IngestReceipt]:
