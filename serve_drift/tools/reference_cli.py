@@ -55,6 +55,27 @@ def parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build", help="embed images (folder, glob, manifest or .npy) into a reference set"
     )
+    _build_arguments(build)
+    traffic = commands.add_parser(
+        "from-traffic", help="save the monitor's sample of served traffic (needs the app running)"
+    )
+    traffic.add_argument("--app", required=True, help="the Serve application name")
+    traffic.add_argument("--out", required=True, type=Path)
+    traffic.add_argument("--data-version", required=True)
+    traffic.add_argument(
+        "--monitor",
+        help="monitor deployment name (default: the app's only <Deployment>DriftMonitor)",
+    )
+    traffic.add_argument("--model-version", help="default: the version with most traffic")
+    traffic.add_argument("--address", default="auto", help="Ray cluster address")
+    _calibration_arguments(traffic)
+    inspect = commands.add_parser("inspect", help="verify a reference file and print its lineage")
+    inspect.add_argument("path", type=Path)
+    inspect.add_argument("--alpha", type=float, default=0.05, help="p-value threshold (0.05)")
+    return root
+
+
+def _build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--images",
         required=True,
@@ -103,23 +124,6 @@ def parser() -> argparse.ArgumentParser:
         "--labels", type=Path, help='JSON {"relative/path.png": class index, ...} for every image'
     )
     _calibration_arguments(build)
-    traffic = commands.add_parser(
-        "from-traffic", help="save the monitor's sample of served traffic (needs the app running)"
-    )
-    traffic.add_argument("--app", required=True, help="the Serve application name")
-    traffic.add_argument("--out", required=True, type=Path)
-    traffic.add_argument("--data-version", required=True)
-    traffic.add_argument(
-        "--monitor",
-        help="monitor deployment name (default: the app's only <Deployment>DriftMonitor)",
-    )
-    traffic.add_argument("--model-version", help="default: the version with most traffic")
-    traffic.add_argument("--address", default="auto", help="Ray cluster address")
-    _calibration_arguments(traffic)
-    inspect = commands.add_parser("inspect", help="verify a reference file and print its lineage")
-    inspect.add_argument("path", type=Path)
-    inspect.add_argument("--alpha", type=float, default=0.05, help="p-value threshold (0.05)")
-    return root
 
 
 def _calibration_arguments(command: argparse.ArgumentParser) -> None:
