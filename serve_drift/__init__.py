@@ -5,6 +5,7 @@ no Ray connection); :func:`configure_telemetry` is the opt-in SDK setup. This mo
 re-exports the public surface; the README's "Architecture" section maps the packages.
 """
 
+from serve_drift.apps.reference_build import build_reference_from
 from serve_drift.config import (
     CalibrationConfig,
     DetectorConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "WindowConfig",
     "answer_batch",
     "build_reference",
+    "build_reference_from",
     "calibrate_reference",
     "configure_telemetry",
     "embed_outputs",

@@ -175,7 +175,9 @@ class MonitorUpdate(_Frozen):
 
     ``window`` fields replace the current ones (the rest are kept); ``window_size`` is short
     for ``{"window": {"size": ...}}``. ``p_value_threshold`` sets every detector's threshold,
-    ``p_value_thresholds`` one per configured detector, in order.
+    ``p_value_thresholds`` one per configured detector, in order. ``reference_path`` swaps the
+    reference set between windows (with ``reference_sha256`` it must have that content hash;
+    ``changed_by`` is recorded with the change); ``on_version_mismatch`` changes the policy.
 
     >>> MonitorUpdate.model_validate({"window_size": 500, "p_value_threshold": 0.01}).window_size
     500
@@ -185,6 +187,12 @@ class MonitorUpdate(_Frozen):
     window: dict[str, Any] | None = None
     p_value_threshold: float | None = Field(None, gt=0, lt=1)
     p_value_thresholds: tuple[float, ...] | None = None
+    # A new reference set, swapped in between windows (serve_drift.monitor.reference_swap):
+    # optionally the content hash it must have, and who asks (recorded, not verified).
+    reference_path: str | None = Field(None, min_length=1)
+    reference_sha256: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    changed_by: str | None = Field(None, min_length=1, max_length=128)
+    on_version_mismatch: Literal["refuse", "degraded"] | None = None
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> MonitorUpdate:
@@ -318,6 +326,10 @@ class DriftConfig(_Frozen):
     model_name: str = "model"
     model_version: str = "0"
     reference_path: str | None = None
+    # The reference's recorded model version against model_version, at start-up, at a swap
+    # and per window: "refuse" tests nothing until they agree, "degraded" tests and flags the
+    # results (serve_drift.monitor.reference_swap says why refuse is the default).
+    on_version_mismatch: Literal["refuse", "degraded"] = "refuse"
     model_attr: str | None = None
     embedding_layer: str | None = None
     # Probabilities come from the model's own (batch, classes) output ("model"), or from the

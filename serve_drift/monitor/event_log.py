@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from serve_drift.eventlog.labels import (
 )
 from serve_drift.eventlog.otlp_logs import EventLogExporter
 from serve_drift.eventlog.recorder import EventLogHealth, EventRecorder
+from serve_drift.eventlog.reference_changes import reference_changes, write_reference_change
 from serve_drift.eventlog.sampling import Sampler
 from serve_drift.eventlog.schema import (
     DRIFT_RECORD_FIELDS,
@@ -259,6 +260,13 @@ class MonitorEventLog:
 
     def health(self) -> EventLogHealth:
         return self.recorder.health()
+
+    def record_reference_change(self, change: Mapping[str, Any]) -> None:
+        """Store a reference change (a swap applied or refused); once, if Serve re-applies it."""
+        write_reference_change(self.store, change)
+
+    def reference_changes(self, *, limit: int) -> list[dict[str, Any]]:
+        return reference_changes(self.store, limit=limit)
 
 
 def _logger_provider(config: DriftConfig) -> Any:

@@ -70,15 +70,19 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
+    # reference: a reference set is built for the model exactly as the app loads it
+    # (apps.reference_build); errors: model loading's ServeDriftError.
     "apps": frozenset(
         {
             "_env",
             "config",
             "credentials",
+            "errors",
             "eventlog",
             "ingress",
             "models",
             "monitor",
+            "reference",
             "replica",
             "request_context",
             "telemetry",
