@@ -158,7 +158,7 @@ class BaseEventStore:
         return False
 
     def _describe(self, exc: BaseException) -> str:
-        return f"{type(exc).__name__}: {exc}"
+        return str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
 
     def _used_bytes(self, db: Any) -> int:
         raise NotImplementedError

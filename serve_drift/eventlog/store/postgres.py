@@ -48,7 +48,7 @@ from serve_drift.eventlog.store.contract import (
     StoreConfigError,
     StoreError,
 )
-from serve_drift.eventlog.store.migrations import create_schema
+from serve_drift.eventlog.store.migrations import LAYOUT_VERSION, create_schema, layout_version
 from serve_drift.eventlog.store.sql import POSTGRES
 
 T = TypeVar("T")
@@ -207,6 +207,11 @@ class PostgresEventStore(BaseEventStore):
         ):
             db.execute("SELECT set_config(?, ?, false)", (name, f"{round(value_s * 1000)}ms"))
         db.execute("SELECT set_config('search_path', ?, false)", (f'"{self.schema}"',))
+        if not self._needs_migration(db):
+            # No DDL at all: CREATE INDEX IF NOT EXISTS takes table locks even when the index
+            # exists, and would deadlock with a monitor writing to the same schema.
+            self._size = _table_bytes(db, self.schema)
+            return
         with db.conn.transaction():
             # One opener at a time per schema: CREATE ... IF NOT EXISTS races otherwise.
             db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"serve-drift:{self.schema}",))
@@ -215,6 +220,12 @@ class PostgresEventStore(BaseEventStore):
                 db.execute(f'CREATE SCHEMA "{self.schema}"')
             create_schema(db, POSTGRES)
         self._size = _table_bytes(db, self.schema)
+
+    def _needs_migration(self, db: _Connection) -> bool:
+        found = db.execute("SELECT tablename FROM pg_tables WHERE schemaname = ?", (self.schema,))
+        if not set(sql.TABLES) <= {row[0] for row in found.fetchall()}:
+            return True
+        return layout_version(db) != LAYOUT_VERSION  # newer: create_schema refuses it
 
     def _transaction(self, db: _Connection, work: Callable[[_Connection], T]) -> T:
         with db.conn.transaction():
@@ -238,7 +249,7 @@ class PostgresEventStore(BaseEventStore):
         return "connection_lost" if self._lost(exc) else "error"
 
     def _describe(self, exc: BaseException) -> str:
-        text = scrub(f"{type(exc).__name__}: {exc}".strip())
+        text = scrub(super()._describe(exc).strip())
         return text.replace(self._secret, "***") if self._secret else text
 
     # --- size ---------------------------------------------------------------------------------
