@@ -146,6 +146,13 @@ class PostgresServer:
         with psycopg.connect(self.admin_dsn(database), autocommit=True) as db:
             yield db
 
+    def new_database(self) -> str:
+        """A fresh, empty database the store's role owns: its DSN."""
+        name = f"db_{uuid.uuid4().hex[:10]}"
+        with self.admin() as db:
+            db.execute(f"CREATE DATABASE {name} OWNER {USER}")
+        return self.dsn().rsplit("/", 1)[0] + f"/{name}"
+
     def new_role(self) -> tuple[str, str]:
         """A fresh login role that may create schemas in the test database: (name, DSN)."""
         name, password = f"sd_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)

@@ -49,6 +49,7 @@ from serve_drift.eventlog.store.postgres import (
     PostgresEventStore,
     redact_dsn,
     schema_for,
+    store_schemas,
 )
 from serve_drift.eventlog.store.sqlite import EventStore, Synchronous
 
@@ -79,6 +80,7 @@ __all__ = [
     "open_store",
     "redact_dsn",
     "schema_for",
+    "store_schemas",
 ]
 
 

@@ -291,6 +291,27 @@ class PostgresEventStore(BaseEventStore):
         return "server (synchronous_commit)"
 
 
+def store_schemas(dsn: str, *, connect_timeout_s: float = 5.0) -> list[str]:
+    """The schemas of this database that hold an event store (for ``serve-drift events``).
+
+    Raises :class:`StoreError` (``cannot_open``, password removed) when it cannot connect.
+    """
+    import psycopg
+
+    secret = _password(dsn)
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(1, round(connect_timeout_s))) as db:
+            rows = db.execute(
+                "SELECT schemaname FROM pg_tables WHERE tablename = 'inference_events' "
+                "ORDER BY schemaname"
+            ).fetchall()
+    except psycopg.Error as exc:
+        message = scrub(f"{type(exc).__name__}: {exc}")
+        text = message.replace(secret, "***") if secret else message
+        raise StoreError("cannot_open", text) from None
+    return [str(row[0]) for row in rows]
+
+
 def _table_bytes(db: _Connection, schema: str) -> int:
     found = db.execute(
         "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
