@@ -24,6 +24,7 @@ BACKENDS = ("sqlite", "postgres")
 class SqliteBackend:
     name = "sqlite"
     failing_reason = "read_only"
+    io_reason = "error"  # io_error() is built by hand: it carries no SQLite error code
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "events.db"
@@ -61,6 +62,7 @@ class SqliteBackend:
 class PostgresBackend:
     name = "postgres"
     failing_reason = "read_only"
+    io_reason = "io_error"
 
     def __init__(self, server: PostgresServer) -> None:
         self.server = server
@@ -85,9 +87,9 @@ class PostgresBackend:
             other.rollback()
 
     def io_error(self) -> BaseException:
-        import psycopg
+        from psycopg.errors import IoError  # SQLSTATE 58030: the server's own I/O failure
 
-        return psycopg.OperationalError("could not write to file: I/O error")
+        return IoError("could not write to file: I/O error")
 
     def in_transaction(self, db: Any) -> bool:
         from psycopg.pq import TransactionStatus

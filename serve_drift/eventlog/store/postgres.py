@@ -234,11 +234,17 @@ class PostgresEventStore(BaseEventStore):
     # --- failures -----------------------------------------------------------------------------
 
     def _lost(self, exc: BaseException) -> bool:
+        import psycopg
+
         db = self._db
         if db is not None and (db.conn.broken or db.conn.closed):
             return True
         state = str(getattr(exc, "sqlstate", "") or "")
-        return state.startswith(_LOST_CLASSES)
+        # The server names every error it answers with; one without a SQLSTATE is the client
+        # library's own: the connection failed ("server closed the connection unexpectedly").
+        return state.startswith(_LOST_CLASSES) or (
+            isinstance(exc, psycopg.OperationalError) and not state
+        )
 
     def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, StoreError):

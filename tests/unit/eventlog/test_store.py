@@ -219,8 +219,9 @@ def test_a_failing_execute_rolls_back(
 ) -> None:
     real = store._connection()
     monkeypatch.setattr(store, "_db", _FailingConnection(real, store_backend.io_error()))
-    with pytest.raises(StoreWriteError):
+    with pytest.raises(StoreWriteError) as failure:
         store.write_batch(make_records(20))
+    assert failure.value.reason == store_backend.io_reason
     assert not store_backend.in_transaction(real)
     monkeypatch.setattr(store, "_db", real)
     assert store.count_events() == 0 and store.count_served() == 0
@@ -364,6 +365,25 @@ def test_postgres_reconnects_after_its_connection_is_killed(
         assert len(store.write_batch(make_records(10, start=10)).written_ids) == 10
         health = store.health()
         assert store.count_events() == 20 and health.reconnects == 1 and not health.degraded
+
+
+def test_postgres_labels_on_a_lost_connection_fail_as_connection_lost(
+    postgres_server: PostgresServer,
+) -> None:
+    from serve_drift.eventlog.schema import LabelRecord
+
+    role, dsn = postgres_server.new_role()
+    with PostgresEventStore(dsn, schema=new_schema()) as store:
+        store.write_batch(make_records(3))
+        _terminate(postgres_server, role)
+        label = LabelRecord(correlation_id="req-0", label=0, received_at=5000.0)
+        # Not retried (a label committed before the loss would come back "duplicate"): it fails,
+        # named for what happened, and the next call connects again.
+        with pytest.raises(StoreWriteError) as failure:
+            store.attach_labels([label])
+        assert failure.value.reason == "connection_lost"
+        assert [a.status for a in store.attach_labels([label])] == ["accepted"]
+        assert store.health().reconnects == 1 and not store.health().degraded
 
 
 def test_postgres_outage_degrades_counts_and_recovers(postgres_server: PostgresServer) -> None:
