@@ -164,7 +164,14 @@ class BaseEventStore:
         raise NotImplementedError
 
     def _reclaim(self) -> None:
-        """Give space freed by retention back (or make it reusable)."""
+        """Give space freed by retention back (or make it reusable); a failure is recorded."""
+        try:
+            self._vacuum(self._connection())
+        except self._errors as exc:
+            self._record_failure("vacuum", exc)
+
+    def _vacuum(self, db: Any) -> None:
+        """The backend's vacuum, outside any transaction."""
 
     def _synchronous(self) -> str:
         raise NotImplementedError

@@ -273,13 +273,10 @@ class PostgresEventStore(BaseEventStore):
             for table in sql.TABLES
         )
 
-    def _reclaim(self) -> None:
+    def _vacuum(self, db: _Connection) -> None:
         # Plain VACUUM (no exclusive lock): freed space is reused by the next writes at once
         # rather than when autovacuum comes by; it is not given back to the file system.
-        try:
-            self._connection().execute("VACUUM inference_events, served_requests")
-        except self._errors as exc:
-            self._record_failure("vacuum", exc)
+        db.execute("VACUUM inference_events, served_requests")
 
     def _measure_size(self) -> int:
         try:

@@ -101,15 +101,12 @@ class EventStore(BaseEventStore):
         size = db.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
-    def _reclaim(self) -> None:
+    def _vacuum(self, db: sqlite3.Connection) -> None:
         # Return free pages to the file system (auto_vacuum=INCREMENTAL); without this the
         # file stays at its high-water mark and only the live data is bounded by max_bytes.
         # executescript, outside any transaction: execute() would run only the pragma's first
         # step (one page), since the statement returns no columns.
-        try:
-            self._connection().executescript("PRAGMA incremental_vacuum;")
-        except self._errors as exc:
-            self._record_failure("vacuum", exc)
+        db.executescript("PRAGMA incremental_vacuum;")
 
     def _synchronous(self) -> str:
         return self.synchronous

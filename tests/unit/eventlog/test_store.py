@@ -8,6 +8,7 @@ import dataclasses
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -354,60 +355,66 @@ def _terminate(server: PostgresServer, role: str) -> int:
     return int(found[0])
 
 
-def test_postgres_reconnects_after_its_connection_is_killed(
-    postgres_server: PostgresServer,
-) -> None:
+@pytest.fixture
+def own_role(postgres_server: PostgresServer) -> Iterator[tuple[str, str, PostgresEventStore]]:
+    """A store connecting as a role of its own (so a test can cut just its connections),
+    holding 10 events: (role, DSN, store)."""
     role, dsn = postgres_server.new_role()
-    with PostgresEventStore(dsn, schema=new_schema()) as store:
+    with PostgresEventStore(dsn, schema=new_schema(), connect_timeout_s=2) as store:
         store.write_batch(make_records(10))
-        assert _terminate(postgres_server, role) == 1  # e.g. a server restart or failover
-        # The write finds the connection gone, connects again and is retried once: committed.
-        assert len(store.write_batch(make_records(10, start=10)).written_ids) == 10
-        health = store.health()
-        assert store.count_events() == 20 and health.reconnects == 1 and not health.degraded
+        yield role, dsn, store
+
+
+def test_postgres_reconnects_after_its_connection_is_killed(
+    postgres_server: PostgresServer, own_role: tuple[str, str, PostgresEventStore]
+) -> None:
+    role, _, store = own_role
+    assert _terminate(postgres_server, role) == 1  # e.g. a server restart or failover
+    # The write finds the connection gone, connects again and is retried once: committed.
+    assert len(store.write_batch(make_records(10, start=10)).written_ids) == 10
+    health = store.health()
+    assert store.count_events() == 20 and health.reconnects == 1 and not health.degraded
 
 
 def test_postgres_labels_on_a_lost_connection_fail_as_connection_lost(
-    postgres_server: PostgresServer,
+    postgres_server: PostgresServer, own_role: tuple[str, str, PostgresEventStore]
 ) -> None:
     from serve_drift.eventlog.schema import LabelRecord
 
-    role, dsn = postgres_server.new_role()
-    with PostgresEventStore(dsn, schema=new_schema()) as store:
-        store.write_batch(make_records(3))
-        _terminate(postgres_server, role)
-        label = LabelRecord(correlation_id="req-0", label=0, received_at=5000.0)
-        # Not retried (a label committed before the loss would come back "duplicate"): it fails,
-        # named for what happened, and the next call connects again.
-        with pytest.raises(StoreWriteError) as failure:
-            store.attach_labels([label])
-        assert failure.value.reason == "connection_lost"
-        assert [a.status for a in store.attach_labels([label])] == ["accepted"]
-        assert store.health().reconnects == 1 and not store.health().degraded
+    role, _, store = own_role
+    _terminate(postgres_server, role)
+    label = LabelRecord(correlation_id="req-0", label=0, received_at=5000.0)
+    # Not retried (a label committed before the loss would come back "duplicate"): it fails,
+    # named for what happened, and the next call connects again.
+    with pytest.raises(StoreWriteError) as failure:
+        store.attach_labels([label])
+    assert failure.value.reason == "connection_lost"
+    assert [a.status for a in store.attach_labels([label])] == ["accepted"]
+    assert store.health().reconnects == 1 and not store.health().degraded
 
 
-def test_postgres_outage_degrades_counts_and_recovers(postgres_server: PostgresServer) -> None:
-    role, dsn = postgres_server.new_role()
+def test_postgres_outage_degrades_counts_and_recovers(
+    postgres_server: PostgresServer, own_role: tuple[str, str, PostgresEventStore]
+) -> None:
+    role, dsn, store = own_role
     password = dsn.split(":")[2].split("@")[0]
-    with PostgresEventStore(dsn, schema=new_schema(), connect_timeout_s=2) as store:
-        store.write_batch(make_records(10))
-        with postgres_server.admin() as db:
-            db.execute(f"ALTER ROLE {role} NOLOGIN")  # the server refuses this store from now
-        _terminate(postgres_server, role)
-        batch = make_records(50, start=10)
-        for _ in range(2):
-            with pytest.raises(StoreWriteError) as failure:
-                store.write_batch(batch)
-            assert failure.value.reason in ("connection_lost", "cannot_open")
-            assert password not in str(failure.value)
-        health = store.health()
-        assert health.degraded and health.write_failures == 2 and password not in str(health)
-        with pytest.raises(StoreError):
-            store.count_events()
-        with postgres_server.admin() as db:
-            db.execute(f"ALTER ROLE {role} LOGIN")
-        store.write_batch(batch)  # the retry of the lost batch: committed once
-        assert store.count_events() == 60 and not store.health().degraded
+    with postgres_server.admin() as db:
+        db.execute(f"ALTER ROLE {role} NOLOGIN")  # the server refuses this store from now
+    _terminate(postgres_server, role)
+    batch = make_records(50, start=10)
+    for _ in range(2):
+        with pytest.raises(StoreWriteError) as failure:
+            store.write_batch(batch)
+        assert failure.value.reason in ("connection_lost", "cannot_open")
+        assert password not in str(failure.value)
+    health = store.health()
+    assert health.degraded and health.write_failures == 2 and password not in str(health)
+    with pytest.raises(StoreError):
+        store.count_events()
+    with postgres_server.admin() as db:
+        db.execute(f"ALTER ROLE {role} LOGIN")
+    store.write_batch(batch)  # the retry of the lost batch: committed once
+    assert store.count_events() == 60 and not store.health().degraded
 
 
 def test_postgres_monitors_starting_together_create_one_schema(
