@@ -300,10 +300,18 @@ class ContextConfig(_Frozen):
 
 
 class EventLogConfig(_Frozen):
-    """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
+    """The monitor's record of served requests, written in batches: SQLite in WAL mode (one
+    file per monitor), or PostgreSQL when a DSN is given (one schema per monitor; for clusters,
+    where the monitor may move between nodes)."""
 
     enabled: bool = True
     path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<app>/<monitor>.sqlite
+    # PostgreSQL, e.g. "postgresql://monitor@db:5432/events"; default $SERVE_DRIFT_EVENTS_DSN,
+    # read in the monitor's process. Keep the password out of it (libpq reads PGPASSWORD and
+    # ~/.pgpass): the config travels in the Serve config.
+    dsn: str | None = None
+    # The monitor's schema there; default: sd_<app>__<monitor>, lower case.
+    pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     sample_rate: float = Field(0.1, ge=0, le=1)
     keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
     max_age_s: float = Field(7 * 24 * 3600, gt=0)

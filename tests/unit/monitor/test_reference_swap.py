@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from serve_drift import DriftConfig, ReferenceSet
-from serve_drift.eventlog.reference_changes import reference_changes
 from serve_drift.eventlog.store import EventStore
 from serve_drift.messages import IngestReceipt
 from serve_drift.monitor.deployment import DriftMonitor
@@ -167,7 +166,7 @@ def test_a_swap_under_load_loses_no_window_and_later_results_carry_the_new_versi
     assert change["from_version"] == old.version  # type: ignore[union-attr]
     monitor._writer.close(timeout_s=10)
     with EventStore(tmp_path / "events.sqlite") as store:
-        (stored,) = reference_changes(store)
+        (stored,) = store.reference_changes()
         assert stored["change_id"] == change["change_id"]
         inference = store.recent(limit=500)
     assert {r.reference_version for r in inference} == {old.version, new.version}  # type: ignore[union-attr]
@@ -230,7 +229,7 @@ def test_reapplying_the_same_user_config_changes_and_stores_nothing(tmp_path: Pa
     restarted._swaps.submit(lambda: None).result(timeout=30)
     restarted._writer.close(timeout_s=10)
     with EventStore(tmp_path / "events.sqlite") as store:
-        assert len(reference_changes(store)) == 1  # the same change, applied again
+        assert len(store.reference_changes()) == 1  # the same change, applied again
 
 
 def test_an_invalid_update_is_refused_whole(tmp_path: Path) -> None:
