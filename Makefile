@@ -19,8 +19,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/serve-drift demo
 
+# Two runs: one Ray for the unit and integration tests, then the multi-node cluster tests
+# (a cluster needs a Ray of its own).
 test: $(VENV)/.installed
 	$(BIN)/pytest
+	$(BIN)/pytest -m multinode tests/multinode
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check serve_drift tests benchmarks

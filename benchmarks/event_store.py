@@ -12,18 +12,27 @@ Prints: events accepted and written per second; commit latency; bytes per stored
 store's size per million events, *extrapolated* from the measured bytes per event; the
 re-estimated request count from sampling weights; and the accounting invariant
 (stored + sampled out + dropped = accepted), checked against the rows actually in the file.
-Run for both ``synchronous`` modes to see what FULL durability costs.
+Run for both SQLite ``synchronous`` modes to see what FULL durability costs, and against
+PostgreSQL (issue 15): a real server this script starts itself, as the tests do (Debian's
+``postgresql`` binaries, ``initdb`` into a temporary folder, 127.0.0.1 and a free port, run as
+an unprivileged user when root, stopped afterwards), with ``fsync`` and ``synchronous_commit``
+on, the durability the store promises. Its bytes per event count every relation of the store's
+schema (tables, indexes, TOAST) over the rows stored.
 
-    python benchmarks/event_store.py [--events 200000] [--rate 0.1] [--synchronous FULL NORMAL]
+    python benchmarks/event_store.py [--events 200000] [--rate 0.1]
+        [--backends sqlite postgres] [--synchronous FULL NORMAL]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -33,8 +42,13 @@ import numpy as np
 from serve_drift.eventlog.recorder import EventRecorder
 from serve_drift.eventlog.sampling import AccountingSnapshot, Sampler
 from serve_drift.eventlog.schema import InferenceRecord, InputStats, Outputs, clean_context
-from serve_drift.eventlog.store import EventStore, Synchronous
+from serve_drift.eventlog.store import BaseEventStore, EventStore, PostgresEventStore, Synchronous
 from serve_drift.ingress.stats import compute_input_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' PostgreSQL server
+from tests.support.postgres import PostgresServer
+
+PG_SCHEMA = "bench"
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,7 @@ class Options:
 
 @dataclass(frozen=True)
 class RunResult:
-    synchronous: str
+    backend: str
     seconds: float
     accounting: AccountingSnapshot
     rows_in_file: int
@@ -118,13 +132,16 @@ class RecordFactory:
         )
 
 
-def run(options: Options, synchronous: str, directory: Path, stats: list[InputStats]) -> RunResult:
+def run(
+    options: Options,
+    label: str,
+    open_store: Callable[[], BaseEventStore],
+    measure: Callable[[], tuple[int, int, float]],
+    stats: list[InputStats],
+) -> RunResult:
     rng = np.random.default_rng(options.seed)
     factory = RecordFactory(options, stats, rng)
-    path = directory / f"events-{synchronous.lower()}.db"
-    store = EventStore(
-        path, synchronous=cast(Synchronous, synchronous), max_age_s=None, max_bytes=None
-    )
+    store = open_store()
     recorder = EventRecorder(store=store, sampler=Sampler(rate=options.rate, seed=options.seed))
     timed, commit_ms, pending, window_number, sent = 0.0, [], [], 0, 0
     while sent < options.events:
@@ -144,25 +161,58 @@ def run(options: Options, synchronous: str, directory: Path, stats: list[InputSt
             commit_ms.append(elapsed * 1000)
             window_number += 1
     store.close()
-    return _measure(path, synchronous, timed, recorder.accounting(), commit_ms)
+    rows, size, weights = measure()
+    return RunResult(label, timed, recorder.accounting(), rows, size, weights, commit_ms)
 
 
-def _measure(
-    path: Path,
-    synchronous: str,
-    seconds: float,
-    accounting: AccountingSnapshot,
-    commit_ms: list[float],
-) -> RunResult:
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count the data in the file, not in the WAL
-    rows, weights = db.execute(
-        "SELECT COUNT(*), SUM(sampling_weight) FROM inference_events"
-    ).fetchone()
-    db.close()
-    return RunResult(
-        synchronous, seconds, accounting, rows, path.stat().st_size, float(weights or 0), commit_ms
-    )
+def sqlite_backend(path: Path, synchronous: str) -> tuple[Callable[[], BaseEventStore], Callable]:
+    def open_store() -> BaseEventStore:
+        mode = cast(Synchronous, synchronous)
+        return EventStore(path, synchronous=mode, max_age_s=None, max_bytes=None)
+
+    def measure() -> tuple[int, int, float]:
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count the data in the file, not the WAL
+        rows, weights = db.execute(
+            "SELECT COUNT(*), SUM(sampling_weight) FROM inference_events"
+        ).fetchone()
+        db.close()
+        return rows, path.stat().st_size, float(weights or 0)
+
+    return open_store, measure
+
+
+def postgres_backend(dsn: str) -> tuple[Callable[[], BaseEventStore], Callable]:
+    def open_store() -> BaseEventStore:
+        return PostgresEventStore(dsn, schema=PG_SCHEMA, max_age_s=None, max_bytes=None)
+
+    def measure() -> tuple[int, int, float]:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute(f"VACUUM ANALYZE {PG_SCHEMA}.inference_events")  # settle the free map
+            rows, weights = db.execute(
+                f"SELECT COUNT(*), SUM(sampling_weight) FROM {PG_SCHEMA}.inference_events"
+            ).fetchone()
+            (size,) = db.execute(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                (PG_SCHEMA,),
+            ).fetchone()
+        return int(rows), int(size), float(weights or 0)
+
+    return open_store, measure
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    with PostgresServer.started(fsync=True) as server:
+        with server.admin() as db:
+            version = db.execute("SHOW server_version").fetchone()[0]
+            commit = db.execute("SHOW synchronous_commit").fetchone()[0]
+        where = f"127.0.0.1:{server.port}"
+        print(f"PostgreSQL {version} on {where}: fsync=on, synchronous_commit={commit}")
+        yield server.dsn()
 
 
 def _line(label: str, value: str, note: str = "") -> None:
@@ -174,13 +224,15 @@ def report(result: RunResult, options: Options) -> None:
     per_stored = result.file_bytes / max(1, result.rows_in_file)
     share = acc.stored / max(1, acc.accepted)
     p50, p99 = np.percentile(result.commit_ms, [50, 99])
-    print(f"\n== synchronous={result.synchronous} ==")
+    print(f"\n== {result.backend} ==")
     _line("events accepted", f"{acc.accepted:,}", f"{acc.accepted / result.seconds:,.0f}/s")
     _line(
         "events written", f"{acc.stored:,}", f"{acc.stored / result.seconds:,.0f}/s ({share:.1%})"
     )
     _line("window commit ms", f"{p50:.2f}", f"p50; p99 {p99:.2f} (window of {options.window})")
-    _line("bytes per stored event", f"{per_stored:,.0f}", f"measured: {result.file_bytes:,} B file")
+    _line(
+        "bytes per stored event", f"{per_stored:,.0f}", f"measured: {result.file_bytes:,} B on disk"
+    )
     _line("GB per 1M stored", f"{per_stored * 1e6 / 1e9:.2f}", "extrapolated from bytes/event")
     _line(
         "GB per 1M accepted", f"{per_stored * share * 1e6 / 1e9:.2f}", "at this mix, extrapolated"
@@ -190,9 +242,9 @@ def report(result: RunResult, options: Options) -> None:
     acc.check(settled=True)
     if acc.stored != result.rows_in_file:
         raise SystemExit(
-            f"accounting says {acc.stored} stored; the file holds {result.rows_in_file}"
+            f"accounting says {acc.stored} stored; the store holds {result.rows_in_file}"
         )
-    print("invariant holds: stored + sampled out + dropped = accepted; stored = rows in the file")
+    print("invariant holds: stored + sampled out + dropped = accepted; stored = rows in the store")
 
 
 def main() -> None:
@@ -207,6 +259,9 @@ def main() -> None:
     parser.add_argument("--drift-every", type=int, default=10, help="every n-th window drifts")
     parser.add_argument(
         "--synchronous", nargs="+", default=["FULL", "NORMAL"], choices=["FULL", "NORMAL"]
+    )
+    parser.add_argument(
+        "--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
     )
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to put the databases (default: a temp dir)"
@@ -224,9 +279,29 @@ def main() -> None:
     )
     stats, cost_s = input_stats_pool(256, np.random.default_rng(args.seed))
     print(f"compute_input_stats: {cost_s * 1e3:.2f} ms per 224x224 RGB image (measured over 256)")
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for synchronous in args.synchronous:
-            report(run(options, synchronous, Path(tmp), stats), options)
+    results = []
+    if "sqlite" in args.backends:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            for mode in args.synchronous:
+                backend = sqlite_backend(Path(tmp) / f"events-{mode.lower()}.db", mode)
+                results.append(run(options, f"sqlite synchronous={mode}", *backend, stats))
+                report(results[-1], options)
+    if "postgres" in args.backends:
+        with postgres() as dsn:
+            results.append(run(options, "postgres", *postgres_backend(dsn), stats))
+            report(results[-1], options)
+    summary(results)
+
+
+def summary(results: list[RunResult]) -> None:
+    print("\n== summary ==")
+    for result in results:
+        acc = result.accounting
+        per_stored = result.file_bytes / max(1, result.rows_in_file)
+        print(
+            f"{result.backend:<26}{acc.accepted / result.seconds:>12,.0f} accepted/s"
+            f"{acc.stored / result.seconds:>10,.0f} written/s{per_stored:>8,.0f} B/event"
+        )
 
 
 if __name__ == "__main__":

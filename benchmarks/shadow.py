@@ -6,12 +6,15 @@ One Ray Serve instance, in one run, alternating rounds over real HTTP:
 - ``router``: the shadow router, mirror fraction 0 (the baseline: the same router, mirroring
   nothing);
 - ``mirror``: an identical router, mirror fraction 1.0 to a real candidate (the digits CNN,
-  another seed: the same work as the incumbent, with its own drift monitor);
+  another seed: the same work as the incumbent, with its own drift monitor), copies sent in
+  batches (``candidate_batch_size`` 32, the default);
+- ``percopy``: the same, one handle call per copy (``candidate_batch_size: 1``: what a
+  candidate without a batch method gets);
 - ``nice``: the same, to a second copy of that candidate whose replicas run at nice 10
   (``niceness: 10``), so that under contention its copies wait or are dropped;
 - ``null``: an identical router, mirror fraction 1.0 to a candidate that answers at once
   (the mirror's own cost: the router's buffer, batches to the comparator, the comparator's
-  call per copy, pairing and comparison).
+  calls to the candidate, the candidate's Serve overhead, pairing and comparison).
 
 Every arm is the ready-made app with the default detector and the event log; the OTel SDK is
 on in every process, exporting (to JSON-lines files unless OTEL_EXPORTER_OTLP_ENDPOINT is set).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -39,18 +43,35 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import LoadResult, drive, merge, png_bodies  # the same load generator
+from _harness import (
+    CpuMeter,
+    Endpoint,
+    LoadResult,
+    closed_loop,
+    digits_pngs,
+    find_pids,
+    free_port,
+)
 
-VARIANTS = ("direct", "router", "mirror", "nice", "null")
+VARIANTS = ("direct", "router", "mirror", "percopy", "nice", "null")
 PREFIXES = {name: f"/{name}" for name in VARIANTS}
 ADMIN_TOKEN = "benchmark-admin-token-" + os.urandom(8).hex()
 
 
 class NullCandidate:
-    """Answers every request at once, with a valid answer: only the mirror's cost remains."""
+    """Answers every request at once, with a valid answer: only the mirror's cost remains.
+
+    Not ``@monitored``, so it takes batches of copies the way any deployment can: a
+    ``serve_drift_batch`` method that hands them to :func:`serve_drift.answer_batch`.
+    """
 
     async def __call__(self, request: Any) -> dict[str, Any]:
         return {"class_index": 0, "confidence": 1.0, "model_version": "null"}
+
+    async def serve_drift_batch(self, items: list[Any], timeout_s: float) -> list[Any]:
+        from serve_drift import answer_batch
+
+        return await answer_batch(self.__call__, items, timeout_s=timeout_s)
 
 
 def _arm_args(name: str, store: Path) -> dict[str, Any]:
@@ -64,13 +85,15 @@ def _arm_args(name: str, store: Path) -> dict[str, Any]:
     }
 
 
-def _router_args(name: str, candidate: str, fraction: float, store: Path) -> dict[str, Any]:
+def _router_args(
+    name: str, candidate: str, fraction: float, store: Path, *, batch: int = 32
+) -> dict[str, Any]:
     return {
         "router": {
             "name": name,
             "incumbent": {"app": "incumbent"},
             "candidate": {"app": candidate},
-            "mirror": {"fraction": fraction},
+            "mirror": {"fraction": fraction, "candidate_batch_size": batch},
             "comparison": {"path": str(store / f"{name}.sqlite")},
             "telemetry": {"configure_sdk": True},
         }
@@ -92,31 +115,64 @@ def deploy(store: Path) -> None:
     serve.run(
         null.options(max_ongoing_requests=64).bind(), name="null-candidate", route_prefix=None
     )
-    for name, candidate_app, fraction in (
-        ("router", "candidate", 0.0),
-        ("mirror", "candidate", 1.0),
-        ("nice", "nice-candidate", 1.0),
-        ("null", "null-candidate", 1.0),
+    for name, candidate_app, fraction, batch in (
+        ("router", "candidate", 0.0, 32),
+        ("mirror", "candidate", 1.0, 32),
+        ("percopy", "candidate", 1.0, 1),
+        ("nice", "nice-candidate", 1.0, 32),
+        ("null", "null-candidate", 1.0, 32),
     ):
-        args = _router_args(name, candidate_app, fraction, store)
+        args = _router_args(name, candidate_app, fraction, store, batch=batch)
         serve.run(build_router(args), name=name, route_prefix=PREFIXES[name])
 
 
-def run_rounds(args: argparse.Namespace, base: str) -> dict[tuple[int, str], LoadResult]:
-    bodies = png_bodies(200)
-    for name in VARIANTS:  # warm-up: connections, first calls, handles, model caches
-        asyncio.run(drive(f"{base}{PREFIXES[name]}/predict", bodies, seconds=3, concurrency=4))
+def serve_processes() -> dict[str, int]:
+    """Every Serve process of ours by title (``ProxyActor``, ``ServeReplica:<app>:<name>``)."""
+    titles = {_title(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit()}
+    serve_titles = (t for t in titles if t.startswith(("ServeReplica:", "ProxyActor")))
+    return {t: pids[0] for t in serve_titles if (pids := find_pids(t))}
+
+
+def _title(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return words[0].removeprefix("ray::") if words and words[0].startswith("ray::") else ""
+
+
+Rounds = dict[tuple[int, str], LoadResult]
+CpuByRound = dict[tuple[int, str], dict[str, float]]
+
+
+def run_rounds(args: argparse.Namespace, port: int) -> tuple[Rounds, CpuByRound]:
+    bodies = digits_pngs(200)
+    endpoints = {
+        name: Endpoint(
+            port=port, path=f"{PREFIXES[name]}/predict", bodies=bodies, content_type="image/png"
+        )
+        for name in VARIANTS
+    }
+    for endpoint in endpoints.values():  # warm-up: connections, first calls, handles, caches
+        asyncio.run(closed_loop(endpoint, seconds=3, concurrency=4))
+    pids = serve_processes()
     rounds: dict[tuple[int, str], list[LoadResult]] = {}
+    cpu: CpuByRound = {}
     for r in range(args.rounds):
         order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
         for concurrency in (args.concurrency, 1):
             for name in order:
-                url = f"{base}{PREFIXES[name]}/predict"
+                meter = CpuMeter(pids)
                 result = asyncio.run(
-                    drive(url, bodies, seconds=args.seconds, concurrency=concurrency)
+                    closed_loop(endpoints[name], seconds=args.seconds, concurrency=concurrency)
                 )
+                spent = cpu.setdefault((concurrency, name), {})
+                for title, seconds in meter.spent().items():
+                    spent[title] = spent.get(title, 0.0) + seconds
                 rounds.setdefault((concurrency, name), []).append(result)
-    return {key: merge(results) for key, results in rounds.items()}
+    return {
+        key: functools.reduce(LoadResult.merged, results) for key, results in rounds.items()
+    }, cpu
 
 
 def mirror_outcomes(base: str, name: str) -> dict[str, int]:
@@ -127,7 +183,7 @@ def mirror_outcomes(base: str, name: str) -> dict[str, int]:
     return {**body["mirror"], **{f"router_{k}": v for k, v in router_dropped.items()}}
 
 
-def print_results(args: argparse.Namespace, results: dict[tuple[int, str], LoadResult]) -> None:
+def print_results(args: argparse.Namespace, results: Rounds) -> None:
     for concurrency in (args.concurrency, 1):
         print(
             f"\nHTTP, {concurrency} concurrent client(s), {args.rounds} x {args.seconds:.0f} s "
@@ -138,11 +194,23 @@ def print_results(args: argparse.Namespace, results: dict[tuple[int, str], LoadR
             r = results[(concurrency, name)]
             print(
                 f"  {name:<8} {r.throughput:8.1f} {r.percentile_ms(50):8.2f} "
-                f"{r.percentile_ms(99):8.2f} {r.errors:7d}"
+                f"{r.percentile_ms(99):8.2f} {r.not_ok:7d}"
             )
 
 
-def print_verdicts(args: argparse.Namespace, results: dict[tuple[int, str], LoadResult]) -> None:
+def print_cpu(args: argparse.Namespace, results: Rounds, cpu: CpuByRound) -> None:
+    """Where the CPU of an answered request went, per process, at saturating load."""
+    key = args.concurrency
+    titles = sorted({t for (c, _), spent in cpu.items() if c == key for t in spent})
+    print(f"\nCPU ms per answered request, {key} clients (processes above 0.05 ms somewhere):")
+    print(f"  {'process':<44}" + "".join(f"{name:>9}" for name in VARIANTS))
+    for title in titles:
+        row = [cpu[(key, n)].get(title, 0.0) / max(results[(key, n)].ok, 1) * 1e3 for n in VARIANTS]
+        if max(row) >= 0.05:
+            print(f"  {title[:44]:<44}" + "".join(f"{v:9.2f}" for v in row))
+
+
+def print_verdicts(args: argparse.Namespace, results: Rounds) -> None:
     busy = {name: results[(args.concurrency, name)] for name in VARIANTS}
     light = {name: results[(1, name)] for name in VARIANTS}
     ratio = busy["mirror"].throughput / busy["router"].throughput
@@ -189,8 +257,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per load round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--port", type=int, default=8124)
+    parser.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one)")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     os.environ["SERVE_DRIFT_CONFIGURE_OTEL"] = "1"
     os.environ["SERVE_DRIFT_ADMIN_TOKEN"] = ADMIN_TOKEN
     work = Path(tempfile.mkdtemp(prefix="serve-drift-shadow-bench-"))
@@ -203,17 +272,22 @@ def main() -> None:
     from serve_drift.tools.local_ray import start_local_ray
 
     start_local_ray(
-        num_cpus=16, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False
+        address="local",  # a Ray of its own, never another one running on the machine
+        num_cpus=16,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=False,
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         started = time.monotonic()
         deploy(work)
-        print(f"Deployed 4 apps and 4 routers in {time.monotonic() - started:.0f} s; {work}")
+        print(f"Deployed 4 apps and 5 routers in {time.monotonic() - started:.0f} s; {work}")
         print(f"Load average before the rounds (1, 5, 15 min): {_load()}")
         base = f"http://127.0.0.1:{args.port}"
-        results = run_rounds(args, base)
+        results, cpu = run_rounds(args, args.port)
         print_results(args, results)
+        print_cpu(args, results, cpu)
         copies_to = (
             ("mirror", "the real candidate"),
             ("nice", "the real candidate at nice 10"),

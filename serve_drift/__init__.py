@@ -5,6 +5,7 @@ no Ray connection); :func:`configure_telemetry` is the opt-in SDK setup. This mo
 re-exports the public surface; the README's "Architecture" section maps the packages.
 """
 
+from serve_drift.apps.reference_build import build_reference_from
 from serve_drift.config import (
     CalibrationConfig,
     DetectorConfig,
@@ -23,7 +24,7 @@ from serve_drift.monitor import (
     monitored_app,
 )
 from serve_drift.reference import ReferenceLineage, ReferenceSet, build_reference, embed_outputs
-from serve_drift.replica import monitored
+from serve_drift.replica import answer_batch, monitored
 from serve_drift.request_context import mark_request
 from serve_drift.telemetry import (
     TelemetryDestination,
@@ -48,7 +49,9 @@ __all__ = [
     "TelemetryDestination",
     "TelemetryFlushResult",
     "WindowConfig",
+    "answer_batch",
     "build_reference",
+    "build_reference_from",
     "calibrate_reference",
     "configure_telemetry",
     "embed_outputs",

@@ -31,6 +31,15 @@ def event_db() -> Path | None:
     return Path(value) if value else None
 
 
+def events_dsn() -> str | None:
+    """The PostgreSQL event store's DSN (``SERVE_DRIFT_EVENTS_DSN``) when the config names none.
+
+    Read where the store is opened (in the monitor's process, on whichever node it runs), so a
+    password set here never travels in the Serve config.
+    """
+    return os.environ.get("SERVE_DRIFT_EVENTS_DSN") or None
+
+
 def event_db_dir() -> Path:
     """Where monitors keep their event stores by default (``<app>/<monitor>.sqlite`` each)."""
     return cache_dir() / "events"

@@ -175,7 +175,9 @@ class MonitorUpdate(_Frozen):
 
     ``window`` fields replace the current ones (the rest are kept); ``window_size`` is short
     for ``{"window": {"size": ...}}``. ``p_value_threshold`` sets every detector's threshold,
-    ``p_value_thresholds`` one per configured detector, in order.
+    ``p_value_thresholds`` one per configured detector, in order. ``reference_path`` swaps the
+    reference set between windows (with ``reference_sha256`` it must have that content hash;
+    ``changed_by`` is recorded with the change); ``on_version_mismatch`` changes the policy.
 
     >>> MonitorUpdate.model_validate({"window_size": 500, "p_value_threshold": 0.01}).window_size
     500
@@ -185,6 +187,12 @@ class MonitorUpdate(_Frozen):
     window: dict[str, Any] | None = None
     p_value_threshold: float | None = Field(None, gt=0, lt=1)
     p_value_thresholds: tuple[float, ...] | None = None
+    # A new reference set, swapped in between windows (serve_drift.monitor.reference_swap):
+    # optionally the content hash it must have, and who asks (recorded, not verified).
+    reference_path: str | None = Field(None, min_length=1)
+    reference_sha256: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    changed_by: str | None = Field(None, min_length=1, max_length=128)
+    on_version_mismatch: Literal["refuse", "degraded"] | None = None
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> MonitorUpdate:
@@ -292,10 +300,18 @@ class ContextConfig(_Frozen):
 
 
 class EventLogConfig(_Frozen):
-    """The monitor's record of served requests (SQLite in WAL mode, written in batches)."""
+    """The monitor's record of served requests, written in batches: SQLite in WAL mode (one
+    file per monitor), or PostgreSQL when a DSN is given (one schema per monitor; for clusters,
+    where the monitor may move between nodes)."""
 
     enabled: bool = True
     path: str | None = None  # default: <SERVE_DRIFT_CACHE_DIR>/events/<app>/<monitor>.sqlite
+    # PostgreSQL, e.g. "postgresql://monitor@db:5432/events"; default $SERVE_DRIFT_EVENTS_DSN,
+    # read in the monitor's process. Keep the password out of it (libpq reads PGPASSWORD and
+    # ~/.pgpass): the config travels in the Serve config.
+    dsn: str | None = None
+    # The monitor's schema there; default: sd_<app>__<monitor>, lower case.
+    pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     sample_rate: float = Field(0.1, ge=0, le=1)
     keep_confidence_below: float | None = Field(0.5, ge=0, le=1)
     max_age_s: float = Field(7 * 24 * 3600, gt=0)
@@ -318,6 +334,10 @@ class DriftConfig(_Frozen):
     model_name: str = "model"
     model_version: str = "0"
     reference_path: str | None = None
+    # The reference's recorded model version against model_version, at start-up, at a swap
+    # and per window: "refuse" tests nothing until they agree, "degraded" tests and flags the
+    # results (serve_drift.monitor.reference_swap says why refuse is the default).
+    on_version_mismatch: Literal["refuse", "degraded"] = "refuse"
     model_attr: str | None = None
     embedding_layer: str | None = None
     # Probabilities come from the model's own (batch, classes) output ("model"), or from the

@@ -18,3 +18,18 @@ class ServeDriftError(Exception):
     """Base of serve-drift's errors: ``code`` is set by each subclass (or by its instances)."""
 
     code: str = "serve_drift_error"
+
+
+class CodedError(ServeDriftError):
+    """A :class:`ServeDriftError` whose ``code`` is picked where it is raised, among the codes
+    its subclass documents (one class for one kind of failure, several stable codes).
+
+    >>> class Unreadable(CodedError, ValueError):
+    ...     pass
+    >>> Unreadable("cut off at byte 12", code="truncated").code
+    'truncated'
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -124,6 +124,9 @@ class IngestReceipt:
     accepted: int
     recorded: bool | None
     max_rows_per_s: float | None = None
+    # The reference version the monitor tests with now, so replicas that tag their spans
+    # with it follow a swap; None from a monitor that does not say.
+    reference_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,10 @@ class DriftResult:
     # A label-free estimate of the model's accuracy on this window (the same on every result
     # of the window), or None without softmax probabilities.
     estimated_accuracy: float | None = None
+    # The model version the reference set was built with (None: not recorded), and whether it
+    # differs from the window's ``model_version`` (tested anyway: on_version_mismatch=degraded).
+    reference_model_version: str | None = None
+    version_mismatch: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,7 +10,10 @@ Ingress and the replica both use it; nothing here does I/O.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import functools
+import logging
 import os
 import re
 import unicodedata
@@ -18,11 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from serve_drift.messages import InputStats
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 MAX_CORRELATION_ID_LENGTH = 128
 _UNSAFE = re.compile(r"[^\x21-\x7e]")  # anything but printable, non-space ASCII
@@ -290,3 +294,76 @@ def _clean_value(value: object) -> str:
     # output and log parsers, and are never meaningful in an identifier like a camera id.
     text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
     return text.strip()[:MAX_CONTEXT_VALUE_CHARS]
+
+
+# --- several requests in one handle call ---------------------------------------------------
+
+# The method a monitored deployment answers many requests through in one handle call (the
+# comparator's shadow copies): ``@monitored`` adds it to every class it wraps.
+BATCH_METHOD = "serve_drift_batch"
+
+
+@dataclass(frozen=True)
+class BatchedRequest:
+    """One of several requests sent to a deployment in one handle call: what its handler
+    takes (a Starlette request, for an HTTP app) and the IDs it is handled under.
+
+    >>> item = BatchedRequest(request="x", ids=RequestIds("client-1", "internal-1"))
+    >>> item.ids.correlation_id
+    'client-1'
+    """
+
+    request: Any
+    ids: RequestIds
+
+
+@dataclass(frozen=True)
+class BatchedAnswer:
+    """What the handler returned for one batched request, and how long it took to answer
+    it (its own time in the replica, not the batch's)."""
+
+    result: Any
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class BatchedFailure:
+    """What stands in a batch's answers for a request whose handler raised (``error``) or
+    did not answer within the batch's ``timeout_s`` (``timeout``): the others still answer."""
+
+    kind: Literal["error", "timeout"]
+    latency_s: float
+    error_type: str = ""
+
+
+def serve_context_for(ids: RequestIds) -> contextvars.Context:
+    """A copy of the current context in which Ray Serve's request context carries ``ids``,
+    as it would inside that request: a handle call made in it carries them along, and code
+    run in it that reads Ray's request ID reads this request's.
+
+    Ray Serve keeps that context in a private variable; if it ever moves, the copy keeps the
+    caller's IDs (logged once), and serve-drift's own code, which reads the IDs it binds
+    (:func:`bind_request_ids`), is unaffected.
+    """
+    context = contextvars.copy_context()
+    try:
+        from ray.serve import context as serve_context
+
+        current = context.run(serve_context._get_serve_request_context)
+        replaced = dataclasses.replace(
+            current, request_id=ids.correlation_id, _internal_request_id=ids.internal_id
+        )
+        variable: ContextVar[Any] = serve_context._serve_request_context
+        context.run(variable.set, replaced)
+    except Exception as exc:
+        _warn_once(exc)
+    return context
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(exc: BaseException) -> None:
+    if type(exc).__name__ not in _WARNED:
+        _WARNED.add(type(exc).__name__)
+        logger.warning("serve-drift: Ray Serve's request context could not be set: %r", exc)

@@ -69,13 +69,16 @@ class AppArgs(BaseModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
 
 
-def model_input_shape(spec: ModelSpec) -> tuple[int, int, int]:
-    """What a client that preprocesses itself must send (per input, without the batch)."""
+def model_input_shape(spec: ModelSpec) -> tuple[int, int, int] | None:
+    """What a client that preprocesses itself must send (per input, without the batch);
+    ``None``: images only (a factory model that names no ``input_shape``)."""
+    if spec.input_shape is not None:
+        return spec.input_shape
     if spec.source == "digits":
         from serve_drift.models.digits import IMAGE_SIZE
 
         return (1, IMAGE_SIZE, IMAGE_SIZE)
-    return (3, spec.image_size, spec.image_size)
+    return None if spec.source == "factory" else (3, spec.image_size, spec.image_size)
 
 
 @functools.cache
@@ -428,7 +431,7 @@ class _MonitorMaintenance:
 
 def _drift_config(args: AppArgs) -> DriftConfig:
     drift = dict(args.drift)
-    drift.setdefault("model_name", args.model.arch or args.model.source)
+    drift.setdefault("model_name", args.model.name)
     if args.model.source == "digits":
         from serve_drift.models.default_reference import ensure_digits_reference
 

@@ -2,7 +2,8 @@
 
 - :mod:`~serve_drift.eventlog.schema`: versioned records (schema v1, JSON Schema file beside it);
 - :mod:`~serve_drift.eventlog.sampling`: what is kept, with which weight, and the accounting;
-- :mod:`~serve_drift.eventlog.store`: SQLite (WAL) store, batched, idempotent, with retention;
+- :mod:`~serve_drift.eventlog.store`: the store, SQLite (WAL, embedded) or PostgreSQL (clusters),
+  one contract: batched, idempotent, with retention;
 - :mod:`~serve_drift.eventlog.recorder`: the monitor's path through all of the above;
 - :mod:`~serve_drift.eventlog.labels`: label feedback and concept-drift metrics;
 - :mod:`~serve_drift.eventlog.otlp_logs`: records as OpenTelemetry log records (API only);
@@ -46,13 +47,16 @@ from serve_drift.eventlog.schema import (
     record_from_json,
 )
 from serve_drift.eventlog.store import (
+    BaseEventStore,
     EventQuery,
     EventStore,
     LabelAnswer,
+    PostgresEventStore,
     StoreError,
     StoreHealth,
     StoreWriteError,
     WriteReceipt,
+    open_store,
 )
 
 __all__ = [
@@ -62,6 +66,7 @@ __all__ = [
     "Accounting",
     "AccountingError",
     "AccountingSnapshot",
+    "BaseEventStore",
     "ClassMetrics",
     "ConceptDriftMetrics",
     "ConceptMetricsRecord",
@@ -76,6 +81,7 @@ __all__ = [
     "LabelAnswer",
     "LabelRecord",
     "Outputs",
+    "PostgresEventStore",
     "RecordOutcome",
     "Sampler",
     "StoreError",
@@ -85,6 +91,7 @@ __all__ = [
     "clean_context",
     "compute_metrics",
     "expected_calibration_error",
+    "open_store",
     "parse_labels",
     "record_from_dict",
     "record_from_json",

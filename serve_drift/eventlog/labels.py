@@ -37,7 +37,7 @@ from serve_drift.eventlog.schema import (
     ConceptMetricsRecord,
     LabelRecord,
 )
-from serve_drift.eventlog.store import EventStore, LabelAnswer, LabelStatus
+from serve_drift.eventlog.store import BaseEventStore, LabelAnswer, LabelStatus
 
 __all__ = [
     "ECE_BINS",
@@ -123,7 +123,7 @@ def _parse_item(
 
 
 def submit_labels(
-    store: EventStore, items: Sequence[LabelRecord | LabelAnswer]
+    store: BaseEventStore, items: Sequence[LabelRecord | LabelAnswer]
 ) -> list[LabelAnswer]:
     """Join the valid labels in one transaction; one answer per item, in the same order.
 
@@ -247,7 +247,7 @@ def expected_calibration_error(
 
 
 def window_metrics(
-    store: EventStore,
+    store: BaseEventStore,
     *,
     window_index: int | None = None,
     model_version: str | None = None,
@@ -297,7 +297,7 @@ def metrics_record(
 
 
 def record_window_metrics(
-    store: EventStore,
+    store: BaseEventStore,
     *,
     window_index: int,
     model_name: str,
@@ -331,7 +331,7 @@ def record_window_metrics(
     return record
 
 
-def window_estimate(store: EventStore, *, window_index: int) -> float | None:
+def window_estimate(store: BaseEventStore, *, window_index: int) -> float | None:
     """The label-free accuracy estimate stored with a window's drift tests, if any."""
     for record in store.drift_results(window_index=window_index, limit=16):
         if record.estimated_accuracy is not None:

@@ -35,7 +35,7 @@ from typing import Any
 from serve_drift.eventlog.otlp_logs import EventLogExporter
 from serve_drift.eventlog.sampling import Accounting, AccountingSnapshot, Sampler
 from serve_drift.eventlog.schema import DriftTestRecord, EventRecord, InferenceRecord
-from serve_drift.eventlog.store import EventStore, StoreError, StoreHealth
+from serve_drift.eventlog.store import BaseEventStore, StoreError, StoreHealth
 from serve_drift.telemetry.instruments import event_log_instruments
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class EventRecorder:
     def __init__(
         self,
         *,
-        store: EventStore,
+        store: BaseEventStore,
         sampler: Sampler,
         exporter: EventLogExporter | None = None,
         max_batch: int = 256,

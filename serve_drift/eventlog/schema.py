@@ -307,6 +307,9 @@ class DriftTestRecord:
     uncalibrated_p_value: float | None = None
     estimated_accuracy: float | None = None
     # --- end v2 (issue 10) ----------------------------------------------------------------
+    # --- v2 (issue 11): the reference's model version, and whether the window's differed ---
+    reference_model_version: str | None = None
+    version_mismatch: bool = False
     correlation_ids_sample: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
@@ -331,7 +334,7 @@ class DriftTestRecord:
             **{name: getattr(self, name) for name in DRIFT_RECORD_FIELDS},
             "correlation_ids_sample": list(self.correlation_ids_sample),
         }
-        return _as_version(data, self.schema_version, _DRIFT_V2_FIELDS)
+        return _as_version(data, self.schema_version, _DRIFT_V2_FIELDS + _DRIFT_VERSION_FIELDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriftTestRecord:
@@ -358,6 +361,8 @@ DRIFT_RECORD_FIELDS = tuple(
 )
 # --- v2 (issue 10) ----------------------------------------------------------------------------
 _DRIFT_V2_FIELDS = ("uncalibrated_p_value", "estimated_accuracy")
+# Also v2 (issue 11), read as absent from earlier v2 documents; not numbers, so kept apart.
+_DRIFT_VERSION_FIELDS = ("reference_model_version", "version_mismatch")
 _METRICS_V2_FIELDS = ("estimated_accuracy",)
 
 

@@ -209,6 +209,11 @@ class MonitorAlerts:
         if self._store is not None:
             self._store.write_maintenance(window)
 
+    def use_runner(self, *, detectors: Sequence[str], accuracy_baseline: float | None) -> None:
+        """A new reference was swapped in: its detectors and its accuracy baseline from now."""
+        self._detectors = tuple(detectors)
+        self._baseline = accuracy_baseline
+
     # --- signals (never block) ----------------------------------------------------------------
 
     def window_tested(
@@ -221,13 +226,15 @@ class MonitorAlerts:
         """A tested window: its results, and what else the monitor measured over it."""
         if not results:
             return None
-        return self._observe(lambda: self._window_signal(results, events, measures))
+        baseline = self._baseline  # the reference that tested it, even if swapped meanwhile
+        return self._observe(lambda: self._window_signal(results, events, measures, baseline))
 
     def _window_signal(
         self,
         results: Sequence[DriftResult],
         events: Sequence[InferenceEvent],
         measures: WindowMeasures,
+        baseline: float | None,
     ) -> WindowTested:
         first = results[0]
         return WindowTested(
@@ -237,7 +244,7 @@ class MonitorAlerts:
             window_index=first.window_index,
             results=tuple(scoped_results(results)),
             estimated_accuracy=first.estimated_accuracy,
-            estimated_accuracy_baseline=self._baseline,
+            estimated_accuracy_baseline=baseline,
             flagged_share=measures.flagged_share,
             dropped_share=measures.dropped_share,
             latency_p99_s=latency_p99_s(events),

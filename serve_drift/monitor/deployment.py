@@ -22,6 +22,7 @@ from serve_drift.config import DriftConfig, MonitorUpdate
 from serve_drift.eventlog.store import LabelAnswer, StoreError
 from serve_drift.messages import DriftResult, EventBatch, InferenceEvent, IngestReceipt
 from serve_drift.monitor.alerting import AlertHistory, alerts_config
+from serve_drift.monitor.reference_swap import SwapRequest, swap_reference
 from serve_drift.monitor.state import MAX_PENDING_WINDOWS, Job, MonitorHealth, MonitorState
 from serve_drift.monitor.traffic_sample import TrafficSnapshot
 from serve_drift.monitor.windows import Window
@@ -64,6 +65,8 @@ class DriftMonitor:
             )
         self._state = MonitorState(self._config)
         self._detection = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-drift-test")
+        # Loading and calibrating a new reference takes seconds: never on the detection thread.
+        self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-drift-swap")
         self._writer = EventLogWriter(queue_size=self._config.events.writer_queue_size)
         self._pending_windows = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,7 +81,13 @@ class DriftMonitor:
             self._dispatch(job)
         recorded = await self._record_arrivals(batch.events)
         share = self._state.replicas.share(now=time.monotonic())
-        return IngestReceipt(accepted=len(batch.events), recorded=recorded, max_rows_per_s=share)
+        reference = self._state.reference
+        return IngestReceipt(
+            accepted=len(batch.events),
+            recorded=recorded,
+            max_rows_per_s=share,
+            reference_version=None if reference is None else reference.version,
+        )
 
     def _dispatch(self, job: Job) -> None:
         if not isinstance(job, Window):
@@ -193,14 +202,34 @@ class DriftMonitor:
             shutdown_telemetry()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        """Serve ``user_config``: window and threshold changes apply without a restart.
+        """Serve ``user_config``: window, threshold and reference changes apply without a
+        restart.
 
         Keys (see :class:`~serve_drift.config.MonitorUpdate`): ``window_size``, ``window``
-        (any ``WindowConfig`` fields), ``p_value_threshold`` or ``p_value_thresholds``.
-        An invalid update raises and changes nothing.
+        (any ``WindowConfig`` fields), ``p_value_threshold`` or ``p_value_thresholds``,
+        ``on_version_mismatch``, and ``reference_path`` (with ``reference_sha256`` and
+        ``changed_by``). An invalid update raises and changes nothing. A reference is swapped
+        in the background, between windows; one that cannot be used leaves the current one
+        in place, and health says why (:mod:`serve_drift.monitor.reference_swap`).
         """
-        self._state.reconfigure(MonitorUpdate.model_validate(dict(user_config)))
+        update = MonitorUpdate.model_validate(dict(user_config))
+        self._state.reconfigure(update)
         self._config = self._state.config
+        request = SwapRequest.of(update)
+        if request is not None:
+            self._swaps.submit(
+                swap_reference,
+                request,
+                state=self._state,
+                install=lambda prepared: self._detection.submit(self._state.install, prepared),
+                store=self._store_change,
+            )
+
+    def _store_change(self, change: Mapping[str, Any]) -> None:
+        event_log = self._state.event_log
+        if event_log is not None:
+            with contextlib.suppress(WriterQueueFull):  # health lists it all the same
+                self._writer.submit(functools.partial(event_log.record_reference_change, change))
 
 
 def monitor_deployment(config: DriftConfig, *, name: str, **options: Any) -> Any:

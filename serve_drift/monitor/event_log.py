@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,13 @@ from serve_drift.eventlog.schema import (
     Outputs,
 )
 from serve_drift.eventlog.store import (
+    BaseEventStore,
     EventQuery,
-    EventStore,
     LabelAnswer,
     ServedRequest,
     StoreError,
+    open_store,
+    schema_for,
 )
 from serve_drift.messages import DriftResult, InferenceEvent
 from serve_drift.telemetry import instruments as tel
@@ -49,6 +51,20 @@ def default_path(config: DriftConfig) -> Path:
     """``<cache>/events/<app>/<monitor>.sqlite``: one store per monitor, also across apps."""
     monitor = config.monitor_deployment or f"{config.model_name}DriftMonitor"
     return _env.event_db_dir() / _app_name() / f"{monitor}.sqlite"
+
+
+def open_event_store(config: DriftConfig) -> BaseEventStore:
+    """PostgreSQL when a DSN is set (``events.dsn``, else ``$SERVE_DRIFT_EVENTS_DSN``), in the
+    monitor's own schema; else the SQLite file (``events.path``, else :func:`default_path`)."""
+    events = config.events
+    monitor = config.monitor_deployment or f"{config.model_name}DriftMonitor"
+    return open_store(
+        path=events.path or default_path(config),
+        dsn=events.dsn or _env.events_dsn(),
+        pg_schema=events.pg_schema or schema_for(app=_app_name(), monitor=monitor),
+        max_age_s=events.max_age_s,
+        max_bytes=events.max_bytes,
+    )
 
 
 def _app_name() -> str:
@@ -127,11 +143,7 @@ class MonitorEventLog:
         events = config.events
         self.config = config
         self.reference_version = reference_version
-        self.store = EventStore(
-            events.path or default_path(config),
-            max_age_s=events.max_age_s,
-            max_bytes=events.max_bytes,
-        )
+        self.store = open_event_store(config)
         self.recorder = EventRecorder(
             store=self.store,
             sampler=Sampler(
@@ -263,6 +275,13 @@ class MonitorEventLog:
 
     def health(self) -> EventLogHealth:
         return self.recorder.health()
+
+    def record_reference_change(self, change: Mapping[str, Any]) -> None:
+        """Store a reference change (a swap applied or refused); once, if Serve re-applies it."""
+        self.store.write_reference_change(change)
+
+    def reference_changes(self, *, limit: int) -> list[dict[str, Any]]:
+        return self.store.reference_changes(limit=limit)
 
 
 def _logger_provider(config: DriftConfig) -> Any:

@@ -65,6 +65,7 @@ class DriftRunner:
         detectors: Sequence[DriftDetector],
         reference_size: int,
         reference_version: str,
+        reference_model_version: str = "",
         accuracy: AccuracyEstimator | None = None,
     ) -> None:
         self._config = config
@@ -72,6 +73,7 @@ class DriftRunner:
         self._detectors = list(detectors)
         self._reference_size = reference_size
         self._reference_version = reference_version
+        self._reference_model_version = reference_model_version
         self._p_value_thresholds = tuple(d.p_value_threshold for d in config.detectors)
         self._instruments = tel.monitor_instruments()
 
@@ -120,6 +122,11 @@ class DriftRunner:
     def _thresholds(self) -> list[float]:
         return list(self._p_value_thresholds)
 
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The p-value thresholds in force, one per detector (a new runner takes them over)."""
+        return self._p_value_thresholds
+
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """New p-value thresholds, one per detector, for the windows tested from now on."""
         if len(thresholds) != len(self._detectors):
@@ -137,7 +144,7 @@ class DriftRunner:
     ) -> DriftResult:
         attributes = self._attributes(detector, window)
         with tel.tracer().start_as_current_span(
-            SPAN_NAME, links=links, attributes=attributes
+            SPAN_NAME, links=links, attributes={**attributes, **self._version_attributes(window)}
         ) as span:
             started = time.perf_counter()
             statistic = detector.test(window.embeddings, probabilities=window.probabilities)
@@ -169,6 +176,17 @@ class DriftRunner:
             tel.ATTR_WINDOW_INDEX: window.index,
             tel.ATTR_WINDOW_SIZE: len(window.embeddings),
         }
+
+    def _version_attributes(self, window: Window) -> dict[str, str | bool]:
+        """Span attributes only (not metric labels: they would split every series)."""
+        return {
+            tel.ATTR_REFERENCE_MODEL_VERSION: self._reference_model_version,
+            tel.ATTR_VERSION_MISMATCH: self._mismatch(window),
+        }
+
+    def _mismatch(self, window: Window) -> bool:
+        known = bool(self._reference_model_version)
+        return known and window.model_version != self._reference_model_version
 
     def _result(
         self,
@@ -206,6 +224,8 @@ class DriftRunner:
             component_p_values=tuple((c.name, c.p_value) for c in statistic.components),
             skipped_components=statistic.skipped,
             uncalibrated_p_value=statistic.uncalibrated_p_value,
+            reference_model_version=self._reference_model_version or None,
+            version_mismatch=self._mismatch(window),
         )
 
     def _record_metrics(self, result: DriftResult, attributes: dict[str, str | int]) -> None:

@@ -16,10 +16,15 @@ from serve_drift.config import DriftConfig, MonitorUpdate
 from serve_drift.eventlog.recorder import EventLogHealth
 from serve_drift.eventlog.store import StoreError
 from serve_drift.messages import DriftResult, EventBatch, InferenceEvent
-from serve_drift.monitor.accuracy import fit_accuracy_estimator
 from serve_drift.monitor.alerting import AlertsHealth, MonitorAlerts, WindowMeasures, share
-from serve_drift.monitor.calibration import MonitorDetectors, build_monitor_detectors
+from serve_drift.monitor.calibration import MonitorDetectors
 from serve_drift.monitor.event_log import MonitorEventLog
+from serve_drift.monitor.reference_swap import (
+    PreparedReference,
+    ReferenceChange,
+    build_runner,
+    check_versions,
+)
 from serve_drift.monitor.runner import DriftRunner
 from serve_drift.monitor.shares import ReplicaShares
 from serve_drift.monitor.traffic_sample import TrafficSample
@@ -32,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_PENDING_WINDOWS = 8
 FLAG_UNUSABLE_EMBEDDING = "unusable_embedding"  # non-finite, or not the reference's dimension
 MAX_RESULTS_KEPT = 500
+MAX_CHANGES_KEPT = 20  # reference changes listed in health (all are in the event store)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class MonitorCounts:
     test_errors: int = 0
     unrecorded: int = 0  # reached windows, but the store did not record them at arrival
     unsampled: int = 0  # served rows replicas left out of their sample (counted, not shipped)
+    windows_refused: int = 0  # not tested: the reference is of another model version (refuse)
 
 
 @dataclass(frozen=True)
@@ -67,12 +74,17 @@ class MonitorHealth:
     checked_at: float
     pid: int
     alerts: AlertsHealth | None = None  # open incidents, maintenance, sink outcomes
+    # The reference's model version against the deployment's, and the latest reference
+    # changes (swaps applied or refused), oldest first.
+    version_check: Mapping[str, Any] | None = None
+    reference_changes: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the counts at the top level beside the rest."""
         nested = ("counts", "event_log", "alerts")
         data = {k: v for k, v in asdict(self).items() if k not in nested}
         data["reasons"] = list(self.reasons)
+        data["reference_changes"] = [dict(change) for change in self.reference_changes]
         data["event_log"] = None if self.event_log is None else self.event_log.to_dict()
         data["alerts"] = None if self.alerts is None else self.alerts.to_dict()
         return {**data, **asdict(self.counts)}
@@ -105,6 +117,9 @@ class MonitorState:
             window_s=config.shipping.share_window_s,
         )
         self.last_error: str | None = None
+        self.version_check = check_versions(config, self.reference)
+        self.swap_error: str | None = None  # the last swap's refusal, until one succeeds
+        self.reference_changes: deque[ReferenceChange] = deque(maxlen=MAX_CHANGES_KEPT)
         self.detectors: MonitorDetectors | None = None  # calibrated for reference and window
         self.runner = self._build_runner() if self.reference is not None else None
         self.event_log = self._build_event_log()
@@ -124,6 +139,8 @@ class MonitorState:
             self.results.extend(event_log.recent_results(limit=MAX_RESULTS_KEPT))
             since = self.results[-1].last_event_at if self.results else 0.0
             self.rows_lost_at_restart = event_log.store.count_served(unwindowed_since=since)
+            stored = event_log.reference_changes(limit=MAX_CHANGES_KEPT)
+            self.reference_changes.extend(ReferenceChange.from_dict(c) for c in stored)
         except StoreError as exc:  # an unreadable store starts the monitor afresh, degraded
             logger.warning("serve-drift: could not resume from the event store: %s", exc)
 
@@ -168,15 +185,32 @@ class MonitorState:
 
     def _build_runner(self) -> DriftRunner:
         assert self.reference is not None
-        self.detectors = build_monitor_detectors(self.config, self.reference)
-        self.detectors.prepare()  # calibration: at start-up, before any traffic is tested
-        return DriftRunner(
-            config=self.config,
-            detectors=self.detectors.detectors,
-            reference_size=len(self.reference.embeddings),
-            reference_version=self.reference.version,
-            accuracy=fit_accuracy_estimator(self.reference),
+        # Calibration: at start-up, before any traffic is tested.
+        self.detectors, runner = build_runner(self.config, self.reference)
+        return runner
+
+    def install(self, prepared: PreparedReference) -> None:
+        """Swap in a prepared reference. Runs on the detection thread, between two windows."""
+        if self.runner is not None:
+            prepared.runner.set_thresholds(self.runner.thresholds)  # runtime changes persist
+        self.reference, self.detectors = prepared.reference, prepared.detectors
+        self.runner = prepared.runner
+        self.alerts.use_runner(
+            detectors=self.runner.detector_names, accuracy_baseline=self.runner.accuracy_baseline
         )
+        self.version_check = check_versions(self.config, prepared.reference)
+        if self.event_log is not None:
+            self.event_log.reference_version = prepared.reference.version
+        self.swap_error = None
+        self.reference_changes.append(prepared.change)
+
+    def refuse(self, change: ReferenceChange) -> None:
+        """A swap that could not be made: the current reference stays, health says why."""
+        self.swap_error = (
+            f"{change.code}: reference swap to {change.path} refused, still testing against "
+            f"{change.from_version}: {change.reason}"
+        )
+        self.reference_changes.append(change)
 
     def accept(self, batch: EventBatch) -> list[Job]:
         """Keep finite rows of the reference's dimension that ingress did not exclude in
@@ -265,6 +299,9 @@ class MonitorState:
         """Run the detectors; a failure is recorded and counted, never propagated to senders."""
         if self.runner is None:
             return []
+        if self.version_check is not None and self.version_check.refuses(window.model_version):
+            self.counts.windows_refused += 1
+            return []
         try:
             results = [
                 replace(r, sampling_rate=window.sampling_rate) for r in self.runner.run(window)
@@ -289,7 +326,11 @@ class MonitorState:
                 self.detectors.set_window_size(window.size)
         if thresholds is not None and self.runner is not None:
             self.runner.set_thresholds(thresholds)
-        self.config = self.config.model_copy(update={"window": window})
+        policy = update.on_version_mismatch or self.config.on_version_mismatch
+        self.config = self.config.model_copy(
+            update={"window": window, "on_version_mismatch": policy}
+        )
+        self.version_check = check_versions(self.config, self.reference)
 
     def health(self, *, pending_windows: int = 0, event_log_queue: int = 0) -> MonitorHealth:
         reasons = []
@@ -297,6 +338,7 @@ class MonitorState:
             reasons.append("no reference set configured: windows are collected but not tested")
         if self.last_error is not None:
             reasons.append(f"last drift test failed: {self.last_error}")
+        reasons.extend(self._reference_reasons())
         if self.detectors is not None:
             reasons.extend(self.detectors.warnings())
         event_log = None if self.event_log is None else self.event_log.health()
@@ -316,7 +358,13 @@ class MonitorState:
             checked_at=time.time(),
             pid=os.getpid(),
             alerts=self.alerts.health(),
+            version_check=None if self.version_check is None else self.version_check.to_dict(),
+            reference_changes=tuple(c.to_dict() for c in self.reference_changes),
         )
+
+    def _reference_reasons(self) -> list[str]:
+        check = None if self.version_check is None else self.version_check.reason()
+        return [reason for reason in (check, self.swap_error) if reason is not None]
 
 
 def _thresholds(update: MonitorUpdate, *, count: int) -> list[float] | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from serve_drift.errors import ServeDriftError
 from serve_drift.reference.embed import embed_outputs
 from serve_drift.reference.reference_set import ReferenceSet
 
@@ -88,7 +89,9 @@ def find_images(folder: Path, *, limit: int | None = None, seed: int = 0) -> lis
     """Image files under ``folder`` (recursively, sorted), or a seeded sample of ``limit``."""
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     if limit is not None and limit < len(paths):
@@ -113,8 +116,17 @@ class LazyImages(Sequence[Any]):
 
 
 def _open(path: Path) -> Any:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        image.load()  # decode now: the file closes when the block ends
-        return image.copy()
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: the file closes when the block ends
+            return image.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{path}: not a readable image ({exc})") from exc
+
+
+class UnreadableImageError(ServeDriftError, ValueError):
+    """An image file that does not decode (truncated, corrupt, not an image)."""
+
+    code = "unreadable_image"

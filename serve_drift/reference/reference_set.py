@@ -71,6 +71,12 @@ class ReferenceLineage:
     labels_hash: str = ""
     # One entry per stored calibration: key, array name, shape, hash and what drew it.
     calibrations: tuple[dict[str, Any], ...] = ()
+    # What the embeddings were computed by and from (empty when not known): the model's
+    # source ("factory my_model:make_model", "torchvision resnet18"), the sha256 of its
+    # weights file, and a sha256 over the input files (names and contents) or array.
+    model_source: str = ""
+    weights_hash: str = ""
+    data_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,11 +157,15 @@ class ReferenceSet:
         source: str = "",
         probabilities: Any | None = None,
         labels: Any | None = None,
+        model_source: str = "",
+        weights_hash: str = "",
+        data_hash: str = "",
     ) -> ReferenceSet:
         """A reference set from (N, d) embeddings, stored as a float32 copy.
 
         ``probabilities`` (N, C) are the model's softmax outputs on the same inputs, if any;
-        ``labels`` (N,) their true classes, if known (the accuracy estimate is fitted on them).
+        ``labels`` (N,) their true classes, if known (the accuracy estimate is fitted on them);
+        ``model_source``, ``weights_hash`` and ``data_hash`` go into the lineage as given.
         """
         array = _as_reference_array(embeddings)
         probs = None if probabilities is None else _as_probability_array(probabilities, array)
@@ -173,6 +183,9 @@ class ReferenceSet:
             probabilities_hash="" if probs is None else content_hash(probs),
             num_classes=0 if probs is None else int(probs.shape[1]),
             labels_hash="" if classes is None else content_hash(classes),
+            model_source=model_source,
+            weights_hash=weights_hash,
+            data_hash=data_hash,
         )
         return cls(embeddings=array, lineage=lineage, probabilities=probs, labels=classes)
 

@@ -5,7 +5,8 @@ offered to a bounded buffer that a background task ships to the drift monitor in
 Nothing here waits for the monitor or raises into the request.
 """
 
+from serve_drift.replica.batched import answer_batch
 from serve_drift.replica.decorator import monitored, replica_monitor
 from serve_drift.replica.runtime import ReplicaHealth, ReplicaMonitor
 
-__all__ = ["ReplicaHealth", "ReplicaMonitor", "monitored", "replica_monitor"]
+__all__ = ["ReplicaHealth", "ReplicaMonitor", "answer_batch", "monitored", "replica_monitor"]

@@ -9,7 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from serve_drift.config import DriftConfig
+from serve_drift.replica.batched import Outcome, answer_batch
 from serve_drift.replica.runtime import ReplicaMonitor
+from serve_drift.request_context import BATCH_METHOD, BatchedRequest
 from serve_drift.telemetry.setup import shutdown_telemetry
 
 T = TypeVar("T")
@@ -29,7 +31,10 @@ def monitored(
     """Add drift monitoring to a deployment class (or to a ``serve.deployment`` object).
 
     The class keeps its own handlers; each named method gets a request span, embedding capture
-    in the model's own forward pass, and off-path shipping to the app's drift monitor.
+    in the model's own forward pass, and off-path shipping to the app's drift monitor. The
+    class also gets ``serve_drift_batch(items, timeout_s)``, through which a shadow router's
+    comparator sends many copies in one handle call; each goes through ``__call__`` as if it
+    had come alone (:mod:`serve_drift.replica.batched`). A class that defines its own keeps it.
 
     >>> import torch
     >>> from serve_drift import monitored
@@ -75,6 +80,8 @@ def _wrap_class(cls: type, config: DriftConfig, methods: Sequence[str]) -> type:
         "__doc__": cls.__doc__,
     }
     namespace["__del__"] = _wrap_del(cls)
+    if not hasattr(cls, BATCH_METHOD):
+        namespace[BATCH_METHOD] = _batch_method
     namespace.update({name: _wrap_method(getattr(cls, name)) for name in methods})
     return type(cls.__name__, (cls,), namespace)
 
@@ -123,6 +130,14 @@ def _wrap_method(method: Callable[..., Any]) -> Callable[..., Any]:
         )
 
     return monitored_method
+
+
+async def _batch_method(
+    self: Any, items: Sequence[BatchedRequest], timeout_s: float
+) -> list[Outcome]:
+    """Answer many requests (shadow copies) in one handle call, each through ``__call__``
+    under its own IDs, within ``timeout_s``; one outcome per item, in order."""
+    return await answer_batch(self.__call__, items, timeout_s=timeout_s)
 
 
 def replica_monitor(instance: object) -> ReplicaMonitor:

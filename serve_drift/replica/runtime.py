@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from serve_drift.capture import Capture, EmbeddingCapture
 from serve_drift.config import DriftConfig
 from serve_drift.credentials import AdminCredential
-from serve_drift.messages import EventBatch
+from serve_drift.messages import EventBatch, IngestReceipt
 from serve_drift.reference.reference_set import read_reference_version
 from serve_drift.replica.batch import BatchBuilder, PendingRows, top1
 from serve_drift.replica.executor import install_on
@@ -356,7 +356,11 @@ class ReplicaMonitor:
         )
 
     async def _send(self, batch: EventBatch) -> object:
-        return await self.monitor_call("ingest", batch)
+        receipt = await self.monitor_call("ingest", batch)
+        if isinstance(receipt, IngestReceipt) and receipt.reference_version:
+            # The monitor may have swapped its reference (user_config): spans follow it.
+            self.reference_version = receipt.reference_version
+        return receipt
 
 
 def _configure_sdk(config: DriftConfig) -> None:

@@ -37,22 +37,29 @@ class MirrorConfig(_Frozen):
 
     A copy is made after the incumbent has answered. The router replica buffers at most
     ``buffer_size`` copies and ships them to the comparator in batches of ``batch_size``
-    (every ``flush_interval_s``); the comparator, at low CPU priority, sends them to the
-    candidate, at most ``max_in_flight`` at once with ``queue_size`` waiting, each call
-    bounded by ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted,
-    as is a request whose body exceeds ``max_copy_bytes`` (so the buffers stay bounded in
-    memory: ``buffer_size`` and ``queue_size + max_in_flight`` copies of at most that size).
+    (or what has gathered after ``flush_interval_s``); the comparator, at low CPU priority,
+    sends them to the candidate, up to ``candidate_batch_size`` copies per handle call
+    (those waiting: it never waits to fill one; 1 sends one call per copy), at most
+    ``max_in_flight`` calls at once with ``queue_size`` copies waiting, each copy bounded by
+    ``timeout_s``. A copy that meets a full buffer or queue is dropped and counted, as is a
+    request whose body exceeds ``max_copy_bytes`` (so the buffers stay bounded in memory:
+    ``buffer_size`` and ``queue_size + max_in_flight * candidate_batch_size`` copies of at
+    most that size).
     """
 
     fraction: float = Field(1.0, ge=0, le=1)
     queue_size: int = Field(64, ge=1, le=100_000)
     max_in_flight: int = Field(8, ge=1, le=1024)
+    candidate_batch_size: int = Field(32, ge=1, le=1024)
     timeout_s: float = Field(5.0, gt=0, le=600)
     buffer_size: int = Field(256, ge=1, le=100_000)
     # A copy holds the request body: larger requests are answered, never copied (and counted).
     max_copy_bytes: int = Field(2 << 20, ge=1)
     batch_size: int = Field(32, ge=1, le=10_000)
-    flush_interval_s: float = Field(0.05, gt=0, le=60)
+    # A copy waits for the comparator at most this long (a full batch goes at once). Long
+    # on purpose: each trip is a Serve call, whose CPU would come out of the incumbent's,
+    # and nobody waits for a copy's answer (windows close by count, not by time).
+    flush_interval_s: float = Field(0.5, gt=0, le=60)
 
 
 class CanaryKey(_Frozen):

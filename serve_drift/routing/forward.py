@@ -16,12 +16,13 @@ ID travels in Ray Serve's request context, which handle calls carry along.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
+
+from serve_drift.request_context import RequestIds, serve_context_for
 
 logger = logging.getLogger(__name__)
 
@@ -106,31 +107,5 @@ class ReplayedRequest(Request):
 def request_context_for(*, correlation_id: str, internal_id: str) -> contextvars.Context:
     """A context in which a handle call carries these request IDs, as it would inside the
     request: the comparator sends shadow copies from its own process, and the candidate's
-    replica reads the correlation ID from Ray Serve's request context, not from a header.
-
-    Ray Serve keeps that context in a private variable; if it ever moves, the copy goes out
-    under the comparator's IDs (logged once), and the comparison, which pairs the copy itself,
-    is unaffected.
-    """
-    context = contextvars.copy_context()
-    try:
-        from ray.serve import context as serve_context
-
-        current = context.run(serve_context._get_serve_request_context)
-        ids = dataclasses.replace(
-            current, request_id=correlation_id, _internal_request_id=internal_id
-        )
-        variable: contextvars.ContextVar[Any] = serve_context._serve_request_context
-        context.run(variable.set, ids)
-    except Exception as exc:
-        _warn_once(exc)
-    return context
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(exc: BaseException) -> None:
-    if type(exc).__name__ not in _WARNED:
-        _WARNED.add(type(exc).__name__)
-        logger.warning("serve-drift: shadow copies do not carry the client's request ID: %r", exc)
+    replica reads the correlation ID from Ray Serve's request context, not from a header."""
+    return serve_context_for(RequestIds(correlation_id=correlation_id, internal_id=internal_id))

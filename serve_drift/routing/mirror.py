@@ -1,14 +1,15 @@
 """Shadow traffic: copies of answered requests sent to the candidate, fire and forget.
 
 ``offer`` is all the request path does: a ``put_nowait`` into a bounded queue (a full queue
-drops the copy and counts it). ``max_in_flight`` workers take copies off the queue and call
-the candidate, each call bounded by ``timeout_s`` (then cancelled). A candidate that raises,
+drops the copy and counts it). ``max_in_flight`` workers take copies off the queue, up to
+``batch_size`` at a time (whatever is waiting: a worker never waits to fill a batch), and
+make one call for them, bounded by ``timeout_s`` (then cancelled). A candidate that raises,
 hangs, dies or answers garbage therefore costs the incumbent's requests nothing beyond that
 enqueue: its failures end up as counted outcomes, never as the client's.
 
 >>> import asyncio
 >>> async def demo():
-...     async def call(job): return f"answer to {job}"
+...     async def call(jobs): return [f"answer to {job}" for job in jobs]
 ...     seen = []
 ...     queue = MirrorQueue(queue_size=2, max_in_flight=1, timeout_s=1.0, call=call,
 ...                         done=lambda job, outcome: seen.append(outcome))
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from serve_drift.routing.aio import within
@@ -43,9 +44,11 @@ class MirrorTimeout(Exception):
 class MirrorQueue(Generic[J]):
     """Bounded queue plus ``max_in_flight`` workers on the running event loop.
 
-    ``call(job)`` returns the outcome (or raises: the exception is the outcome);
-    ``done(job, outcome)`` records it. ``counts`` holds ``dropped_queue_full`` and
-    ``sent``; the caller's ``done`` counts the rest.
+    ``call(jobs)`` returns one outcome per job, in order (or raises, or returns another
+    number of outcomes: that exception is then every job's outcome); ``done(job, outcome)``
+    records each. ``counts`` holds ``dropped_queue_full`` and ``sent``; the caller's
+    ``done`` counts the rest. At most ``queue_size`` jobs wait and ``max_in_flight *
+    batch_size`` are at the candidate.
     """
 
     def __init__(
@@ -54,8 +57,9 @@ class MirrorQueue(Generic[J]):
         queue_size: int,
         max_in_flight: int,
         timeout_s: float,
-        call: Callable[[J], Awaitable[Outcome]],
+        call: Callable[[list[J]], Awaitable[Sequence[Outcome]]],
         done: Callable[[J, Outcome], None],
+        batch_size: int = 1,
     ) -> None:
         self._queue: asyncio.Queue[J] | None = None
         self._size = queue_size
@@ -63,6 +67,7 @@ class MirrorQueue(Generic[J]):
         self.timeout_s = timeout_s
         self._call = call
         self._done = done
+        self._batch_size = batch_size
         self._workers: list[asyncio.Task[None]] = []
         self.counts: Counter[str] = Counter()
         self._busy = 0
@@ -105,20 +110,32 @@ class MirrorQueue(Generic[J]):
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
-            job = await self._queue.get()
-            self._busy += 1
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._batch_size and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            self._busy += len(jobs)
             try:
-                self._done(job, await self._outcome(job))
+                self._record(jobs, await self._outcomes(jobs))
+            finally:
+                self._busy -= len(jobs)
+                for _ in jobs:
+                    self._queue.task_done()
+
+    def _record(self, jobs: list[J], outcomes: Sequence[Outcome]) -> None:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            try:
+                self._done(job, outcome)
             except Exception:  # a failing recorder must not stop the worker
                 logger.exception("serve-drift: recording a mirrored request failed")
-            finally:
-                self._busy -= 1
-                self._queue.task_done()
 
-    async def _outcome(self, job: J) -> Outcome:
+    async def _outcomes(self, jobs: list[J]) -> Sequence[Outcome]:
         try:
-            return await within(self._call(job), self.timeout_s)
+            outcomes = await within(self._call(jobs), self.timeout_s)
         except asyncio.TimeoutError:
-            return MirrorTimeout(f"no answer within {self.timeout_s:g} s")
+            return [MirrorTimeout(f"no answer within {self.timeout_s:g} s")] * len(jobs)
         except Exception as exc:
-            return exc
+            return [exc] * len(jobs)
+        if len(outcomes) != len(jobs):
+            wrong = RuntimeError(f"{len(outcomes)} outcomes for {len(jobs)} copies")
+            return [wrong] * len(jobs)
+        return outcomes

@@ -14,8 +14,9 @@ Subcommands::
 
 ``--config`` is a Serve config (its app's ``args.alerts``, and ``args.drift.model_name``) or a
 file holding an ``alerts`` section; without it the default rules apply. ``list``, ``show`` and
-``backtest`` read the event store (``--db``, as ``serve-drift events``). ``maintenance --url``
-goes through the app's admin endpoint with ``Authorization: Bearer $SERVE_DRIFT_ADMIN_TOKEN``
+``backtest`` read the event store (``--db`` or ``--dsn``, as ``serve-drift events``).
+``maintenance --url`` goes through the app's admin endpoint with
+``Authorization: Bearer $SERVE_DRIFT_ADMIN_TOKEN``
 (or ``--token-env NAME``); ``--alertmanager`` sets an Alertmanager silence directly, for
 deployments that alert from Prometheus only.
 
@@ -52,10 +53,16 @@ from serve_drift.alerts.maintenance import MaintenanceWindow
 from serve_drift.alerts.prometheus import compile_rules, render_yaml
 from serve_drift.alerts.signals import Signal, Tick, WindowTested
 from serve_drift.eventlog.schema import DriftTestRecord
-from serve_drift.eventlog.store import EventStore, StoredIncident, StoreError
+from serve_drift.eventlog.store import BaseEventStore, StoredIncident, StoreError
 from serve_drift.messages import DriftResult
 from serve_drift.monitor.alerting import metrics_signal
-from serve_drift.tools.events_cli import _table, _when, default_db_path, parse_time
+from serve_drift.tools.events_cli import (
+    _table,
+    _when,
+    add_store_arguments,
+    open_cli_store,
+    parse_time,
+)
 
 __all__ = ["load_alerts_config", "main", "parse_duration", "signals_from_store"]
 
@@ -113,11 +120,8 @@ def _app_args(applications: list[dict[str, Any]], app: str | None) -> dict[str, 
 # --- store commands ---------------------------------------------------------------------------
 
 
-def _store(args: argparse.Namespace) -> EventStore:
-    db = args.db or default_db_path()
-    if not db.exists():
-        raise SystemExit(f"no event store at {db} (the monitor creates it; choose one with --db)")
-    return EventStore(db, max_age_s=None, max_bytes=None)
+def _store(args: argparse.Namespace) -> BaseEventStore:
+    return open_cli_store(args)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -282,7 +286,7 @@ def _scrape_config(rules_file: str) -> dict[str, Any]:
     }
 
 
-def signals_from_store(store: EventStore, *, limit: int = 100_000) -> list[Signal]:
+def signals_from_store(store: BaseEventStore, *, limit: int = 100_000) -> list[Signal]:
     """The stored drift results and label metrics as signals, oldest first (for backtests)."""
     windows: dict[tuple[str, str, int], list[DriftResult]] = {}
     for record in store.drift_results(limit=limit):
@@ -419,7 +423,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve-drift alerts", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--db", type=Path, default=None, help="event store (as serve-drift events)")
+    add_store_arguments(store)
     rules = argparse.ArgumentParser(add_help=False)
     rules.add_argument("--config", type=Path, help="Serve config or alerts file (default rules)")
     rules.add_argument("--app", help="the app, when the Serve config has several")

@@ -9,7 +9,9 @@ Subcommands (``list`` is the default)::
     serve-drift events health                                   store health and size
 
 Every subcommand takes ``--db PATH`` (default ``$SERVE_DRIFT_EVENT_DB``, else the only store
-under ``$SERVE_DRIFT_CACHE_DIR/events/``) and ``--format table|jsonl``. Times: ISO 8601
+under ``$SERVE_DRIFT_CACHE_DIR/events/``) or ``--dsn DSN`` (PostgreSQL; default
+``$SERVE_DRIFT_EVENTS_DSN`` when no ``--db`` is given) with ``--pg-schema NAME`` (default: the
+only schema there that holds a store), and ``--format table|jsonl``. Times: ISO 8601
 (``2026-03-01``,
 ``2026-03-01T12:00:00+01:00``; no zone means UTC), Unix seconds, or relative to now
 (``30s``, ``15m``, ``2h``, ``7d``, ``1w``).
@@ -32,9 +34,17 @@ from typing import Any
 
 from serve_drift import _env
 from serve_drift.eventlog.schema import ConceptMetricsRecord, DriftTestRecord, InferenceRecord
-from serve_drift.eventlog.store import EventQuery, EventStore, StoreError
+from serve_drift.eventlog.store import (
+    BaseEventStore,
+    EventQuery,
+    EventStore,
+    PostgresEventStore,
+    StoreError,
+    redact_dsn,
+    store_schemas,
+)
 
-__all__ = ["default_db_path", "main", "parse_time"]
+__all__ = ["add_store_arguments", "default_db_path", "main", "open_cli_store", "parse_time"]
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -49,6 +59,56 @@ def default_db_path() -> Path:
         return explicit
     stores = sorted(_env.event_db_dir().rglob("*.sqlite"))
     return stores[0] if len(stores) == 1 else _env.event_db_dir() / "model.sqlite"
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--db``, ``--dsn`` and ``--pg-schema``: which store a command reads."""
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="SQLite event store file (default: $SERVE_DRIFT_EVENT_DB, else the only store under "
+        "$SERVE_DRIFT_CACHE_DIR/events/)",
+    )
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL event store, e.g. postgresql://user@host:5432/db (default: "
+        "$SERVE_DRIFT_EVENTS_DSN unless --db is given; the password may come from PGPASSWORD)",
+    )
+    parser.add_argument(
+        "--pg-schema", default=None, help="the monitor's schema (default: the only one there)"
+    )
+
+
+def open_cli_store(args: argparse.Namespace) -> BaseEventStore:
+    """The store ``--db`` or ``--dsn`` (or the environment) names, opened without retention;
+    ``SystemExit`` with a message (no password in it) when there is none."""
+    dsn = None if args.db else (args.dsn or _env.events_dsn())
+    if dsn:
+        return PostgresEventStore(
+            dsn, schema=_schema(dsn, args.pg_schema), max_age_s=None, max_bytes=None
+        )
+    db = args.db or default_db_path()
+    if not db.exists():
+        raise SystemExit(
+            f"no event store at {db} (the monitor creates it; choose one with --db or --dsn)"
+        )
+    return EventStore(db, max_age_s=None, max_bytes=None)
+
+
+def _schema(dsn: str, asked: str | None) -> str:
+    try:
+        found = store_schemas(dsn)
+    except StoreError as exc:
+        raise SystemExit(f"event store {redact_dsn(dsn)}: {exc}") from None
+    if asked in found or (asked is None and len(found) == 1):
+        return asked or found[0]
+    where = f"in schema {asked}" if asked else "chosen (several schemas; give --pg-schema)"
+    raise SystemExit(
+        f"no event store {where} at {redact_dsn(dsn)}; schemas holding one: "
+        f"{', '.join(found) or 'none'}"
+    )
 
 
 def parse_time(text: str, *, now: float | None = None) -> float:
@@ -77,13 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        type=Path,
-        default=None,
-        help="event store file (default: $SERVE_DRIFT_EVENT_DB, else the only store under "
-        "$SERVE_DRIFT_CACHE_DIR/events/)",
-    )
+    add_store_arguments(common)
     common.add_argument("--format", choices=("table", "jsonl"), default="table")
     listing = commands.add_parser("list", parents=[common], help="inference events, newest first")
     listing.add_argument("--correlation-id")
@@ -109,23 +163,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or args_list[0] not in (*_SUBCOMMANDS, "-h", "--help"):
         args_list.insert(0, "list")  # `serve-drift events --flagged`: `events list --flagged`
     args = _parser().parse_args(args_list)
-    db = args.db or default_db_path()
-    if not db.exists():
-        print(
-            f"no event store at {db} (the monitor creates it; choose one with --db)",
-            file=sys.stderr,
-        )
+    try:
+        store = open_cli_store(args)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
         return 1
     try:
-        with EventStore(db, max_age_s=None, max_bytes=None) as store:
+        with store:
             _COMMANDS[args.command](store, args)
     except StoreError as exc:
-        print(f"event store {db}: {exc}", file=sys.stderr)
+        print(f"event store {store.location}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _list(store: EventStore, args: argparse.Namespace) -> None:
+def _list(store: BaseEventStore, args: argparse.Namespace) -> None:
     query = EventQuery(
         limit=args.limit,
         correlation_id=args.correlation_id,
@@ -138,17 +190,17 @@ def _list(store: EventStore, args: argparse.Namespace) -> None:
     _print(store.query(query), args.format, _EVENT_COLUMNS)
 
 
-def _drift(store: EventStore, args: argparse.Namespace) -> None:
+def _drift(store: BaseEventStore, args: argparse.Namespace) -> None:
     _print(
         store.drift_results(limit=args.limit, window_index=args.window), args.format, _DRIFT_COLUMNS
     )
 
 
-def _metrics(store: EventStore, args: argparse.Namespace) -> None:
+def _metrics(store: BaseEventStore, args: argparse.Namespace) -> None:
     _print(store.concept_metrics(limit=args.limit, tag=args.tag), args.format, _METRICS_COLUMNS)
 
 
-def _health(store: EventStore, args: argparse.Namespace) -> None:
+def _health(store: BaseEventStore, args: argparse.Namespace) -> None:
     health = {**store.health().to_dict(), "events": store.count_events()}
     if args.format == "jsonl":
         print(json.dumps(health))
@@ -157,7 +209,7 @@ def _health(store: EventStore, args: argparse.Namespace) -> None:
             print(f"{key:22} {value}")
 
 
-_COMMANDS: dict[str, Callable[[EventStore, argparse.Namespace], None]] = {
+_COMMANDS: dict[str, Callable[[BaseEventStore, argparse.Namespace], None]] = {
     "list": _list,
     "drift": _drift,
     "metrics": _metrics,

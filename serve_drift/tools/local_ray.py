@@ -32,14 +32,16 @@ def bind_ray_to_loopback() -> None:
 def start_local_ray(**init_options: Any) -> bool:
     """Start a local Ray on loopback unless one is connected; True if this call started it.
 
-    ``init_options`` go to ``ray.init`` (the dashboard is off unless asked for).
+    ``init_options`` go to ``ray.init``. The dashboard is off unless asked for, and the Ray is
+    a new one of this process's own (``address="local"``), never another cluster that happens to
+    run on the machine, unless an address is given.
     """
     bind_ray_to_loopback()
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(**{"include_dashboard": False, **init_options})
+    ray.init(**{"address": "local", "include_dashboard": False, **init_options})
     address = ray.util.get_node_ip_address()
     if address != LOOPBACK:
         logger.warning("serve-drift: Ray is listening on %s, not on loopback", address)

@@ -1,19 +1,23 @@
 """``serve-drift reference``: build, sample and inspect reference sets.
 
-- ``build``: embeds a folder of images through the deployed model's own preprocessing and
-  embedding capture (the model section of a Serve YAML config, or the same options as flags),
-  with a progress bar, and saves embeddings, softmax probabilities, labels (``--labels``) and
-  lineage in one ``.npz``. By default it also calibrates the reference for the detectors and
-  window size of the config's ``drift`` section (or the defaults), so the monitor's
-  per-window false-alarm rate holds for this reference
+- ``build``: embeds a folder, glob, manifest or ``.npy`` of inputs through the user's model
+  (``--model pkg.module:make_model --preprocess pkg.module:preprocess``, a torchvision or timm
+  name with ``--weights``, or the model section of a Serve YAML config) and its own
+  preprocessing and embedding capture, with a progress bar on stderr, and saves embeddings,
+  softmax probabilities, labels (``--labels`` or the manifest's) and lineage in one ``.npz``.
+  By default it also calibrates the reference for the detectors and window size of the
+  config's ``drift`` section (or the defaults), so the monitor's per-window false-alarm rate
+  holds for this reference
   (:mod:`serve_drift.detectors.calibration`); ``--no-calibration`` skips it.
 - ``from-traffic``: saves (and calibrates) the monitor's uniform sample of served traffic.
 - ``inspect``: loads a file (verifying its content hashes; nothing is unpickled) and prints
   its calibrated false-alarm rate, a warning when the window is too large for it, and its
   lineage.
 
-    serve-drift reference build --images /data/val --app-config deployments/torchvision.yaml \\
-        --data-version val-2026-10 --out /models/reference.npz
+    serve-drift reference build --model my_model:make_model --preprocess my_model:preprocess \\
+        --images /data/val --data-version val-2026-10 --model-version 1 --out reference.npz
+
+Errors raised on purpose print one line with their stable code and exit with status 2.
 """
 
 from __future__ import annotations
@@ -29,16 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from serve_drift.config import CalibrationConfig, DetectorConfig, DriftConfig
+from serve_drift.config import CalibrationConfig, DetectorConfig
 from serve_drift.detectors.calibration import (
     CalibrationMap,
     cannot_alarm_warning,
     fit_calibration,
     window_ratio_warning,
 )
-from serve_drift.monitor.calibration import calibrate_reference
+from serve_drift.errors import ServeDriftError
 from serve_drift.monitor.traffic_sample import TrafficSnapshot
-from serve_drift.reference import BuildProgress, ReferenceSet, build_reference
+from serve_drift.reference import BuildProgress, ReferenceSet
+
+MONITOR_SUFFIX = "DriftMonitor"  # monitored_app names each monitor <Deployment>DriftMonitor
 
 Calibrate = Callable[[ReferenceSet], ReferenceSet]
 
@@ -46,34 +52,20 @@ Calibrate = Callable[[ReferenceSet], ReferenceSet]
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="serve-drift reference", description=__doc__)
     commands = root.add_subparsers(dest="action", required=True)
-    build = commands.add_parser("build", help="embed a folder of images into a reference set")
-    build.add_argument("--images", required=True, type=Path, help="folder (searched recursively)")
-    build.add_argument("--out", required=True, type=Path, help="the .npz file to write")
-    build.add_argument("--data-version", required=True, help="names the images, e.g. val-2026-10")
-    build.add_argument("--app-config", type=Path, help="Serve YAML whose model section to use")
-    build.add_argument("--app", help="application name in --app-config (default: the only one)")
-    build.add_argument("--source", choices=("digits", "torchvision"), default=None)
-    build.add_argument("--arch", help="torchvision.models name (with --source torchvision)")
-    build.add_argument("--weights", help="state dict (.pt, weights_only) or .safetensors")
-    build.add_argument("--num-classes", type=int, default=None)
-    build.add_argument("--image-size", type=int, default=None)
-    build.add_argument("--model-version", help="recorded in the lineage (default: the model's)")
-    build.add_argument("--embedding-layer", help="capture this layer's output instead")
-    build.add_argument("--limit", type=int, help="embed a random sample of this many images")
-    build.add_argument("--seed", type=int, default=0, help="for --limit (default 0)")
-    build.add_argument("--batch-size", type=int, default=64)
-    build.add_argument("--no-progress", action="store_true", help="no progress bar")
-    build.add_argument(
-        "--labels", type=Path, help='JSON {"relative/path.png": class index, ...} for every image'
+    build = commands.add_parser(
+        "build", help="embed images (folder, glob, manifest or .npy) into a reference set"
     )
-    _calibration_arguments(build)
+    _build_arguments(build)
     traffic = commands.add_parser(
         "from-traffic", help="save the monitor's sample of served traffic (needs the app running)"
     )
     traffic.add_argument("--app", required=True, help="the Serve application name")
     traffic.add_argument("--out", required=True, type=Path)
     traffic.add_argument("--data-version", required=True)
-    traffic.add_argument("--monitor", default="DriftMonitor", help="monitor deployment name")
+    traffic.add_argument(
+        "--monitor",
+        help="monitor deployment name (default: the app's only <Deployment>DriftMonitor)",
+    )
     traffic.add_argument("--model-version", help="default: the version with most traffic")
     traffic.add_argument("--address", default="auto", help="Ray cluster address")
     _calibration_arguments(traffic)
@@ -81,6 +73,57 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", type=Path)
     inspect.add_argument("--alpha", type=float, default=0.05, help="p-value threshold (0.05)")
     return root
+
+
+def _build_arguments(build: argparse.ArgumentParser) -> None:
+    build.add_argument(
+        "--images",
+        required=True,
+        help="a folder (searched recursively), a quoted glob, a .csv/.jsonl manifest of "
+        "path[,label], or an .npy of model inputs",
+    )
+    build.add_argument("--out", required=True, type=Path, help="the .npz file to write")
+    build.add_argument("--data-version", required=True, help="names the images, e.g. val-2026-10")
+    build.add_argument(
+        "--model",
+        help="your model: a factory import path (my_pkg.model:make_model), or "
+        "torchvision:<name> / timm:<name> with --weights",
+    )
+    build.add_argument(
+        "--preprocess", help="import path of its preprocessing (PIL images -> batch tensor)"
+    )
+    build.add_argument(
+        "-d",
+        "--app-dir",
+        default=".",
+        help="folder to import --model and --preprocess from, as serve run's (default: .)",
+    )
+    build.add_argument("--app-config", type=Path, help="Serve YAML whose model section to use")
+    build.add_argument("--app", help="application name in --app-config (default: the only one)")
+    build.add_argument("--source", choices=("digits", "torchvision", "timm"), default=None)
+    build.add_argument("--arch", help="torchvision or timm model name (with --source)")
+    build.add_argument("--weights", help="state dict (.pt, weights_only) or .safetensors")
+    build.add_argument("--num-classes", type=int, default=None)
+    build.add_argument("--image-size", type=int, default=None)
+    build.add_argument("--model-name", help="recorded in the lineage (default: the model's)")
+    build.add_argument("--model-version", help="recorded in the lineage (default: the model's)")
+    build.add_argument("--embedding-layer", help="capture this layer's output instead")
+    build.add_argument("--limit", type=int, help="embed a random sample of this many images")
+    build.add_argument("--seed", type=int, default=0, help="for --limit (default 0)")
+    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--device", help="where to run the model (default: cuda if available)")
+    build.add_argument(
+        "-q",
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar (there is none either when stderr is not a terminal)",
+    )
+    build.add_argument(
+        "--labels", type=Path, help='JSON {"relative/path.png": class index, ...} for every image'
+    )
+    _calibration_arguments(build)
 
 
 def _calibration_arguments(command: argparse.ArgumentParser) -> None:
@@ -96,6 +139,14 @@ def _calibration_arguments(command: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ServeDriftError as exc:  # a clear line with its stable code, no traceback
+        print(f"serve-drift reference {args.action}: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.action == "build":
         reference = build_from_args(args)
         _print_lineage(reference, path=args.out)
@@ -110,49 +161,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_from_args(args: argparse.Namespace) -> ReferenceSet:
-    from serve_drift.apps.model_loading import ModelSpec, load_model
+    """``reference build``: :func:`serve_drift.build_reference_from` with the app config's
+    model and drift sections (when given) under the flags."""
+    from serve_drift.apps.reference_build import build_reference_from
 
+    sys.path.insert(0, str(Path(args.app_dir).resolve()))  # as serve run imports the app
     spec_fields, layer, drift = _app_model(args.app_config, app=args.app)
     flags = {
         "source": args.source,
         "arch": args.arch,
-        "weights_path": args.weights,
         "num_classes": args.num_classes,
         "image_size": args.image_size,
-        "version": args.model_version,
     }
-    spec = ModelSpec.model_validate({**spec_fields, **{k: v for k, v in flags.items() if v}})
-    loaded = load_model(spec)
-    with _progress(enabled=not args.no_progress) as progress:
-        reference = build_reference(
-            loaded.model.eval(),
-            args.images,
-            preprocess=loaded.preprocess,
-            model_name=spec.arch or spec.source,
-            model_version=loaded.version,
+    model: Any = {**spec_fields, **{k: v for k, v in flags.items() if v}}
+    if args.model:
+        model = args.model
+    with _progress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
+        return build_reference_from(
+            model=model,
+            images=args.images,
             data_version=args.data_version,
-            preprocessing=loaded.preprocessing,
+            preprocess=args.preprocess,
+            weights=args.weights,
+            num_classes=args.num_classes,
+            model_name=args.model_name,
+            model_version=args.model_version,
             layer=args.embedding_layer or layer,
+            labels=None if args.labels is None else _read_labels(args.labels),
             limit=args.limit,
             seed=args.seed,
             batch_size=args.batch_size,
+            drift=drift,
+            window_size=args.window_size,
+            calibrate=not args.no_calibration,
+            device=args.device,
             progress=progress,
-            labels=None if args.labels is None else _read_labels(args.labels),
+            out=args.out,
         )
-    calibrated = calibrator(args, drift=drift)(reference)
-    calibrated.save(args.out)
-    return calibrated
 
 
 def calibrator(args: argparse.Namespace, *, drift: dict[str, Any] | None = None) -> Calibrate:
     """What ``--window-size``/``--no-calibration`` and the app's drift section ask for."""
+    from serve_drift.apps.reference_build import CalibrationTarget
+
     if args.no_calibration:
         return lambda reference: reference
-    config = DriftConfig.model_validate({**(drift or {}), "reference_path": None})
-    window_size = args.window_size or config.window.size
-    return lambda reference: calibrate_reference(
-        reference, detectors=config.detectors, window_size=window_size, plan=config.calibration
-    )
+    return CalibrationTarget.of(drift, window_size=args.window_size).apply
 
 
 def _read_labels(path: Path) -> dict[str, int]:
@@ -167,7 +221,8 @@ def from_traffic(args: argparse.Namespace) -> ReferenceSet:
     from ray import serve
 
     ray.init(address=args.address, ignore_reinit_error=True, logging_level=logging.ERROR)
-    handle = serve.get_deployment_handle(args.monitor, app_name=args.app)
+    name = args.monitor or find_monitor(_deployments_of(args.app), app=args.app)
+    handle = serve.get_deployment_handle(name, app_name=args.app)
     sample = handle.traffic_sample.remote(args.model_version).result()
     return save_traffic_sample(
         sample,
@@ -176,6 +231,39 @@ def from_traffic(args: argparse.Namespace) -> ReferenceSet:
         app=args.app,
         calibrate=calibrator(args),
     )
+
+
+class MonitorNotFoundError(ServeDriftError, LookupError):
+    """``from-traffic`` cannot tell which drift monitor to ask: none, or several."""
+
+    code = "monitor_not_found"
+
+
+def find_monitor(deployments: Sequence[str], *, app: str) -> str:
+    """The app's drift monitor: the one deployment named ``<Deployment>DriftMonitor``.
+
+    >>> find_monitor(["Classifier", "ClassifierDriftMonitor"], app="a")
+    'ClassifierDriftMonitor'
+    """
+    monitors = sorted(name for name in deployments if name.endswith(MONITOR_SUFFIX))
+    if len(monitors) == 1:
+        return monitors[0]
+    found = ", ".join(monitors) if monitors else "none"
+    raise MonitorNotFoundError(
+        f"app {app!r} has {len(monitors)} drift monitors ({found}); name one with --monitor "
+        f"(its deployments: {', '.join(sorted(deployments)) or 'none'})"
+    )
+
+
+def _deployments_of(app: str) -> list[str]:
+    from ray import serve
+
+    applications = serve.status().applications
+    if app not in applications:
+        raise MonitorNotFoundError(
+            f"no Serve application {app!r} (running: {', '.join(applications) or 'none'})"
+        )
+    return list(applications[app].deployments)
 
 
 def _app_model(
@@ -232,9 +320,11 @@ def _progress(*, enabled: bool) -> Iterator[BuildProgress | None]:
     if not enabled:
         yield None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=False) as bar:
+    # On stderr, so stdout keeps only the lineage (for scripts that parse it).
+    with Progress(console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("embedding images", total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 

@@ -28,10 +28,8 @@ depend on the file system), which a run carries into its correlation IDs.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -43,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from serve_drift.errors import ServeDriftError
+from serve_drift.reference.sources import ImageSourceError, class_index, read_manifest
 from serve_drift.tools.imageio import encode_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -208,32 +207,17 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _manifest(path: Path) -> list[tuple[Path, int | None]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".csv":
-        rows: list[Mapping[str, Any]] = list(csv.DictReader(io.StringIO(text)))
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        raise ImageSetError(f"{path}: a manifest is .csv (path,label) or .jsonl")
-    found: list[tuple[Path, int | None]] = []
-    for n, row in enumerate(rows, start=1):
-        if not isinstance(row, Mapping) or "path" not in row:
-            raise ImageSetError(f"{path}:{n}: each row needs a 'path'")
-        label = row.get("label")
-        found.append(
-            (
-                path.parent / str(row["path"]),
-                None if label in (None, "") else _label(label, where=f"{path}:{n}"),
-            )
-        )
-    return found
+    try:
+        return read_manifest(path)
+    except ImageSourceError as exc:  # the same reader as reference builds, this set's error
+        raise ImageSetError(str(exc)) from exc
 
 
 def _label(value: Any, *, where: str) -> int:
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit():
-        raise ImageSetError(f"{where}: label {value!r} is not a class index (0, 1, 2, ...)")
-    return int(text)
+    try:
+        return class_index(value, where=where)
+    except ImageSourceError as exc:
+        raise ImageSetError(str(exc)) from exc
 
 
 def _item(file: Path, label: int | None, *, base: Path) -> ImageItem:

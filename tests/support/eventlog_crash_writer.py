@@ -1,6 +1,7 @@
 """Writes event batches forever; prints each committed batch's ids after the commit returns.
 
-Run as ``python -m tests.support.eventlog_crash_writer DB RUN``;
+Run as ``python -m tests.support.eventlog_crash_writer DB RUN`` (SQLite) or
+``python -m tests.support.eventlog_crash_writer DSN RUN SCHEMA`` (PostgreSQL);
 ``tests/unit/eventlog/test_crash.py`` kills it with SIGKILL at random moments. Every third
 batch also re-sends the previous one, as a monitor retrying after a timeout would, to exercise
 exactly-once storage under kills.
@@ -25,14 +26,19 @@ def _light_package() -> None:
 
 _light_package()
 
-from serve_drift.eventlog.store import EventStore  # noqa: E402
+from serve_drift.eventlog.store import open_store  # noqa: E402
 from tests.support.eventlog_helpers import make_record  # noqa: E402
 
 
 def main() -> None:
-    db, run = sys.argv[1], int(sys.argv[2])
+    target, run = sys.argv[1], int(sys.argv[2])
     rng = random.Random(run)
-    store = EventStore(db, retention_interval_s=3600.0)
+    if target.startswith("postgresql://"):
+        store = open_store(dsn=target, pg_schema=sys.argv[3], retention_interval_s=3600.0)
+    else:
+        store = open_store(path=target, retention_interval_s=3600.0)
+    if store.health().degraded:
+        raise SystemExit(f"cannot open the store: {store.health().last_error}")
     print("READY", flush=True)
     previous: list = []
     for batch_number in range(10**9):

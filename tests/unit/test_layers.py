@@ -72,17 +72,21 @@ ALLOWED: dict[str, frozenset[str]] = {
             "telemetry",
         }
     ),
-    # The app mounts the alerts' maintenance handler behind its admin credential.
+    # reference: a reference set is built for the model exactly as the app loads it
+    # (apps.reference_build); errors: model loading's ServeDriftError.
+    # alerts: the app mounts the maintenance handler behind its admin credential.
     "apps": frozenset(
         {
             "_env",
             "alerts",
             "config",
             "credentials",
+            "errors",
             "eventlog",
             "ingress",
             "models",
             "monitor",
+            "reference",
             "replica",
             "request_context",
             "telemetry",

@@ -19,9 +19,10 @@ from serve_drift.alerts.control import MaintenanceService
 from serve_drift.alerts.endpoints import MAINTENANCE_PATH, maintenance_endpoint
 from serve_drift.alerts.pipeline import AlertPipeline
 from serve_drift.eventlog.schema import DriftTestRecord
-from serve_drift.eventlog.store import EventStore
+from serve_drift.eventlog.store import EventStore, PostgresEventStore
 from serve_drift.tools.cli import main
 from tests.support.alert_signals import MODEL, drift_result, replay, windows
+from tests.support.postgres import PostgresServer
 from tests.support.serve import free_port
 
 P_VALUES = [0.5, 0.002, 0.003, 0.004, 0.5, 0.5, 0.5, 0.5]
@@ -60,6 +61,19 @@ def test_show_prints_the_evidence_and_the_history(
     assert "requests req-1-0,req-1-1,req-1-2" in text
     assert "opened     notified" in text and "resolved   notified" in text
     assert main(["alerts", "show", incident_id, "--db", str(db), "--format", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert [t["kind"] for t in body["transitions"]] == ["opened", "resolved"]
+
+
+def test_list_and_show_read_a_postgres_store_by_dsn(
+    postgres_server: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = postgres_server.new_database()
+    with PostgresEventStore(dsn, schema="sd_alerts__monitor") as store:
+        store.write_alert_transitions(replay(windows(P_VALUES), config=AlertsConfig(sinks=())))
+    assert main(["alerts", "list", "--dsn", dsn, "--format", "jsonl"]) == 0
+    incident_id = json.loads(capsys.readouterr().out.splitlines()[0])["incident_id"]
+    assert main(["alerts", "show", incident_id[:8], "--dsn", dsn, "--format", "json"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert [t["kind"] for t in body["transitions"]] == ["opened", "resolved"]
 

@@ -1,9 +1,7 @@
-"""Alert history in the event store: incidents, transitions and maintenance, idempotent."""
+"""Alert history in the event store (both backends): incidents, transitions and maintenance,
+idempotent."""
 
 from __future__ import annotations
-
-import sqlite3
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -12,15 +10,16 @@ from serve_drift.alerts.config import AlertsConfig
 from serve_drift.alerts.engine import AlertEngine
 from serve_drift.alerts.incidents import Incident, Transition, load_alert_schema
 from serve_drift.alerts.maintenance import MaintenanceWindow
-from serve_drift.eventlog.store import EventStore
+from serve_drift.eventlog.store import BaseEventStore as EventStore
 from tests.support.alert_signals import MODEL, replay, windows
+from tests.support.store_backends import PostgresBackend, SqliteBackend
 
 SHIFTED_THEN_CLEAN = [0.5, 0.002, 0.003, 0.004, 0.5, 0.5, 0.5, 0.5, 0.5]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
-    with EventStore(tmp_path / "events.sqlite") as opened:
+def store(store_backend: SqliteBackend | PostgresBackend) -> EventStore:
+    with store_backend.open() as opened:
         yield opened
 
 
@@ -82,14 +81,14 @@ def test_maintenance_is_stored_and_its_clearing_too(store: EventStore) -> None:
     assert store.active_maintenance(at=400.0) is None
 
 
-def test_a_store_created_before_the_alert_tables_gains_them(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    with EventStore(path):
-        pass
-    with sqlite3.connect(path) as db:  # as an older release left it
+def test_a_store_created_before_the_alert_tables_gains_them(
+    store_backend: SqliteBackend | PostgresBackend,
+) -> None:
+    with store_backend.open() as old:
+        db = old._connection()  # as an older release left it
         for table in ("alert_incidents", "alert_transitions", "maintenance_windows"):
             db.execute(f"DROP TABLE {table}")
-    with EventStore(path) as reopened:
+    with store_backend.open() as reopened:
         assert reopened.alert_incidents() == []
         reopened.write_alert_transitions(_lifecycle()[:1])
         assert len(reopened.alert_incidents()) == 1

@@ -1,8 +1,7 @@
-"""Label feedback: join semantics, per-window metrics (checked against sklearn), ECE."""
+"""Label feedback: join semantics (over both store backends), per-window metrics (checked
+against sklearn), ECE."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +16,15 @@ from serve_drift.eventlog.labels import (
     window_metrics,
 )
 from serve_drift.eventlog.schema import LabelRecord
-from serve_drift.eventlog.store import EventStore, ServedRequest, StoreWriteError
+from serve_drift.eventlog.store import BaseEventStore as EventStore
+from serve_drift.eventlog.store import ServedRequest, StoreWriteError
 from tests.support.eventlog_helpers import make_record, make_records, with_window
+from tests.support.store_backends import PostgresBackend, SqliteBackend
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with EventStore(tmp_path / "events.db") as s:
+def store(store_backend: SqliteBackend | PostgresBackend):
+    with store_backend.open() as s:
         yield s
 
 
@@ -92,13 +93,14 @@ def test_parse_rejects_what_is_not_a_label_payload() -> None:
     assert [b.status for b in bad] == ["invalid", "invalid"]
 
 
-def test_labels_fail_visibly_when_the_store_fails(store: EventStore) -> None:
+def test_labels_fail_visibly_when_the_store_fails(
+    store: EventStore, store_backend: SqliteBackend | PostgresBackend
+) -> None:
     store.write_batch(make_records(3))
-    db = store._connection()
-    db.execute("PRAGMA query_only = ON")  # the store refuses writes, like a read-only disk
+    store_backend.fail_writes(store)
     with pytest.raises(StoreWriteError):
         submit_labels(store, [_label("req-0", 0)])
-    db.execute("PRAGMA query_only = OFF")
+    store_backend.heal(store)
     assert store.labels(["req-0"]) == {}
 
 

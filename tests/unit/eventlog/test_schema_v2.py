@@ -20,6 +20,14 @@ from serve_drift.eventlog.schema import (
 )
 from serve_drift.eventlog.store import EventStore
 
+# What version 2 added to drift records (issue 10, then the reference's model version).
+V2_DRIFT_FIELDS = (
+    "uncalibrated_p_value",
+    "estimated_accuracy",
+    "reference_model_version",
+    "version_mismatch",
+)
+
 
 def _validator(version: int) -> jsonschema.Draft202012Validator:
     schema = load_json_schema(version)
@@ -54,7 +62,7 @@ def test_concept_metrics_carry_the_window_estimate() -> None:
 
 def test_v1_documents_stay_readable_and_write_back_as_v1() -> None:
     v1 = {**DriftTestRecord.from_result(_example_drift_dict()).to_dict(), "schema_version": 1}
-    for field in ("uncalibrated_p_value", "estimated_accuracy"):
+    for field in V2_DRIFT_FIELDS:
         v1.pop(field)
     _validator(1).validate(v1)
     record = record_from_dict(v1)
@@ -68,7 +76,7 @@ def test_a_store_written_by_v1_code_opens_and_takes_v2_records(tmp_path: Path) -
     with EventStore(path) as store:
         store.write_drift_results([DriftTestRecord.from_result(_example_drift_dict())])
     v1 = DriftTestRecord.from_result(_example_drift_dict()).to_dict()
-    v1 = {k: v for k, v in v1.items() if k not in ("uncalibrated_p_value", "estimated_accuracy")}
+    v1 = {k: v for k, v in v1.items() if k not in V2_DRIFT_FIELDS}
     with sqlite3.connect(path) as db:  # as v1 code left it: a v1 document, a v1 store
         db.execute(
             "UPDATE drift_results SET record = ?", (json.dumps({**v1, "schema_version": 1}),)

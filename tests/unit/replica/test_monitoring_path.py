@@ -181,3 +181,31 @@ def test_bounded_buffer_counts_rows_and_refuses_when_full() -> None:
 )
 def test_correlation_ids_are_sanitised(raw: str, expected: str) -> None:
     assert sanitize_correlation_id(raw) == expected
+
+
+def test_request_spans_follow_the_reference_version_the_monitor_answers_with() -> None:
+    """After a reference swap in the monitor, the replica's next spans carry the new version."""
+    from serve_drift.messages import IngestReceipt
+
+    spans, _ = memory_telemetry()
+    spans.clear()
+    answered = {"version": "old@000000000000"}
+
+    async def ingest(batch: EventBatch) -> IngestReceipt:
+        return IngestReceipt(
+            accepted=len(batch.events), recorded=True, reference_version=answered["version"]
+        )
+
+    handle = FakeMonitorHandle()
+    handle.ingest = _Method(ingest)
+    instance = _deployment()(drift_monitor=handle)
+    asyncio.run(_serve(instance, [torch.randn(1, 3)]))  # the monitor says: old
+    answered["version"] = "new@111111111111"  # swapped: the next receipt says so
+    asyncio.run(_serve(instance, [torch.randn(1, 3)]))
+    asyncio.run(_serve(instance, [torch.randn(1, 3)]))
+    versions = [
+        s.attributes[tel.ATTR_REFERENCE_VERSION]
+        for s in spans.get_finished_spans()
+        if s.name == "serve_drift.request"
+    ]
+    assert versions == ["none", "old@000000000000", "new@111111111111"]

@@ -40,17 +40,45 @@ class FakeMethod:
 
 
 class FakeArm:
-    """An arm's app handle: ``remote(request)`` runs ``behaviour(request)``."""
+    """An arm's app handle: ``remote(request)`` runs ``behaviour(request)``.
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    With ``batches=True`` it also takes many copies in one call, as a ``@monitored``
+    deployment does (``options(method_name="serve_drift_batch")``, answered by the real
+    :func:`~serve_drift.replica.batched.answer_batch` over ``behaviour``); without, that call
+    fails as Ray Serve fails a call of a method the deployment does not have.
+    """
+
+    def __init__(self, behaviour: Behaviour, *, batches: bool = False) -> None:
         self.call = FakeMethod(behaviour)
+        self.batch = FakeMethod(self._batch if batches else _no_such_method)
 
     def remote(self, request: Any) -> FakeResponse:
         return self.call.remote(request)
 
+    def options(self, *, method_name: str) -> FakeMethod:
+        assert method_name == "serve_drift_batch"
+        return self.batch
+
+    async def _batch(self, items: list[Any], timeout_s: float) -> list[Any]:
+        from serve_drift.replica.batched import answer_batch
+
+        self.call.calls.extend((item.request,) for item in items)
+        return await answer_batch(self.call.behaviour, items, timeout_s=timeout_s)
+
+    @property
+    def batched_ids(self) -> list[tuple[str, str]]:
+        """(correlation ID, internal ID) of every copy that came in a batch call."""
+        return [(i.ids.correlation_id, i.ids.internal_id) for c in self.batch.calls for i in c[0]]
+
     @property
     def requests(self) -> list[Any]:
         return [args[0] for args in self.call.calls]
+
+
+async def _no_such_method(*args: Any) -> Any:
+    raise RuntimeError(
+        "Tried to call a method 'serve_drift_batch' that does not exist. Available methods: []."
+    )
 
 
 def answering(class_index: int, version: str) -> Behaviour:

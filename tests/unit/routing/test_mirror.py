@@ -10,10 +10,21 @@ from typing import Any
 from serve_drift.routing.mirror import MirrorQueue, MirrorTimeout
 
 
+def _one_by_one(call: Any) -> Any:
+    """A per-job ``call`` as the queue's ``call(jobs)``, for queues of batch size 1."""
+
+    async def calls(jobs: list[int]) -> list[Any]:
+        return [await call(job) for job in jobs]
+
+    return calls
+
+
 def _queue(call: Any, outcomes: list[Any], **options: Any) -> MirrorQueue[int]:
     settings = {"queue_size": 4, "max_in_flight": 2, "timeout_s": 1.0, **options}
     return MirrorQueue(
-        call=call, done=lambda job, outcome: outcomes.append((job, outcome)), **settings
+        call=_one_by_one(call),
+        done=lambda job, outcome: outcomes.append((job, outcome)),
+        **settings,
     )
 
 
@@ -83,7 +94,7 @@ def test_a_raising_candidate_and_a_failing_recorder_do_not_stop_the_workers() ->
             seen.append(outcome)
 
         queue: MirrorQueue[int] = MirrorQueue(
-            queue_size=10, max_in_flight=1, timeout_s=1.0, call=call, done=done
+            queue_size=10, max_in_flight=1, timeout_s=1.0, call=_one_by_one(call), done=done
         )
         for i in range(4):
             queue.offer(i)
@@ -97,3 +108,50 @@ def test_a_raising_candidate_and_a_failing_recorder_do_not_stop_the_workers() ->
         "ok 2",
         "RuntimeError",
     ]
+
+
+async def _batched(call: Any, jobs: int, **options: Any) -> list[Any]:
+    """Offer ``jobs`` jobs to a one-worker batching queue; (job, outcome) once all are done."""
+    outcomes: list[Any] = []
+    queue = MirrorQueue(
+        max_in_flight=1,
+        call=call,
+        done=lambda job, outcome: outcomes.append((job, outcome)),
+        **{"queue_size": 20, "timeout_s": 1.0, **options},
+    )
+    for i in range(jobs):
+        queue.offer(i)
+    await queue.drain()
+    await queue.stop()
+    return outcomes
+
+
+def test_a_worker_takes_what_is_waiting_up_to_the_batch_size_in_one_call() -> None:
+    calls: list[list[int]] = []
+
+    async def call(jobs: list[int]) -> list[str]:
+        calls.append(list(jobs))
+        return [f"ok {job}" for job in jobs]
+
+    outcomes = asyncio.run(_batched(call, 19, batch_size=8))
+    assert calls == [list(range(8)), list(range(8, 16)), [16, 17, 18]]
+    assert outcomes == [(i, f"ok {i}") for i in range(19)]
+
+
+def test_a_batch_call_that_fails_or_miscounts_is_every_jobs_outcome() -> None:
+    async def raises(jobs: list[int]) -> list[str]:
+        raise RuntimeError("candidate down")
+
+    async def hangs(jobs: list[int]) -> list[str]:
+        await asyncio.sleep(60)
+        return []
+
+    async def miscounts(jobs: list[int]) -> list[str]:
+        return ["one"]
+
+    def outcomes(call: Any) -> list[Any]:
+        return [o for _, o in asyncio.run(_batched(call, 3, batch_size=4, timeout_s=0.05))]
+
+    assert [type(o).__name__ for o in outcomes(raises)] == ["RuntimeError"] * 3
+    assert [type(o).__name__ for o in outcomes(hangs)] == ["MirrorTimeout"] * 3
+    assert [str(o) for o in outcomes(miscounts)] == ["1 outcomes for 3 copies"] * 3

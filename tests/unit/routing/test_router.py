@@ -46,7 +46,7 @@ def _router(comparator: FakeComparator, **changes: Any) -> ShadowRouter:
     config = {
         "incumbent": {"app": "inc-app"},
         "candidate": {"app": "cand-app"},
-        "mirror": {"timeout_s": 0.2},
+        "mirror": {"timeout_s": 0.2, "flush_interval_s": 0.01},
         "comparison": {"shipping": {"flush_interval_s": 0.01}},
         **changes,
     }

@@ -15,7 +15,7 @@ from serve_drift.routing.config import MirrorConfig
 from serve_drift.routing.forward import ReplayedRequest
 from serve_drift.routing.messages import MirrorCopy, Observation
 from serve_drift.routing.shadowing import ShadowCaller
-from tests.unit.routing.fakes import FakeArm, answering
+from tests.unit.routing.fakes import FakeArm, FakeMethod, answering
 from tests.unit.routing.support import ok
 
 ROUTE_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -150,3 +150,75 @@ def test_a_copy_carries_the_clients_request_ids_and_a_linked_span(
     assert mirror.context.trace_id != int("0af7651916cd43dd8448eb211c80319c", 16)
     header = arm.requests[0].headers["traceparent"]
     assert trace.format_span_id(mirror.context.span_id) in header
+
+
+def test_copies_go_to_a_batch_capable_candidate_in_few_calls_each_under_its_own_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    candidate = FakeArm(answering(5, "cand"), batches=True)
+    seen, outcomes = _run(candidate, 40, monkeypatch, candidate_batch_size=16)
+    assert outcomes == {"completed": 40}
+    assert [len(call[0]) for call in candidate.batch.calls] == [16, 16, 8]
+    assert candidate.batched_ids == [(f"r{i}", f"internal-{i}") for i in range(40)]
+    assert sorted(o.correlation_id for o in seen) == sorted(f"r{i}" for i in range(40))
+    assert all(o.candidate.rows[0].predicted == 5 and o.incumbent.ok for o in seen)
+
+
+def test_in_a_batch_a_hanging_or_raising_copy_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def mixed(request: Any) -> Any:
+        copy = request.headers["x-copy"]
+        if copy == "hang":
+            await asyncio.sleep(3600)
+        if copy == "raise":
+            raise ValueError("candidate bug")
+        return {"class_index": 2, "confidence": 0.7}
+
+    def copy_of(i: int, kind: str) -> MirrorCopy:
+        request = ReplayedRequest.build(method="POST", path="/predict", headers={"x-copy": kind})
+        return MirrorCopy(f"r{i}", f"internal-{i}", float(i), request, ok(3, version="inc"))
+
+    monkeypatch.setattr(arms_module, "_app_handle", lambda app: FakeArm(mixed, batches=True))
+    seen: list[Observation] = []
+
+    async def run() -> dict[str, int]:
+        caller = ShadowCaller(
+            app="cand-app", config=MirrorConfig(timeout_s=0.1), router="s", observe=seen.append
+        )
+        for i, kind in enumerate(["ok", "hang", "raise", "ok"]):
+            caller.offer(copy_of(i, kind))
+        await caller.drain()
+        return dict(caller.outcomes)
+
+    assert asyncio.run(run()) == {"completed": 2, "timeout": 1, "failed": 1}
+    by_id = {o.correlation_id: o.candidate for o in seen}
+    assert (by_id["r1"].status, by_id["r2"].status) == ("timeout", "error")
+    assert by_id["r2"].detail == "ValueError"
+    assert by_id["r0"].ok and by_id["r3"].ok
+
+
+def test_a_candidate_without_the_batch_method_gets_one_call_per_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    candidate = FakeArm(answering(4, "cand"))  # no batch method, as an undecorated deployment
+    seen, outcomes = _run(candidate, 6, monkeypatch)
+    assert outcomes == {"completed": 6}
+    assert len(candidate.batch.calls) == 1  # asked once, then per copy until BATCH_RETRY_S
+    parents = {r.headers["traceparent"] for r in candidate.requests}
+    assert len(parents) == 6 and ROUTE_TRACEPARENT not in parents  # each its mirror span
+    assert len(candidate.requests) == 6 and len(seen) == 6
+
+
+def test_a_batch_answer_of_the_wrong_length_makes_every_copy_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    candidate = FakeArm(answering(4, "cand"))
+
+    async def short(items: list[Any], timeout_s: float) -> list[Any]:
+        return []
+
+    candidate.batch = FakeMethod(short)
+    seen, outcomes = _run(candidate, 3, monkeypatch)
+    assert outcomes == {"invalid": 3}
+    assert {o.candidate.detail for o in seen} == {
+        "the batch method answered 0 answers for 3 copies"
+    }

@@ -1,4 +1,5 @@
-"""``serve-drift events``: filters, table and JSON-lines output, time parsing."""
+"""``serve-drift events``: filters, table and JSON-lines output, time parsing, ``--db`` and
+``--dsn`` (a real PostgreSQL server)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 
 from serve_drift.eventlog.labels import compute_metrics, metrics_record
 from serve_drift.eventlog.schema import DriftTestRecord, _example_drift_dict, record_from_json
-from serve_drift.eventlog.store import EventStore
+from serve_drift.eventlog.store import EventStore, PostgresEventStore
 from serve_drift.tools import events_cli as cli
 from tests.support.eventlog_helpers import make_record, make_records, with_window
+from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -120,3 +122,33 @@ def test_default_db_comes_from_the_environment(
     (tmp_path / "cache" / "events").mkdir(parents=True)
     (tmp_path / "cache" / "events" / "digits.sqlite").touch()
     assert cli.default_db_path() == tmp_path / "cache" / "events" / "digits.sqlite"
+
+
+def test_dsn_reads_a_postgres_store_and_never_prints_its_password(
+    postgres_server: PostgresServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dsn = postgres_server.new_database()
+    secret = postgres_server.password
+    with PostgresEventStore(dsn, schema="sd_app__monitor") as store:
+        store.write_batch(make_records(4))
+    # The only schema holding a store is found by itself.
+    assert cli.main(["--dsn", dsn, "--format", "jsonl"]) == 0
+    assert len(_jsonl(capsys)) == 4
+    monkeypatch.setenv("SERVE_DRIFT_EVENTS_DSN", dsn)  # the same, from the environment
+    assert cli.main(["health", "--format", "jsonl"]) == 0
+    out = capsys.readouterr().out
+    health = json.loads(out)
+    assert health["events"] == 4 and health["backend"] == "postgres" and secret not in out
+    assert health["path"].endswith("#sd_app__monitor")
+    with PostgresEventStore(dsn, schema="sd_app__other"):
+        pass
+    assert cli.main(["--dsn", dsn]) == 1  # two stores now: which one?
+    err = capsys.readouterr().err
+    assert "sd_app__monitor, sd_app__other" in err and "--pg-schema" in err and secret not in err
+    assert cli.main(["--dsn", dsn, "--pg-schema", "sd_app__other", "--format", "jsonl"]) == 0
+    assert capsys.readouterr().out == ""
+    wrong = dsn.replace(secret, "not-the-password")
+    assert cli.main(["--dsn", wrong]) == 1
+    assert "not-the-password" not in capsys.readouterr().err

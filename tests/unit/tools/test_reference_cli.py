@@ -147,7 +147,8 @@ def test_build_embeds_a_folder_through_the_served_model(
     lineage = reference.lineage
     assert lineage.data_version == "digits-40" and lineage.model_name == "digits"
     assert lineage.preprocessing.startswith("grey, resize 8x8")
-    assert "40 images under" in lineage.source
+    assert "40 images in folder" in lineage.source
+    assert lineage.model_source == "embedded digits CNN" and lineage.data_hash.startswith("sha256")
     # Exactly what the serving hooks capture for the same decoded images.
     from serve_drift.apps.model_loading import ModelSpec, load_model
 
@@ -218,8 +219,8 @@ def test_build_stores_labels_and_can_skip_calibration(
     assert "calibration: none stored" in capsys.readouterr().out
     del labels[paths[0].relative_to(folder).as_posix()]
     (tmp_path / "labels.json").write_text(json.dumps(labels))
-    with pytest.raises(ValueError, match="1 images have no label"):
-        main([*args, "--no-calibration", "--no-progress"])
+    assert main([*args, "--no-calibration", "--no-progress"]) == 2
+    assert "error [missing_label]: 1 images have no label" in capsys.readouterr().err
 
 
 def test_build_reads_the_model_from_an_app_config_and_samples(
@@ -323,3 +324,14 @@ def test_from_traffic_saves_the_monitors_sample(tmp_path: Path) -> None:
     assert loaded.embeddings.shape == (64, 4) and loaded.probabilities is not None
     assert "uniform sample of 300 rows served by app 'a'" in loaded.lineage.source
     assert reference.version == loaded.version
+
+
+def test_from_traffic_finds_the_one_drift_monitor_or_says_which_to_name() -> None:
+    from serve_drift.tools.reference_cli import MonitorNotFoundError, find_monitor
+
+    assert find_monitor(["Router", "ClassifierDriftMonitor"], app="a") == "ClassifierDriftMonitor"
+    with pytest.raises(MonitorNotFoundError, match="2 drift monitors") as several:
+        find_monitor(["ADriftMonitor", "BDriftMonitor", "A", "B"], app="two")
+    assert several.value.code == "monitor_not_found" and "--monitor" in str(several.value)
+    with pytest.raises(MonitorNotFoundError, match="0 drift monitors"):
+        find_monitor(["Classifier"], app="none")
