@@ -23,14 +23,14 @@ def test_cli_lists_the_demo_command() -> None:
 
 @pytest.mark.integration
 def test_demo_detects_the_shifts_and_not_clean_traffic(serve_instance: ServeInstance) -> None:
-    from serve_drift.tools.demo import DemoOptions, _window_phase, run_demo
+    from serve_drift.tools.demo import DemoOptions, _window_phase, drift_alert_severities, run_demo
 
     console = Console(record=True, width=120)
     summary = run_demo(
         DemoOptions(
             window_size=50,
             clean_windows=2,
-            shift_windows=1,
+            shift_windows=3,  # the default drift rule wants 3 of the last 4 windows
             port=serve_instance.http_port,
             detectors=("combined", "mmd:native"),
         ),
@@ -51,6 +51,12 @@ def test_demo_detects_the_shifts_and_not_clean_traffic(serve_instance: ServeInst
         ]
         assert summary.first_drift_window[spec] == min(drifted)
     text = console.export_text()
-    assert "Drift first detected by mmd:native" in text and "Windows tested: 5" in text
+    assert "Drift first detected by mmd:native" in text and "Windows tested: 11" in text
     # Labels were sent for every request: each window shows its accuracy beside its p-value.
     assert "accuracy" in text and "events and labels in" in text
+    # The default rules: nothing for clean traffic, a ticket for brightness (inputs moved,
+    # estimated accuracy held), a page for occlusion (estimated accuracy collapsed).
+    severities = drift_alert_severities(summary.alerts, summary.results)
+    assert "clean" not in severities
+    assert severities.get("brightness") == ["warning"]
+    assert severities.get("occlusion") == ["critical"]

@@ -90,14 +90,16 @@ def test_a_phase_is_paced_at_its_rate_and_counts_every_answer() -> None:
     phase = _phase(rate_per_s=100)
     plan = PhasePlan(phase, index=0, images=IMAGES, count=30, seed=0)
     with _endpoint(refused, seen) as client:
+        started = time.monotonic()
         t = send_phase(client, plan, run_id="r1", concurrency=4)
     assert t.sent == 30 and t.ok == 28
     assert t.rejected == {"503": 1, "422 implausible_input": 1}
     assert t.flagged == {"blur": 1}
     labels = [plan.label(i) for i in range(30) if i not in refused]
     assert t.correct == sum(label == 0 for label in labels) and len(t.labels) == 28
-    # 30 requests at 100/s take about 0.29 s: paced, not sent in a burst.
-    assert max(seen) - min(seen) >= 0.25
+    # 30 requests at 100/s: the last is due 0.29 s after the start, and a pacer never sends
+    # early (a slow machine only makes it later), so a burst would fail this.
+    assert max(seen) - started >= 0.28
 
 
 def test_a_transport_failure_is_counted_not_raised() -> None:
