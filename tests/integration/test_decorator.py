@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from serve_drift import ReferenceSet, monitored, monitored_app
+from serve_drift import monitored, monitored_app
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.scorer import scorer_reference
 from tests.support.serve import ServeInstance
 
 pytestmark = pytest.mark.integration
@@ -40,16 +41,7 @@ def _user_deployment(config: dict):
 
 @pytest.fixture(scope="module")
 def reference_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    rng = np.random.default_rng(0)
-    torch.manual_seed(0)  # the same weights as the deployment's model
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    with torch.no_grad():
-        hidden = model[1](model[0](torch.tensor(rng.normal(size=(200, 4)), dtype=torch.float32)))
-    path = tmp_path_factory.mktemp("ref") / "scorer.npz"
-    ReferenceSet.from_embeddings(
-        hidden.numpy(), model_name="scorer", model_version="1", data_version="normal-0"
-    ).save(path)
-    return str(path)
+    return scorer_reference(tmp_path_factory.mktemp("ref") / "scorer.npz", model_name="scorer")
 
 
 def test_decorated_deployment_keeps_its_response_and_gets_drift_tests(

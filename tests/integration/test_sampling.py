@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import torch
 
-from serve_drift import ReferenceSet, monitored_app
+from serve_drift import monitored_app
 from tests.support.otlp_receiver import OtlpReceiver
-from tests.support.scorer import scorer_class
+from tests.support.scorer import scorer_class, scorer_reference
 from tests.support.serve import ServeInstance
 
 pytestmark = pytest.mark.integration
@@ -22,16 +20,7 @@ REQUESTS = 200
 
 
 def _reference(tmp_path: Path) -> str:
-    torch.manual_seed(0)  # the same weights as the scorer's model
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    inputs = torch.tensor(np.random.default_rng(0).normal(size=(200, 4)), dtype=torch.float32)
-    with torch.no_grad():
-        hidden = model[1](model[0](inputs))
-    path = tmp_path / "scorer.npz"
-    ReferenceSet.from_embeddings(
-        hidden.numpy(), model_name="sampled", model_version="1", data_version="normal-0"
-    ).save(path)
-    return str(path)
+    return scorer_reference(tmp_path / "scorer.npz", model_name="sampled")
 
 
 def test_a_capped_replica_ships_a_sample_and_the_monitor_counts_every_request(
