@@ -272,7 +272,6 @@ def main() -> None:
     from serve_drift.tools.local_ray import start_local_ray
 
     start_local_ray(
-        address="local",  # a Ray of its own, never another one running on the machine
         num_cpus=16,
         log_to_driver=False,
         logging_level=logging.ERROR,
