@@ -104,6 +104,7 @@ class Traffic:
 
     def one(self, cid: str) -> int:
         image = self.images[len(self.sent) % len(self.images)]
+        sent_at = time.monotonic()  # before the post: a request in flight at a loss is "before"
         try:
             status = self._client.post(
                 f"{self.url}/predict",
@@ -112,7 +113,7 @@ class Traffic:
             ).status_code
         except httpx.HTTPError:
             status = 0
-        self.sent.append((cid, status, time.monotonic()))
+        self.sent.append((cid, status, sent_at))
         return status
 
     def monitor(self) -> dict[str, Any]:
