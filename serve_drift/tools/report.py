@@ -13,6 +13,7 @@ are embedded as ``data:`` URLs (each also written beside it as a PNG, named in t
     serve-drift report --db ~/.cache/serve-drift/events/digits/ImageClassifierDriftMonitor.sqlite \\
         --since 6h --out drift-report/
     serve-drift report --db events.sqlite --comparison shadow.sqlite --out report/
+    serve-drift report --dsn postgresql://drift@db:5432/drift --out report/  # PGPASSWORD
 
 >>> import tempfile, pathlib
 >>> from serve_drift.tools.report_data import ReportData
@@ -37,6 +38,7 @@ from rich.console import Console
 from rich.prompt import Confirm
 
 from serve_drift.files import atomic_write
+from serve_drift.tools.events_cli import add_store_arguments, open_cli_store
 from serve_drift.tools.report_data import AlertSpan, ReportData, data_from_store
 from serve_drift.tools.report_figures import FIGURES
 
@@ -246,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="serve-drift report",
         description="Write a self-contained HTML drift report and PNG figures from an event store.",
     )
-    parser.add_argument("--db", type=Path, required=True, help="the event store (SQLite file)")
+    add_store_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("drift-report"), help="output folder")
     parser.add_argument(
         "--since", help="only after this: a duration back from now (6h, 30m) or Unix seconds"
@@ -271,17 +273,20 @@ def _instant(text: str | None, *, now: float) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.db.is_file():
-        print(f"serve-drift report: no event store at {args.db}")
+    try:
+        store = open_cli_store(args)
+    except SystemExit as exc:
+        print(f"serve-drift report: {exc}")
         return 2
     now = time.time()
-    data = data_from_store(
-        args.db,
-        since=_instant(args.since, now=now),
-        until=_instant(args.until, now=now),
-        comparison=args.comparison,
-        title=args.title,
-    )
+    with store:
+        data = data_from_store(
+            store,
+            since=_instant(args.since, now=now),
+            until=_instant(args.until, now=now),
+            comparison=args.comparison,
+            title=args.title,
+        )
     page = write_report(data, out_dir=args.out)
     print(f"wrote {page} and {len(list(args.out.glob('*.png')))} figures beside it")
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from serve_drift.eventlog.schema import ConceptMetricsRecord, DriftTestRecord, InferenceRecord
-from serve_drift.eventlog.store import EventQuery, EventStore
+from serve_drift.eventlog.store import BaseEventStore, EventQuery, EventStore
 from serve_drift.tools.drill_results import DrillResult, PhaseOutcome
 
 RELIABILITY_BINS = 10
@@ -142,7 +142,7 @@ class ReportData:
 
 
 def data_from_store(
-    db: Path,
+    db: Path | BaseEventStore,
     *,
     since: float | None = None,
     until: float | None = None,
@@ -150,20 +150,23 @@ def data_from_store(
     phases: Sequence[PhaseBand] = (),
     title: str | None = None,
 ) -> ReportData:
-    """Everything the report draws, from the event store at ``db`` (opened, read, closed)."""
-    with EventStore(db) as store:
-        records = [
-            r for r in store.drift_results(limit=_MAX_ROWS) if _within(r.tested_at, since, until)
-        ]
-        incidents = store.alert_incidents(since=since, limit=10_000)
-        metrics = store.concept_metrics(limit=_MAX_ROWS, tag="feedback")
-        events = store.query(EventQuery(since=since, until=until, limit=_MAX_ROWS))
-        groups = _groups(store, phases=phases, since=since, until=until)
+    """Everything the report draws, from an event store: a SQLite file (opened, read, closed)
+    or a store the caller opened (either backend; the caller closes it)."""
+    if isinstance(db, Path):
+        with EventStore(db, max_age_s=None, max_bytes=None) as opened:
+            return data_from_store(
+                opened, since=since, until=until, comparison=comparison, phases=phases, title=title
+            )
+    records = [r for r in db.drift_results(limit=_MAX_ROWS) if _within(r.tested_at, since, until)]
+    incidents = db.alert_incidents(since=since, limit=10_000)
+    metrics = db.concept_metrics(limit=_MAX_ROWS, tag="feedback")
+    events = db.query(EventQuery(since=since, until=until, limit=_MAX_ROWS))
+    groups = _groups(db, phases=phases, since=since, until=until)
     alerts, source = _alert_spans(incidents, records)
     model = records[0].model_name if records else "model"
     return ReportData(
         title=title or f"Drift report: {model}",
-        source=str(db),
+        source=db.location,
         generated_at=time.time(),
         drift=drift_series(records),
         alerts=alerts,
@@ -255,7 +258,7 @@ def _accuracy(
 
 
 def _groups(
-    store: EventStore, *, phases: Sequence[PhaseBand], since: float | None, until: float | None
+    store: BaseEventStore, *, phases: Sequence[PhaseBand], since: float | None, until: float | None
 ) -> tuple[Group, ...]:
     """Labelled predictions per drill phase (clean phases pooled), or over the whole range."""
     if not phases:

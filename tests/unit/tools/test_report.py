@@ -18,11 +18,12 @@ from PIL import Image
 from serve_drift.alerts import AlertsConfig
 from serve_drift.eventlog.labels import record_window_metrics
 from serve_drift.eventlog.schema import DriftTestRecord, InputStats, LabelRecord
-from serve_drift.eventlog.store import EventStore, ServedRequest
+from serve_drift.eventlog.store import BaseEventStore, EventStore, PostgresEventStore, ServedRequest
 from serve_drift.tools.report import main, write_report
 from serve_drift.tools.report_data import PhaseBand, data_from_store
 from serve_drift.tools.report_figures import FIGURES
 from tests.support.eventlog_helpers import make_record
+from tests.support.postgres import PostgresServer
 from tests.unit.tools.drill_fakes import window_result
 
 WINDOWS, ROWS, T0 = 9, 20, 1_700_000_000.0
@@ -42,7 +43,7 @@ def _stats(shifted: bool) -> InputStats:
     )
 
 
-def _fill(store: EventStore, *, alerts: bool) -> None:
+def _fill(store: BaseEventStore, *, alerts: bool) -> None:
     rng = np.random.default_rng(0)
     results = []
     for w in range(WINDOWS):
@@ -253,6 +254,30 @@ def test_the_command_writes_the_report(
     html = (out / "index.html").read_text()
     assert "(window 3, p = 0.001); 3 of 7 windows drifted" in html  # windows 2.. only
     assert main(["--db", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_the_command_reads_a_postgres_store_as_it_reads_sqlite_and_never_prints_its_password(
+    db: Path,
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dsn = postgres_server.new_database()
+    with PostgresEventStore(dsn, schema="sd_digits__monitor") as store:
+        _fill(store, alerts=True)
+    assert main(["--dsn", dsn, "--out", str(tmp_path / "pg")]) == 0
+    assert main(["--db", str(db), "--out", str(tmp_path / "sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "7 figures" in out and postgres_server.password not in out
+    pages = {k: (tmp_path / k / "index.html").read_text() for k in ("pg", "sqlite")}
+    assert postgres_server.password not in pages["pg"] and "#sd_digits__monitor" in pages["pg"]
+    drifted = "(window 3, p = 0.001); 3 of 9 windows drifted"
+    assert drifted in pages["pg"] and drifted in pages["sqlite"]
+    assert sorted(p.name for p in (tmp_path / "pg").glob("*.png")) == sorted(
+        p.name for p in (tmp_path / "sqlite").glob("*.png")
+    )
+    assert main(["--dsn", dsn, "--pg-schema", "sd_nothing_here"]) == 2
+    assert postgres_server.password not in capsys.readouterr().out
 
 
 def test_the_time_range_limits_what_is_drawn(db: Path) -> None:
