@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_drift import DriftConfig, ReferenceSet
+from serve_drift import DriftConfig
 from serve_drift.messages import EventBatch
 from serve_drift.monitor.state import MonitorState
 from serve_drift.monitor.traffic_sample import TrafficSample
 from tests.support.batches import Message, delivered_like_ray, event_batch
+from tests.support.references import normal_reference
 from tests.support.telemetry_memory import memory_telemetry
 
 DIM, CLASSES, ROWS = 8, 4, 10
@@ -69,13 +70,9 @@ def test_traffic_sample_keeps_its_rows_not_the_messages_they_came_in() -> None:
 
 
 def _state(tmp_path: Path) -> MonitorState:
-    data = np.random.default_rng(0).normal(size=(200, DIM)).astype(np.float32)
-    ReferenceSet.from_embeddings(data, model_name="m", model_version="1", data_version="d").save(
-        tmp_path / "ref.npz"
-    )
     config = {
         "model_name": "m",
-        "reference_path": str(tmp_path / "ref.npz"),
+        "reference_path": normal_reference(tmp_path / "ref.npz", dim=DIM),
         "window": {"size": 40},
         "detectors": [{"backend": "native", "n_permutations": 20}],
         "calibration": {"enabled": False},
