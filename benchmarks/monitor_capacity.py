@@ -70,7 +70,7 @@ def digits_reference() -> Reference:
     return Reference(str(path), version, reference.embeddings.shape[1], classes)
 
 
-def monitor_config(reference: Reference, *, events_dir: str) -> Any:
+def monitor_config(reference: Reference, *, events_dir: str, name: str = MONITOR) -> Any:
     """The digits app's drift configuration, as ``build_app`` makes it (defaults otherwise)."""
     from serve_drift.config import DriftConfig
 
@@ -79,7 +79,7 @@ def monitor_config(reference: Reference, *, events_dir: str) -> Any:
             "model_name": "digits",
             "model_version": reference.version,
             "reference_path": reference.path,
-            "monitor_deployment": MONITOR,
+            "monitor_deployment": name,
             "events": {"path": str(Path(events_dir) / "capacity.sqlite")},
         }
     )

@@ -44,6 +44,9 @@ class Window:
 
 @dataclass
 class _Row:
+    # Views into the batch, so a held row keeps the message it came in alive (Ray delivers a
+    # batch's arrays as views into it): bounded, as rows are held only while a window may
+    # still include them. What outlives the windows keeps copies (see ``traffic_sample``).
     embedding: np.ndarray
     probabilities: np.ndarray | None
     event: InferenceEvent

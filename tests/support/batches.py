@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,3 +45,26 @@ def event_batch(
         replica_id="r",
         probabilities=probabilities,
     )
+
+
+class Message(bytearray):
+    """One received message's bytes (a subclass, so that a weak reference can follow it)."""
+
+
+def delivered_like_ray(batch: EventBatch) -> tuple[EventBatch, weakref.ref[Message]]:
+    """``batch`` as a Ray actor receives it, and a weak reference to the message it came in.
+
+    Ray sends the in-band pickle data and the out-of-band buffers (the arrays) of an argument in
+    one message and deserializes the arrays as views into it: whatever keeps one row of the
+    batch keeps the whole message, events included, alive."""
+    buffers: list[pickle.PickleBuffer] = []
+    in_band = pickle.dumps(batch, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    message = Message(in_band)
+    spans = []
+    for raw in raws:
+        spans.append((len(message), raw.nbytes))
+        message.extend(raw)
+    view = memoryview(message)
+    received = pickle.loads(view[: len(in_band)], buffers=[view[a : a + n] for a, n in spans])
+    return received, weakref.ref(message)

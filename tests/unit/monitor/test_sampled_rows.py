@@ -9,24 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_drift import DriftConfig, ReferenceSet
+from serve_drift import DriftConfig
 from serve_drift.messages import EventBatch
 from serve_drift.monitor.state import MonitorState
 from serve_drift.monitor.windows import Window
 from tests.support.batches import event_batch
+from tests.support.references import normal_reference
 from tests.support.telemetry_memory import memory_telemetry
 
 DIM = 8
 
 
 def _state(tmp_path: Path, **config: object) -> MonitorState:
-    data = np.random.default_rng(0).normal(size=(200, DIM)).astype(np.float32)
-    ReferenceSet.from_embeddings(data, model_name="m", model_version="1", data_version="d").save(
-        tmp_path / "ref.npz"
-    )
     base = {
         "model_name": "m",
-        "reference_path": str(tmp_path / "ref.npz"),
+        "reference_path": normal_reference(tmp_path / "ref.npz", dim=DIM),
         "window": {"size": 20},
         "detectors": [{"kind": "combined", "n_permutations": 50}],
         "events": {"path": str(tmp_path / "e.sqlite"), "sample_rate": 0.5},
