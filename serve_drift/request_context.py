@@ -62,22 +62,34 @@ def _new_id() -> str:
 def _serve_request_context() -> tuple[str, str]:
     # The getter is private and empty in local testing mode or outside a request: read it
     # defensively so a Ray upgrade can only cost us the client's ID, never a request.
+    getter = _request_context_getter()
+    if getter is None:
+        return "", ""
     try:
-        from ray.serve.context import _get_serve_request_context
-
-        ctx = _get_serve_request_context()
+        ctx = getter()
         return str(ctx.request_id or ""), str(getattr(ctx, "_internal_request_id", "") or "")
     except Exception:
         return "", ""
 
 
-@functools.cache
-def _batch_context_getter() -> Callable[[], Any] | None:
+def _ray_serve_context_getter(name: str) -> Callable[[], Any] | None:
+    """A getter of ``ray.serve.context``, looked up once (it runs on every request)."""
     try:
-        from ray.serve.context import _get_serve_batch_request_context
+        from ray.serve import context
     except Exception:
         return None
-    return _get_serve_batch_request_context
+    getter = getattr(context, name, None)
+    return getter if callable(getter) else None
+
+
+@functools.cache
+def _request_context_getter() -> Callable[[], Any] | None:
+    return _ray_serve_context_getter("_get_serve_request_context")
+
+
+@functools.cache
+def _batch_context_getter() -> Callable[[], Any] | None:
+    return _ray_serve_context_getter("_get_serve_batch_request_context")
 
 
 def serve_batch_request_ids() -> list[str] | None:

@@ -70,14 +70,17 @@ def _request_headers(args: tuple[Any, ...]) -> Any | None:
     return next((a.headers for a in args if _is_http_request(a)), None)
 
 
-def _parent_context(headers: Any | None, *, trust_client: bool) -> otel_context.Context | None:
+def _parent_context(
+    headers: Any | None, *, trust_client: bool, propagation: bool
+) -> otel_context.Context | None:
     """Ray Serve's span when its tracing is on; else the client's W3C ``traceparent`` when
-    the configuration trusts it."""
+    the configuration trusts it. ``propagation``: whether any header the propagators read
+    came (without one they would return an empty context, which this returns at once)."""
     if trace.get_current_span().get_span_context().is_valid:
         return None
     if headers is None or not trust_client:
         return None
-    return propagate.extract(headers)
+    return propagate.extract(headers) if propagation else otel_context.Context()
 
 
 def _is_http_request(value: object) -> bool:
@@ -92,13 +95,53 @@ def _has(value: object, name: str) -> bool:
 _RAW_PREFIX = CONTEXT_PREFIX.encode("latin-1")
 
 
-def _has_context_headers(headers: Any) -> bool:
-    """Whether any ``X-Serve-Drift-Context-*`` header came: one pass over Starlette's raw
-    (lower-cased) names, so the common request, which has none, costs no decoding."""
+@dataclass(frozen=True)
+class _HeaderScan:
+    """What one pass over a request's header names found."""
+
+    context: bool  # an ``X-Serve-Drift-Context-*`` header
+    propagation: bool  # a header the global propagators read (``traceparent``, ``baggage``)
+
+
+_ALL = _HeaderScan(context=True, propagation=True)
+_NONE = _HeaderScan(context=False, propagation=False)
+
+
+class _PropagationFields:
+    """The (lower-case, encoded) header names the global propagators read, looked up again
+    only when the global propagator is replaced."""
+
+    def __init__(self) -> None:
+        self._textmap: object | None = None
+        self._names: frozenset[bytes] = frozenset()
+
+    def names(self) -> frozenset[bytes]:
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._names = frozenset(f.lower().encode("latin-1") for f in textmap.fields)
+            self._textmap = textmap
+        return self._names
+
+
+_PROPAGATION = _PropagationFields()
+
+
+def _scan_headers(headers: Any | None) -> _HeaderScan:
+    """One pass over Starlette's raw (lower-cased) names, so the common request, which has
+    neither caller context nor trace context, costs no decoding and no propagator call."""
+    if headers is None:
+        return _NONE
     raw = getattr(headers, "raw", None)
-    if raw is None:  # another mapping: let the full parser look
-        return True
-    return any(name.startswith(_RAW_PREFIX) for name, _ in raw)
+    if raw is None:  # another mapping: let the full parsers look
+        return _ALL
+    fields = _PROPAGATION.names()
+    context = propagation = False
+    for name, _ in raw:
+        context = context or name.startswith(_RAW_PREFIX)
+        propagation = propagation or name in fields
+    if not (context or propagation):
+        return _NONE
+    return _HeaderScan(context=context, propagation=propagation)
 
 
 async def _call_user_code(
@@ -195,9 +238,13 @@ class ReplicaMonitor:
         install_on(asyncio.get_running_loop())
         ids = current_request_ids()
         headers = _request_headers(args)
-        context, sentinel = self._caller(headers)
+        scan = _scan_headers(headers)
+        context, sentinel = self._caller(headers, scan)
         started = time.perf_counter()
-        span = self._start_span(ids, headers)
+        span = self._start_span(headers, scan)
+        # The span's attributes, set in one call when it ends: one call costs a fraction of
+        # one per attribute, and given at the start they would be copied and checked twice.
+        attributes = self._span_attributes(ids)
         # What start_as_current_span does, without its two generator context managers.
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
@@ -208,29 +255,34 @@ class ReplicaMonitor:
             ):
                 result = await _call_user_code(method, args, kwargs, is_async=is_async)
                 latency_s = time.perf_counter() - started
-                self._after_response(span, captured, ids, latency_s, marks)
+                self._after_response(span, attributes, captured, ids, latency_s, marks)
         except BaseException as exc:
             self.requests.add("error")
             _record_exception(span, exc)
             raise
         finally:
             otel_context.detach(token)
+            span.set_attributes(attributes)
             span.end()
         self._record_latency(latency_s)
         return result
 
-    def _start_span(self, ids: RequestIds, headers: Any | None) -> trace.Span:
+    def _start_span(self, headers: Any | None, scan: _HeaderScan) -> trace.Span:
         parent = _parent_context(
-            headers, trust_client=self.config.telemetry.trust_client_traceparent
+            headers,
+            trust_client=self.config.telemetry.trust_client_traceparent,
+            propagation=scan.propagation,
         )
         kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
-        attributes = {
+        return self.tracer().start_span(SPAN_NAME, context=parent, kind=kind)
+
+    def _span_attributes(self, ids: RequestIds) -> dict[str, Any]:
+        return {
             tel.ATTR_CORRELATION_ID: ids.correlation_id,
             tel.ATTR_INTERNAL_ID: ids.internal_id,
             **self._metric_attributes,
             tel.ATTR_REFERENCE_VERSION: self.reference_version,
         }
-        return self.tracer().start_span(SPAN_NAME, context=parent, kind=kind, attributes=attributes)
 
     def tracer(self) -> trace.Tracer:
         """The library's tracer, looked up at the first request (the SDK is configured by
@@ -239,9 +291,9 @@ class ReplicaMonitor:
             self._tracer = tel.tracer()
         return self._tracer
 
-    def _caller(self, headers: Any | None) -> tuple[dict[str, str], bool]:
+    def _caller(self, headers: Any | None, scan: _HeaderScan) -> tuple[dict[str, str], bool]:
         """Caller context and whether this is a verified sentinel run."""
-        if headers is None or not _has_context_headers(headers):
+        if headers is None or not scan.context:
             return {}, False
         return self._context(headers), self.is_sentinel(headers)
 
@@ -277,6 +329,7 @@ class ReplicaMonitor:
     def _after_response(
         self,
         span: trace.Span,
+        attributes: dict[str, Any],
         captured: Capture,
         ids: RequestIds,
         latency_s: float,
@@ -285,14 +338,15 @@ class ReplicaMonitor:
         """Record and enqueue; any failure here is counted, never raised into the request."""
         try:
             self.requests.add(marks.outcome or "ok")
-            span.set_attribute(tel.ATTR_LATENCY_S, latency_s)
-            self._record_capture(span, captured, ids, marks, latency_s)
+            attributes[tel.ATTR_LATENCY_S] = latency_s
+            self._record_capture(span, attributes, captured, ids, marks, latency_s)
         except Exception as exc:
             self._record_failure(span, "after_response", exc)
 
     def _record_capture(
         self,
         span: trace.Span,
+        attributes: dict[str, Any],
         captured: Capture,
         ids: RequestIds,
         marks: RequestMarks,
@@ -304,14 +358,14 @@ class ReplicaMonitor:
             return
         embeddings = captured.embeddings
         if embeddings is None:
-            span.set_attribute("serve_drift.embedding.captured", False)
+            attributes["serve_drift.embedding.captured"] = False
             return
         rows = embeddings.shape[0]
         logits = _scores(captured.logits, rows=rows)
         if logits is not None and rows == 1:
             predicted, confidence = top1(logits)
-            span.set_attribute(tel.ATTR_PREDICTED_CLASS, predicted)
-            span.set_attribute(tel.ATTR_CONFIDENCE, confidence)
+            attributes[tel.ATTR_PREDICTED_CLASS] = predicted
+            attributes[tel.ATTR_CONFIDENCE] = confidence
         self.shipper.offer(
             PendingRows(
                 rows=rows,

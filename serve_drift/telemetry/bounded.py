@@ -99,16 +99,22 @@ class Ledger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._spans_ended = 0  # apart: counted once per span, so kept to one addition
 
     def add(self, **deltas: int) -> None:
         with self._lock:
             self._counts.update(deltas)
+
+    def span_ended(self) -> None:
+        with self._lock:
+            self._spans_ended += 1
 
     def result(
         self, *, completed: bool, elapsed_s: float, timeout_s: float
     ) -> TelemetryFlushResult:
         with self._lock:
             c = Counter(self._counts)
+            c["spans_ended"] += self._spans_ended
         done = c["spans_exported"] + c["spans_failed"]
         return TelemetryFlushResult(
             completed=completed,
@@ -132,7 +138,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is not None and span.context.trace_flags.sampled:
-            self._ledger.add(spans_ended=1)
+            self._ledger.span_ended()
         super().on_end(span)
 
 

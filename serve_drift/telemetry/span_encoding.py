@@ -1,0 +1,209 @@
+"""OTLP span encoding written straight to protobuf wire bytes, for the export of request spans.
+
+Why: the SDK's ``encode_spans`` builds a protobuf object per span, attribute and value from
+Python, and hashes each span's ``Resource`` (a JSON dump of its attributes) to group spans by
+it. A monitored replica exports one span per request, and there that encoding cost about 30 µs
+per span in the exporter's thread, more than creating and ending the span. This module writes the
+same message directly as bytes: about 6 µs per request span.
+
+What it writes is the message ``encode_spans`` builds, field for field. The fast path covers the
+spans a replica makes: no events, no links, no trace state, unset status, nothing dropped, and
+attribute values that are ``str``, ``bool``, ``float`` or an ``int`` within int64. Any other span
+is encoded by the SDK's own span encoder, and the resource and scope of each group by the SDK's
+encoders too (once per group, not per span). ``tests/unit/telemetry/test_span_encoding.py`` checks
+the result against ``encode_spans``.
+
+>>> from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+>>> from opentelemetry.sdk.trace import TracerProvider
+>>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+>>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+>>> memory = InMemorySpanExporter()
+>>> provider = TracerProvider(shutdown_on_exit=False)
+>>> provider.add_span_processor(SimpleSpanProcessor(memory))
+>>> provider.get_tracer("doc").start_span("one", attributes={"n": 3}).end()
+>>> request = ExportTraceServiceRequest.FromString(encode_spans_bytes(memory.get_finished_spans()))
+>>> span = request.resource_spans[0].scope_spans[0].spans[0]
+>>> span.name, span.attributes[0].key, span.attributes[0].value.int_value
+('one', 'n', 3)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common._internal import (
+    _encode_instrumentation_scope,
+    _encode_resource,
+)
+from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+__all__ = ["encode_spans_bytes"]
+
+_DOUBLE = struct.Struct("<d").pack
+_FIXED64 = struct.Struct("<Q").pack
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+_INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
+
+# Field tags (field number << 3 | wire type) of the OTLP messages written here.
+_REQUEST_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans (1, bytes)
+_RESOURCE, _SCOPE_SPANS, _SCHEMA_URL = b"\x0a", b"\x12", b"\x1a"  # ResourceSpans (1, 2, 3)
+_SCOPE, _SPANS = b"\x0a", b"\x12"  # ScopeSpans.scope (1), .spans (2); schema_url is 3 too
+_KEY, _VALUE = b"\x0a", b"\x12"  # KeyValue.key (1), .value (2)
+_STRING, _BOOL, _INT, _DOUBLE_TAG = b"\x0a", b"\x10", b"\x18", b"\x21"  # AnyValue (1..4)
+# Span: trace_id (1), span_id (2), parent_span_id (4), name (5), kind (6), start (7, fixed64),
+# end (8, fixed64), attributes (9), status (15, an empty message: unset), flags (16, fixed32).
+_NAME, _ATTRIBUTE, _UNSET_STATUS = b"\x2a", b"\x4a", b"\x7a\x00"
+_KIND = {
+    SpanKind.INTERNAL: b"\x30\x01",
+    SpanKind.SERVER: b"\x30\x02",
+    SpanKind.CLIENT: b"\x30\x03",
+    SpanKind.PRODUCER: b"\x30\x04",
+    SpanKind.CONSUMER: b"\x30\x05",
+}
+# SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, with SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK for a remote parent.
+_FLAGS_LOCAL, _FLAGS_REMOTE = b"\x85\x01\x00\x01\x00\x00", b"\x85\x01\x00\x03\x00\x00"
+
+# Encoded keys and names, which repeat from span to span; bounded, as keys come from callers.
+_CACHE_LIMIT = 4096
+_keys: dict[str, bytes] = {}
+_names: dict[str, bytes] = {}
+
+
+def encode_spans_bytes(spans: Sequence[ReadableSpan]) -> bytes:
+    """The serialized ``ExportTraceServiceRequest`` that ``encode_spans(spans)`` builds."""
+    groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}
+    for span in spans:
+        # Grouped by identity first: hashing a Resource dumps its attributes to JSON.
+        resource, scope = span.resource, span.instrumentation_scope or None
+        group = groups.get((id(resource), id(scope)))
+        if group is None:
+            group = groups[(id(resource), id(scope))] = (resource, scope, [])
+        group[2].append(_span(span))
+    merged: dict[Any, dict[Any, list[bytes]]] = {}
+    for resource, scope, encoded in groups.values():  # equal resources share one entry
+        merged.setdefault(resource, {}).setdefault(scope, []).extend(encoded)
+    return b"".join(
+        _delimited(_REQUEST_RESOURCE_SPANS, _resource_spans(resource, scopes))
+        for resource, scopes in merged.items()
+    )
+
+
+def _resource_spans(resource: Any, scopes: dict[Any, list[bytes]]) -> bytes:
+    parts = [_delimited(_RESOURCE, _encode_resource(resource).SerializeToString())]
+    for scope, spans in scopes.items():
+        scope_parts = [_delimited(_SCOPE, _encode_instrumentation_scope(scope).SerializeToString())]
+        scope_parts.extend(_delimited(_SPANS, span) for span in spans)
+        if scope is not None and scope.schema_url:
+            scope_parts.append(_delimited(_SCHEMA_URL, scope.schema_url.encode()))
+        parts.append(_delimited(_SCOPE_SPANS, b"".join(scope_parts)))
+    if resource.schema_url:
+        parts.append(_delimited(_SCHEMA_URL, resource.schema_url.encode()))
+    return b"".join(parts)
+
+
+def _span(span: ReadableSpan) -> bytes:
+    if not _is_plain(span):
+        return bytes(_encode_span(span).SerializeToString())
+    try:
+        return _plain_span(span)
+    except (ValueError, TypeError, UnicodeError):  # e.g. a lone surrogate: the SDK decides
+        return bytes(_encode_span(span).SerializeToString())
+
+
+def _is_plain(span: ReadableSpan) -> bool:
+    context = span.context
+    return (
+        context is not None
+        and not context.trace_state
+        and not span.events
+        and not span.links
+        and span.status.status_code is StatusCode.UNSET
+        and not (span.dropped_attributes or span.dropped_events or span.dropped_links)
+        and span.start_time is not None
+        and span.end_time is not None
+    )
+
+
+def _plain_span(span: ReadableSpan) -> bytes:
+    context = span.context
+    assert context is not None and span.start_time is not None and span.end_time is not None
+    parent = span.parent
+    parts = [
+        b"\x0a\x10%s\x12\x08%s"
+        % (context.trace_id.to_bytes(16, "big"), context.span_id.to_bytes(8, "big"))
+    ]
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    parts.append(_name(span.name))
+    parts.append(_KIND[span.kind])
+    parts.append(b"\x39%s\x41%s" % (_FIXED64(span.start_time), _FIXED64(span.end_time)))
+    parts.extend(_attribute(key, value) for key, value in _attribute_items(span))
+    parts.append(_UNSET_STATUS)
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    return b"".join(parts)
+
+
+def _attribute_items(span: ReadableSpan) -> Iterable[tuple[str, Any]]:
+    # ``span.attributes`` wraps the SDK's BoundedAttributes, whose items() iterate in Python;
+    # its plain dict, where the SDK keeps one, iterates in C, in the same order.
+    stored = getattr(span, "_attributes", None)
+    raw = getattr(stored, "_dict", stored)
+    if isinstance(raw, dict):
+        return raw.items()
+    return (span.attributes or {}).items()
+
+
+def _attribute(key: str, value: Any) -> bytes:
+    """One ``KeyValue`` (as an attributes field of its parent), for the value types of a plain
+    span; ``ValueError`` for any other."""
+    kind = type(value)
+    if kind is str:
+        encoded = value.encode()
+        any_value = _delimited(_STRING, encoded)
+    elif kind is float:
+        any_value = _DOUBLE_TAG + _DOUBLE(value)
+    elif kind is bool:
+        any_value = b"\x10\x01" if value else b"\x10\x00"
+    elif kind is int and _INT64_MIN <= value < _INT64_END:
+        any_value = _INT + _varint(value & 0xFFFF_FFFF_FFFF_FFFF)  # int64: two's complement
+    else:
+        raise ValueError(f"attribute {key!r}: {kind.__name__} is left to the SDK's encoder")
+    return _delimited(_ATTRIBUTE, _key(key) + _delimited(_VALUE, any_value))
+
+
+def _key(key: str) -> bytes:
+    encoded = _keys.get(key)
+    if encoded is None:
+        encoded = _delimited(_KEY, key.encode())
+        if len(_keys) < _CACHE_LIMIT:
+            _keys[key] = encoded
+    return encoded
+
+
+def _name(name: str) -> bytes:
+    encoded = _names.get(name)
+    if encoded is None:
+        encoded = _delimited(_NAME, name.encode()) if name else b""  # proto3: "" is omitted
+        if len(_names) < _CACHE_LIMIT:
+            _names[name] = encoded
+    return encoded
+
+
+def _delimited(tag: bytes, payload: bytes) -> bytes:
+    n = len(payload)
+    return tag + (_ONE_BYTE[n] if n < 0x80 else _varint(n)) + payload
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
