@@ -182,8 +182,10 @@ class RequestMarks:
     sentinel: bool = False
 
     def row(self, index: int) -> RowMark:
-        return self.rows.get(index) or self.rows.get(None) or RowMark()
+        return self.rows.get(index) or self.rows.get(None) or _NO_MARK
 
+
+_NO_MARK = RowMark()  # immutable: one for every row nothing was said about
 
 # One mutable record per monitored request, set before the handler runs. The handler (or a
 # thread started with ``asyncio.to_thread``, which copies the context) updates it in place.
@@ -222,7 +224,7 @@ def mark_request(
     if marks is None:
         return False
     if flags or exclude_from_drift or input_stats is not None:
-        previous = marks.rows.get(row, RowMark())
+        previous = marks.rows.get(row, _NO_MARK)
         marks.rows[row] = RowMark(
             flags=tuple(flags) or previous.flags,
             exclude_from_drift=exclude_from_drift or previous.exclude_from_drift,

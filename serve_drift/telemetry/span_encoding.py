@@ -30,6 +30,7 @@ the result against ``encode_spans``.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _en
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-__all__ = ["encode_spans_bytes"]
+__all__ = ["EncodedSpan", "SpanEncoder", "encode_spans_bytes"]
 
 _DOUBLE = struct.Struct("<d").pack
 _FIXED64 = struct.Struct("<Q").pack
@@ -71,25 +72,92 @@ _FLAGS_LOCAL, _FLAGS_REMOTE = b"\x85\x01\x00\x01\x00\x00", b"\x85\x01\x00\x03\x0
 _CACHE_LIMIT = 4096
 _keys: dict[str, bytes] = {}
 _names: dict[str, bytes] = {}
+# Per key, the last value seen and its encoding: a replica's constant attributes (model name and
+# version, reference version) are the same objects in every span.
+_last_values: dict[str, tuple[Any, bytes]] = {}
+
+
+EncodedSpan = tuple[int, bytes]  # (its resource and scope's group, the Span message)
 
 
 def encode_spans_bytes(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` that ``encode_spans(spans)`` builds."""
-    groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}
-    for span in spans:
-        # Grouped by identity first: hashing a Resource dumps its attributes to JSON.
+    return SpanEncoder().request(spans)
+
+
+class SpanEncoder:
+    """Encodes spans as they end (:meth:`encode`) and assembles export requests from those
+    and from spans not encoded yet (:meth:`request`); thread-safe.
+
+    Why early: an ended span waiting in the export queue is a dozen objects the garbage
+    collector traverses, and those that live long enough to reach its oldest generation make
+    its full collections come sooner (each costs a traversal of the whole process). Encoded, a
+    waiting span is one bytes object that the collector does not track.
+    """
+
+    def __init__(self, *, max_groups: int = 64) -> None:
+        self._max_groups = max_groups
+        self._lock = threading.Lock()
+        # (resource, scope) pairs by the identity of the objects, kept alive here so that an
+        # identity is never reused; equal pairs share one group.
+        self._by_identity: dict[tuple[int, int], int] = {}
+        self._pairs: list[tuple[Any, Any]] = []
+        self._objects: list[tuple[Any, Any]] = []
+
+    def encode(self, span: ReadableSpan) -> EncodedSpan | ReadableSpan:
+        """The span's message and group; the span itself when it has no group (past
+        ``max_groups`` distinct resource and scope objects), to be encoded with its request."""
         resource, scope = span.resource, span.instrumentation_scope or None
-        group = groups.get((id(resource), id(scope)))
+        group = self._by_identity.get((id(resource), id(scope)))
         if group is None:
-            group = groups[(id(resource), id(scope))] = (resource, scope, [])
-        group[2].append(_span(span))
-    merged: dict[Any, dict[Any, list[bytes]]] = {}
-    for resource, scope, encoded in groups.values():  # equal resources share one entry
-        merged.setdefault(resource, {}).setdefault(scope, []).extend(encoded)
-    return b"".join(
-        _delimited(_REQUEST_RESOURCE_SPANS, _resource_spans(resource, scopes))
-        for resource, scopes in merged.items()
-    )
+            group = self._register(resource, scope)
+            if group is None:
+                return span
+        return (group, _span(span))
+
+    def request(self, items: Sequence[EncodedSpan | ReadableSpan]) -> bytes:
+        """The serialized ``ExportTraceServiceRequest`` of these spans, grouped by resource
+        and scope, in their order, as ``encode_spans`` builds it."""
+        merged: dict[Any, dict[Any, list[bytes]]] = {}
+        # Where each group's spans go, found once per group (hashing a Resource dumps its
+        # attributes to JSON): by group for encoded spans, by identity for the others.
+        targets: dict[object, list[bytes]] = {}
+        for item in items:
+            if isinstance(item, tuple):
+                key: object = item[0]
+                data = item[1]
+            else:
+                key = (id(item.resource), id(item.instrumentation_scope or None))
+                data = _span(item)
+            target = targets.get(key)
+            if target is None:
+                resource, scope = (
+                    self._pairs[item[0]]
+                    if isinstance(item, tuple)
+                    else (item.resource, item.instrumentation_scope or None)
+                )
+                target = targets[key] = merged.setdefault(resource, {}).setdefault(scope, [])
+            target.append(data)
+        return b"".join(
+            _delimited(_REQUEST_RESOURCE_SPANS, _resource_spans(resource, scopes))
+            for resource, scopes in merged.items()
+        )
+
+    def _register(self, resource: Any, scope: Any) -> int | None:
+        with self._lock:
+            identity = (id(resource), id(scope))
+            if identity in self._by_identity:
+                return self._by_identity[identity]
+            if len(self._objects) >= self._max_groups:
+                return None
+            try:
+                group = self._pairs.index((resource, scope))
+            except ValueError:
+                group = len(self._pairs)
+                self._pairs.append((resource, scope))
+            self._objects.append((resource, scope))
+            self._by_identity[identity] = group
+            return group
 
 
 def _resource_spans(resource: Any, scopes: dict[Any, list[bytes]]) -> bytes:
@@ -119,13 +187,19 @@ def _is_plain(span: ReadableSpan) -> bool:
     return (
         context is not None
         and not context.trace_state
-        and not span.events
-        and not span.links
+        and not _stored(span, "_events", "events")
+        and not _stored(span, "_links", "links")
         and span.status.status_code is StatusCode.UNSET
         and not (span.dropped_attributes or span.dropped_events or span.dropped_links)
         and span.start_time is not None
         and span.end_time is not None
     )
+
+
+def _stored(span: ReadableSpan, private: str, public: str) -> Any:
+    # The public properties copy the SDK's bounded lists into tuples (in Python) to be read.
+    stored = getattr(span, private, None)
+    return getattr(span, public) if stored is None else stored
 
 
 def _plain_span(span: ReadableSpan) -> bytes:
@@ -141,7 +215,16 @@ def _plain_span(span: ReadableSpan) -> bytes:
     parts.append(_name(span.name))
     parts.append(_KIND[span.kind])
     parts.append(b"\x39%s\x41%s" % (_FIXED64(span.start_time), _FIXED64(span.end_time)))
-    parts.extend(_attribute(key, value) for key, value in _attribute_items(span))
+    last = _last_values
+    for key, value in _attribute_items(span):
+        seen = last.get(key)
+        if seen is not None and seen[0] is value:  # the same object as last time: same bytes
+            parts.append(seen[1])
+            continue
+        encoded = _attribute(key, value)
+        if len(last) < _CACHE_LIMIT or key in last:
+            last[key] = (value, encoded)
+        parts.append(encoded)
     parts.append(_UNSET_STATUS)
     parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
@@ -162,8 +245,7 @@ def _attribute(key: str, value: Any) -> bytes:
     span; ``ValueError`` for any other."""
     kind = type(value)
     if kind is str:
-        encoded = value.encode()
-        any_value = _delimited(_STRING, encoded)
+        any_value = _delimited(_STRING, value.encode())
     elif kind is float:
         any_value = _DOUBLE_TAG + _DOUBLE(value)
     elif kind is bool:

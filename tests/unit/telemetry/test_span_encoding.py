@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -11,13 +11,14 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from serve_drift.telemetry.bounded import CountingBatchSpanProcessor, GuardedSpanExporter, Ledger
 from serve_drift.telemetry.otlp_grpc import OTLPSpanExporter
-from serve_drift.telemetry.span_encoding import encode_spans_bytes
+from serve_drift.telemetry.span_encoding import SpanEncoder, encode_spans_bytes
 
 
 def _finished(make: Callable[[TracerProvider], None], **provider: object) -> list[ReadableSpan]:
@@ -174,3 +175,86 @@ def test_span_names_including_the_empty_one(name: str) -> None:
 
     spans = _finished(make)
     assert encode_spans_bytes(spans) == encode_spans(spans).SerializeToString()
+
+
+# --- spans encoded as they end ------------------------------------------------------------------
+
+
+def _two_scopes(provider: TracerProvider) -> None:
+    for scope in ("serve_drift", "other", "serve_drift"):
+        tracer = provider.get_tracer(scope)  # a new scope object each time, equal by value
+        for i in range(3):
+            span = tracer.start_span(f"{scope}.{i}")
+            span.set_attributes({"serve_drift.n": i, "scope": scope})
+            span.end()
+
+
+def test_spans_encoded_as_they_end_make_the_request_the_sdk_builds() -> None:
+    spans = _finished(_two_scopes)
+    encoder = SpanEncoder()
+    items = [encoder.encode(span) for span in spans]
+    assert all(isinstance(item, tuple) for item in items)
+    assert encoder.request(items) == encode_spans(spans).SerializeToString()
+    mixed = [
+        item if i % 2 else span for i, (item, span) in enumerate(zip(items, spans, strict=True))
+    ]
+    assert ExportTraceServiceRequest.FromString(encoder.request(mixed)) == encode_spans(spans)
+
+
+def test_encoder_past_its_groups_leaves_spans_to_the_request() -> None:
+    spans = _finished(_two_scopes)
+    encoder = SpanEncoder(max_groups=1)
+    items = [encoder.encode(span) for span in spans]
+    assert any(item is span for item, span in zip(items, spans, strict=True))
+    assert ExportTraceServiceRequest.FromString(encoder.request(items)) == encode_spans(spans)
+
+
+class _EncodingExporter(SpanExporter):
+    """Takes what ``encode_ended`` made, as serve-drift's OTLP exporter does."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.encoder = SpanEncoder()
+        self.items: list[object] = []
+        self.fail = fail
+
+    def encode_ended(self, span: ReadableSpan) -> object:
+        if self.fail:
+            raise RuntimeError("encoding failed")
+        return self.encoder.encode(span)
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+        self.items.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _through_processor(exporter: _EncodingExporter) -> tuple[list[ReadableSpan], Ledger]:
+    memory = InMemorySpanExporter()
+    ledger = Ledger()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    guarded = GuardedSpanExporter(exporter, ledger=ledger)
+    provider.add_span_processor(CountingBatchSpanProcessor(guarded, ledger=ledger))
+    _request_spans(provider)
+    provider.force_flush()
+    provider.shutdown()
+    return list(memory.get_finished_spans()), ledger
+
+
+def test_processor_queues_spans_in_the_form_the_exporter_encodes() -> None:
+    exporter = _EncodingExporter()
+    spans, ledger = _through_processor(exporter)
+    assert len(exporter.items) == len(spans) and all(isinstance(i, tuple) for i in exporter.items)
+    order = {format(s.context.span_id, "016x"): s for s in spans}
+    request = ExportTraceServiceRequest.FromString(exporter.encoder.request(exporter.items))
+    exported = [s.span_id.hex() for s in request.resource_spans[0].scope_spans[0].spans]
+    assert request == encode_spans([order[span_id] for span_id in exported])
+    result = ledger.result(completed=True, elapsed_s=0.0, timeout_s=1.0)
+    assert (result.spans_exported, result.spans_pending) == (len(spans), 0)
+
+
+def test_a_span_that_fails_to_encode_is_exported_as_the_span_itself() -> None:
+    exporter = _EncodingExporter(fail=True)
+    spans, _ = _through_processor(exporter)
+    assert sorted(s.context.span_id for s in exporter.items) == sorted(  # type: ignore[attr-defined]
+        s.context.span_id for s in spans
+    )
