@@ -221,11 +221,10 @@ def _breakdown(bare: Any, wrapped: Any, bodies: list[bytes], *, n: int) -> tuple
     runtime = replica_monitor(wrapped)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("the request span", lambda: setattr(runtime, "_tracer", trace.NoOpTracer())),
-        ("the latency histogram", lambda: setattr(runtime, "_record_latency", lambda _: None)),
+        ("the latency histogram", lambda: setattr(runtime.requests, "latency", lambda _: None)),
         (
-            "top-1 for the span, the offer, the batch (events, outputs, confidence histogram, "
-            "statistics, shipping)",
-            lambda: setattr(runtime, "_after_response", lambda *_: None),
+            "the offer and the batch (events, outputs, confidence histogram, statistics, shipping)",
+            lambda: setattr(runtime, "_after_response", lambda *_: False),
         ),
         ("the capture hooks", runtime.capture.remove),
         ("the input thumbnail", lambda: _no_input_stats(wrapped)),

@@ -23,7 +23,7 @@ from serve_drift.config import DriftConfig
 from serve_drift.credentials import AdminCredential
 from serve_drift.messages import EventBatch, IngestReceipt
 from serve_drift.reference.reference_set import read_reference_version
-from serve_drift.replica.batch import BatchBuilder, PendingRows, top1
+from serve_drift.replica.batch import BatchBuilder, PendingRows
 from serve_drift.replica.executor import install_on
 from serve_drift.replica.shipper import EmbeddingShipper
 from serve_drift.request_context import (
@@ -154,30 +154,50 @@ async def _call_user_code(
 
 
 class RequestCounts:
-    """Requests by outcome, counted in the replica and added to the OTel counter once per
-    shipping tick: an SDK counter call per request costs more than the rest of the count."""
+    """Requests by outcome, and their latencies, kept in the replica and given to the OTel
+    counter and histogram once per shipping tick: an SDK counter call per request costs more
+    than the rest of the count, and histogram records one after the other cost a fraction of
+    one between two requests' forward passes."""
+
+    # Beyond this many latencies waiting (no tick for a long while), they are recorded at once.
+    MAX_WAITING = 10_000
 
     def __init__(self, *, attributes: Mapping[str, str]) -> None:
         self._attributes = dict(attributes)
         self._counts: Counter[str] = Counter()
+        self._latencies: list[float] = []
 
     def add(self, outcome: str) -> None:
         self._counts[outcome] += 1
+
+    def latency(self, latency_s: float) -> None:
+        self._latencies.append(latency_s)
+        if len(self._latencies) >= self.MAX_WAITING:
+            self._flush_latencies()
 
     def flush(self) -> None:
         counts, self._counts = self._counts, Counter()
         requests = tel.replica_instruments().requests
         for outcome, n in counts.items():
             requests.add(n, {**self._attributes, "outcome": outcome})
+        self._flush_latencies()
+
+    def _flush_latencies(self) -> None:
+        latencies, self._latencies = self._latencies, []
+        histogram = tel.replica_instruments().latency
+        for latency_s in latencies:
+            histogram.record(latency_s, self._attributes)
 
 
 class ReplicaMonitor:
     """Everything serve-drift adds to one replica of a monitored deployment.
 
-    The request path keeps to what must happen per request: the span (with the predicted
-    class and confidence), the latency histogram, and an ``offer`` of references to the
-    captured tensors. Events, softmax rows, top-k, input statistics and the other metrics are
-    made per batch by the shipper (:mod:`serve_drift.replica.batch`).
+    The request path keeps to what must happen per request: the span's start, and an
+    ``offer`` of references to the captured tensors and the answered, still open span. The
+    span's prediction and its end (at the answer's time), events, softmax rows, top-k, input
+    statistics and the metrics are made per batch by the shipper
+    (:mod:`serve_drift.replica.batch`); a request whose rows do not reach the shipper ends its
+    span at once.
     """
 
     def __init__(
@@ -247,6 +267,7 @@ class ReplicaMonitor:
         attributes = self._span_attributes(ids)
         # What start_as_current_span does, without its two generator context managers.
         token = otel_context.attach(trace.set_span_in_context(span))
+        handed_over = False  # to the shipper, which ends it with the batch
         try:
             with (
                 bind_request_ids(ids),
@@ -255,16 +276,19 @@ class ReplicaMonitor:
             ):
                 result = await _call_user_code(method, args, kwargs, is_async=is_async)
                 latency_s = time.perf_counter() - started
-                self._after_response(span, attributes, captured, ids, latency_s, marks)
+                handed_over = self._after_response(
+                    span, attributes, captured, ids, latency_s, marks
+                )
         except BaseException as exc:
             self.requests.add("error")
             _record_exception(span, exc)
             raise
         finally:
             otel_context.detach(token)
-            span.set_attributes(attributes)
-            span.end()
-        self._record_latency(latency_s)
+            if not handed_over:
+                span.set_attributes(attributes)
+                span.end()
+        self.requests.latency(latency_s)
         return result
 
     def _start_span(self, headers: Any | None, scan: _HeaderScan) -> trace.Span:
@@ -313,14 +337,6 @@ class ReplicaMonitor:
             return False
         return self.admin is not None and self.admin.verify_headers(headers)
 
-    def _record_latency(self, latency_s: float) -> None:
-        # Outside the request span, on purpose: inside it the SDK offers every measurement to
-        # an exemplar reservoir, which costs more than the histogram itself.
-        try:
-            self._instruments.latency.record(latency_s, self._metric_attributes)
-        except Exception as exc:
-            self._count_failure("latency", exc)
-
     def _record_confidences(self, confidences: list[float]) -> None:
         histogram = self._instruments.confidence
         for confidence in confidences:
@@ -334,14 +350,16 @@ class ReplicaMonitor:
         ids: RequestIds,
         latency_s: float,
         marks: RequestMarks,
-    ) -> None:
-        """Record and enqueue; any failure here is counted, never raised into the request."""
+    ) -> bool:
+        """Record and enqueue; True when the shipper took the open span (it ends it with the
+        batch). Any failure here is counted, never raised into the request."""
         try:
             self.requests.add(marks.outcome or "ok")
             attributes[tel.ATTR_LATENCY_S] = latency_s
-            self._record_capture(span, attributes, captured, ids, marks, latency_s)
+            return self._record_capture(span, attributes, captured, ids, marks, latency_s)
         except Exception as exc:
             self._record_failure(span, "after_response", exc)
+            return False
 
     def _record_capture(
         self,
@@ -351,31 +369,29 @@ class ReplicaMonitor:
         ids: RequestIds,
         marks: RequestMarks,
         latency_s: float,
-    ) -> None:
+    ) -> bool:
         self.shipper.ensure_started()
         if captured.error is not None:
             self._record_failure(span, "capture", captured.error)
-            return
+            return False
         embeddings = captured.embeddings
         if embeddings is None:
             attributes["serve_drift.embedding.captured"] = False
-            return
+            return False
         rows = embeddings.shape[0]
-        logits = _scores(captured.logits, rows=rows)
-        if logits is not None and rows == 1:
-            predicted, confidence = top1(logits)
-            attributes[tel.ATTR_PREDICTED_CLASS] = predicted
-            attributes[tel.ATTR_CONFIDENCE] = confidence
-        self.shipper.offer(
+        return self.shipper.offer(
             PendingRows(
                 rows=rows,
                 embeddings=embeddings,
-                logits=logits,
+                logits=_scores(captured.logits, rows=rows),
                 ids=ids,
                 marks=marks,
                 latency_s=latency_s,
                 timestamp=time.time(),
                 span=span.get_span_context(),
+                open_span=span,
+                span_attributes=attributes,
+                ended_ns=time.time_ns(),
             )
         )
 

@@ -133,8 +133,9 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     """A ``BatchSpanProcessor`` that counts the spans it is handed (only sampled ones export).
 
     An exporter with an ``encode_ended(span)`` method (serve-drift's OTLP/gRPC one) gets its
-    spans in the form that method returns, made as each span ends: an encoded span waits for
-    its export as one bytes object instead of a dozen the garbage collector keeps traversing.
+    spans in the form that method returns, made as each span ends: a request span then waits
+    for its export as one tuple of atoms, which the garbage collector stops tracking, instead
+    of a dozen objects it keeps traversing (:class:`~.span_encoding.SpanEncoder`).
     """
 
     def __init__(self, exporter: SpanExporter, *, ledger: Ledger, **options: Any) -> None:
@@ -155,8 +156,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         encode, emit = self._encoded
         try:
             item: object = encode(span)
-        except Exception:  # never into the request: the exporter encodes it with its batch
-            logger.debug("serve-drift: span encoding failed, left to the export", exc_info=True)
+        except Exception:  # never into the caller: the exporter encodes it with its batch
+            logger.debug("serve-drift: span conversion failed, left to the export", exc_info=True)
             item = span
         emit(item)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -192,7 +193,7 @@ def _two_scopes(provider: TracerProvider) -> None:
 def test_spans_encoded_as_they_end_make_the_request_the_sdk_builds() -> None:
     spans = _finished(_two_scopes)
     encoder = SpanEncoder()
-    items = [encoder.encode(span) for span in spans]
+    items = [encoder.pending(span) for span in spans]
     assert all(isinstance(item, tuple) for item in items)
     assert encoder.request(items) == encode_spans(spans).SerializeToString()
     mixed = [
@@ -204,7 +205,7 @@ def test_spans_encoded_as_they_end_make_the_request_the_sdk_builds() -> None:
 def test_encoder_past_its_groups_leaves_spans_to_the_request() -> None:
     spans = _finished(_two_scopes)
     encoder = SpanEncoder(max_groups=1)
-    items = [encoder.encode(span) for span in spans]
+    items = [encoder.pending(span) for span in spans]
     assert any(item is span for item, span in zip(items, spans, strict=True))
     assert ExportTraceServiceRequest.FromString(encoder.request(items)) == encode_spans(spans)
 
@@ -220,7 +221,7 @@ class _EncodingExporter(SpanExporter):
     def encode_ended(self, span: ReadableSpan) -> object:
         if self.fail:
             raise RuntimeError("encoding failed")
-        return self.encoder.encode(span)
+        return self.encoder.pending(span)
 
     def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
         self.items.extend(spans)
@@ -258,3 +259,11 @@ def test_a_span_that_fails_to_encode_is_exported_as_the_span_itself() -> None:
     assert sorted(s.context.span_id for s in exporter.items) == sorted(  # type: ignore[attr-defined]
         s.context.span_id for s in spans
     )
+
+
+def test_a_waiting_plain_span_is_untracked_by_the_garbage_collector() -> None:
+    spans = _finished(_request_spans)
+    pending = SpanEncoder().pending(spans[0])
+    assert isinstance(pending, tuple) and gc.is_tracked(pending)  # until its first collection
+    gc.collect(0)
+    assert not gc.is_tracked(pending)
