@@ -83,8 +83,18 @@ def _parent_context(
     return propagate.extract(headers) if propagation else otel_context.Context()
 
 
+_REQUEST_ATTRIBUTES = ("headers", "url", "method")
+_REQUEST_TYPES: set[type] = set()  # classes that have all three (Starlette's Request)
+
+
 def _is_http_request(value: object) -> bool:
-    return _has(value, "headers") and _has(value, "url") and _has(value, "method")
+    kind = type(value)
+    if kind in _REQUEST_TYPES:
+        return True
+    if all(hasattr(kind, name) for name in _REQUEST_ATTRIBUTES):
+        _REQUEST_TYPES.add(kind)
+        return True
+    return all(_has(value, name) for name in _REQUEST_ATTRIBUTES)
 
 
 def _has(value: object, name: str) -> bool:

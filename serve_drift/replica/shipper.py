@@ -102,7 +102,10 @@ class EmbeddingShipper:
         if not self._buffer.offer(item):
             self._count_drop("queue_full", item.rows)
             return False
-        if len(self._buffer) >= self._wake_rows() and self._wakeup is not None:
+        waiting = len(self._buffer)
+        # batch_size first: the wake threshold is never below it, and costs more to look up.
+        wake = waiting >= self._config.batch_size and waiting >= self._wake_rows()
+        if wake and self._wakeup is not None:
             self._wakeup.set()
         return True
 
