@@ -38,7 +38,7 @@ MAX_CONTEXT_VALUE_CHARS = 256
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestIds:
     """``correlation_id`` may repeat (clients reuse IDs); ``internal_id`` never does."""
 
@@ -149,7 +149,7 @@ def current_request_ids() -> RequestIds:
 # --- marks -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingStats:
     """Input statistics to compute later, off the request path, and only for the rows the
     replica ships: ``summarise`` turns a list of ``item`` values (e.g. thumbnails) into one
@@ -164,7 +164,7 @@ class PendingStats:
     summarise: Callable[[Sequence[Any]], Sequence[InputStats]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowMark:
     """What the handler said about one input row of the current request."""
 
@@ -173,7 +173,7 @@ class RowMark:
     input_stats: InputStats | PendingStats | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestMarks:
     rows: dict[int | None, RowMark] = field(default_factory=dict)
     outcome: str | None = None
