@@ -319,9 +319,23 @@ class EmbeddingCapture:
     def _deliver(self, read: Callable[[], tuple[torch.Tensor | None, Any]]) -> None:
         """Store ``read()``'s (embedding, scores) in the capture(s) this pass belongs to."""
         owners = self._row_owners() if self._row_owners is not None else None
-        targets = [self._owned.get(o) for o in owners] if owners else [self._active.get()]
-        if not any(target is not None for target in targets):
-            return  # warm-up or unrelated forward passes: nothing to record
+        if not owners:  # the common case: one request's own forward pass
+            active = self._active.get()
+            if active is not None:
+                self._fill((active,), read, rows=False)
+            return  # else warm-up or an unrelated forward pass: nothing to record
+        targets = [self._owned.get(o) for o in owners]
+        if any(target is not None for target in targets):
+            self._fill(targets, read, rows=True)
+
+    def _fill(
+        self,
+        targets: Sequence[Capture | None],
+        read: Callable[[], tuple[torch.Tensor | None, Any]],
+        *,
+        rows: bool,
+    ) -> None:
+        """``rows``: each target gets its row of a batched pass, else the whole tensors."""
         try:
             embedding, scores = read()
             if scores is not None:
@@ -337,7 +351,7 @@ class EmbeddingCapture:
             if target is None:
                 continue
             try:  # one request's bad row is its own error, not its batch neighbours'
-                self._store(target, embedding, scores, row=row if owners else None)
+                self._store(target, embedding, scores, row=row if rows else None)
             except Exception as error:
                 _record_error(target, error=error)
 

@@ -38,7 +38,7 @@ MAX_CONTEXT_VALUE_CHARS = 256
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestIds:
     """``correlation_id`` may repeat (clients reuse IDs); ``internal_id`` never does."""
 
@@ -62,22 +62,34 @@ def _new_id() -> str:
 def _serve_request_context() -> tuple[str, str]:
     # The getter is private and empty in local testing mode or outside a request: read it
     # defensively so a Ray upgrade can only cost us the client's ID, never a request.
+    getter = _request_context_getter()
+    if getter is None:
+        return "", ""
     try:
-        from ray.serve.context import _get_serve_request_context
-
-        ctx = _get_serve_request_context()
+        ctx = getter()
         return str(ctx.request_id or ""), str(getattr(ctx, "_internal_request_id", "") or "")
     except Exception:
         return "", ""
 
 
-@functools.cache
-def _batch_context_getter() -> Callable[[], Any] | None:
+def _ray_serve_context_getter(name: str) -> Callable[[], Any] | None:
+    """A getter of ``ray.serve.context``, looked up once (it runs on every request)."""
     try:
-        from ray.serve.context import _get_serve_batch_request_context
+        from ray.serve import context
     except Exception:
         return None
-    return _get_serve_batch_request_context
+    getter = getattr(context, name, None)
+    return getter if callable(getter) else None
+
+
+@functools.cache
+def _request_context_getter() -> Callable[[], Any] | None:
+    return _ray_serve_context_getter("_get_serve_request_context")
+
+
+@functools.cache
+def _batch_context_getter() -> Callable[[], Any] | None:
+    return _ray_serve_context_getter("_get_serve_batch_request_context")
 
 
 def serve_batch_request_ids() -> list[str] | None:
@@ -137,7 +149,7 @@ def current_request_ids() -> RequestIds:
 # --- marks -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingStats:
     """Input statistics to compute later, off the request path, and only for the rows the
     replica ships: ``summarise`` turns a list of ``item`` values (e.g. thumbnails) into one
@@ -152,7 +164,7 @@ class PendingStats:
     summarise: Callable[[Sequence[Any]], Sequence[InputStats]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowMark:
     """What the handler said about one input row of the current request."""
 
@@ -161,7 +173,7 @@ class RowMark:
     input_stats: InputStats | PendingStats | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestMarks:
     rows: dict[int | None, RowMark] = field(default_factory=dict)
     outcome: str | None = None
@@ -170,8 +182,10 @@ class RequestMarks:
     sentinel: bool = False
 
     def row(self, index: int) -> RowMark:
-        return self.rows.get(index) or self.rows.get(None) or RowMark()
+        return self.rows.get(index) or self.rows.get(None) or _NO_MARK
 
+
+_NO_MARK = RowMark()  # immutable: one for every row nothing was said about
 
 # One mutable record per monitored request, set before the handler runs. The handler (or a
 # thread started with ``asyncio.to_thread``, which copies the context) updates it in place.
@@ -210,7 +224,7 @@ def mark_request(
     if marks is None:
         return False
     if flags or exclude_from_drift or input_stats is not None:
-        previous = marks.rows.get(row, RowMark())
+        previous = marks.rows.get(row, _NO_MARK)
         marks.rows[row] = RowMark(
             flags=tuple(flags) or previous.flags,
             exclude_from_drift=exclude_from_drift or previous.exclude_from_drift,

@@ -1,19 +1,18 @@
 """From what the request path leaves in the buffer to the batch the monitor receives.
 
 The request path only records references (the captured tensors, the request's IDs and marks,
-its span context): softmax and top-k, input statistics, ID formatting and the events
-themselves are made here, for a whole drain at once, off the request path. Vectorised, they
-cost a fraction of what they cost one request at a time; and rows the sampler does not ship
-get no event and no statistics at all.
+its span, answered but not ended): softmax and top-k, the span's prediction and its end, input
+statistics, ID formatting and the events themselves are made here, for a whole drain at once,
+off the request path. Vectorised, or one after the other, they cost a fraction of what they
+cost one request at a time; and rows the sampler does not ship get no event and no statistics.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +21,8 @@ from opentelemetry.trace import SpanContext
 
 from serve_drift.messages import EventBatch, InferenceEvent, InputStats
 from serve_drift.replica.sampler import RowSampler, SampleChoice
-from serve_drift.request_context import PendingStats, RequestIds, RequestMarks
+from serve_drift.request_context import PendingStats, RequestIds, RequestMarks, RowMark
+from serve_drift.telemetry.instruments import ATTR_CONFIDENCE, ATTR_PREDICTED_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,13 @@ TOP_K = 5
 TopK = tuple[tuple[int, float], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRows:
-    """One request's captured rows, as the request path leaves them."""
+class PendingRows(NamedTuple):
+    """One request's captured rows, as the request path leaves them (a named tuple: made on
+    every request, it costs a third of a frozen dataclass).
+
+    ``open_span``, when given, is the request's span, answered but not ended: the batch sets
+    ``span_attributes`` on it, with the prediction and confidence of a one-row request, and
+    ends it at ``ended_ns``, the time of the answer (see :func:`end_spans`)."""
 
     rows: int
     embeddings: torch.Tensor  # (rows, d), still on the model's device
@@ -42,6 +46,9 @@ class PendingRows:
     latency_s: float
     timestamp: float
     span: SpanContext
+    open_span: trace.Span | None = None
+    span_attributes: dict[str, Any] | None = None
+    ended_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,26 +92,33 @@ def _logit_groups(items: Sequence[PendingRows]) -> list[tuple[list[int], torch.T
     return [(positions, torch.cat(tensors)) for positions, tensors in groups.values()]
 
 
-# Up to this many classes, the top-1 of one row is cheaper in Python than in four tensor calls.
-PYTHON_TOP1_MAX_CLASSES = 64
+def end_spans(
+    items: Sequence[PendingRows], outputs: Outputs | None, *, on_error: Callable[[Exception], None]
+) -> None:
+    """End the request spans the request path left open, with their attributes and the
+    prediction of one-row requests (from ``outputs``, ``None`` when they could not be made).
 
-
-def top1(logits: torch.Tensor) -> tuple[int, float]:
-    """Predicted class and its softmax probability for a one-row ``(1, classes)`` request (its
-    span's attributes); the rest of the outputs wait for the batch.
-
-    >>> predicted, confidence = top1(torch.tensor([[0.0, 2.0, 0.0]]))
-    >>> predicted, round(confidence, 4)
-    (1, 0.787)
+    Why here: set and ended one after the other, spans cost the SDK a fraction of what they
+    cost one at a time between two requests' forward passes; their end times are the answers'.
     """
-    if logits.shape[1] <= PYTHON_TOP1_MAX_CLASSES:
-        row = logits[0].tolist()
-        best = max(row)
-        confidence = 1.0 / sum(math.exp(value - best) for value in row)
-        if math.isfinite(confidence):
-            return row.index(best), confidence
-    found = torch.softmax(logits.float(), dim=-1).max(dim=-1)
-    return int(found.indices.item()), float(found.values.item())
+    position = 0
+    for item in items:
+        span = item.open_span
+        if span is not None and span.is_recording():
+            try:
+                _end_span(span, item, outputs, position)
+            except Exception as exc:  # a span is telemetry: it never stops the batch
+                on_error(exc)
+        position += item.rows
+
+
+def _end_span(span: trace.Span, item: PendingRows, outputs: Outputs | None, position: int) -> None:
+    attributes = item.span_attributes or {}
+    if outputs is not None and item.rows == 1 and outputs.predicted[position] is not None:
+        attributes[ATTR_PREDICTED_CLASS] = outputs.predicted[position]
+        attributes[ATTR_CONFIDENCE] = outputs.confidence[position]
+    span.set_attributes(attributes)
+    span.end(end_time=item.ended_ns)
 
 
 def resolve_stats(
@@ -159,7 +173,12 @@ class BatchBuilder:
         return EventBatch(embeddings=rows, events=(), replica_id=self._replica_id)
 
     def build(self, items: Sequence[PendingRows], *, sampler: RowSampler, now: float) -> Drained:
-        outputs = batch_outputs(items)
+        """The drain's batch; the request spans it carries are ended, whatever happens."""
+        outputs: Outputs | None = None
+        try:
+            outputs = batch_outputs(items)
+        finally:
+            end_spans(items, outputs, on_error=self._on_error)
         self._on_confidences([c for c in outputs.confidence if c is not None])
         rows = [(item, row) for item in items for row in range(item.rows)]
         always = np.fromiter((item.marks.sentinel for item, _ in rows), bool, len(rows))
@@ -176,12 +195,11 @@ class BatchBuilder:
         choice: SampleChoice,
     ) -> EventBatch:
         kept = choice.kept.tolist()
-        stats = resolve_stats(
-            [rows[i][0].marks.row(rows[i][1]).input_stats for i in kept], on_error=self._on_error
-        )
+        marks = [rows[i][0].marks.row(rows[i][1]) for i in kept]
+        stats = resolve_stats([mark.input_stats for mark in marks], on_error=self._on_error)
         events = tuple(
-            self._event(rows[i][0], rows[i][1], outputs, i, weight=w, stats=s)
-            for i, w, s in zip(kept, choice.weights.tolist(), stats, strict=True)
+            self._event(rows[i][0], rows[i][1], mark, outputs, i, weight=w, stats=s)
+            for i, mark, w, s in zip(kept, marks, choice.weights.tolist(), stats, strict=True)
         )
         embeddings = torch.cat([item.embeddings for item in items])
         if len(kept) < len(embeddings):  # only the shipped rows leave the device
@@ -198,13 +216,13 @@ class BatchBuilder:
         self,
         item: PendingRows,
         row: int,
+        mark: RowMark,
         outputs: Outputs,
         position: int,
         *,
         weight: float,
         stats: InputStats | None,
     ) -> InferenceEvent:
-        mark = item.marks.row(row)
         # Sentinel runs measure the model, not production traffic: flag them, keep them out of
         # drift windows (and, being flagged, they are always stored for their labels to join).
         sentinel = item.marks.sentinel
@@ -217,8 +235,8 @@ class BatchBuilder:
             model_version=self._model[1],
             predicted_class=outputs.predicted[position],
             confidence=outputs.confidence[position],
-            trace_id=trace.format_trace_id(item.span.trace_id),
-            span_id=trace.format_span_id(item.span.span_id),
+            trace_id=format(item.span.trace_id, "032x"),  # as trace.format_trace_id does
+            span_id=format(item.span.span_id, "016x"),
             flags=(*mark.flags, "sentinel") if sentinel else mark.flags,
             exclude_from_drift=mark.exclude_from_drift or sentinel,
             latency_s=item.latency_s,

@@ -44,9 +44,14 @@ def in_current_context(fn: Callable[..., T]) -> Callable[..., T]:
 _INSTALLED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
+_last: list[asyncio.AbstractEventLoop | None] = [None]  # the loop of the latest call
+
+
 def install_on(loop: asyncio.AbstractEventLoop) -> None:
     """Make a context-copying executor ``loop``'s default, once per loop."""
-    if loop in _INSTALLED:
+    if loop is _last[0]:  # every request asks: the common answer without a weak reference
         return
-    loop.set_default_executor(ContextCopyingExecutor(thread_name_prefix="serve-drift-user"))
-    _INSTALLED.add(loop)
+    if loop not in _INSTALLED:
+        loop.set_default_executor(ContextCopyingExecutor(thread_name_prefix="serve-drift-user"))
+        _INSTALLED.add(loop)
+    _last[0] = loop

@@ -23,7 +23,7 @@ from serve_drift.config import DriftConfig
 from serve_drift.credentials import AdminCredential
 from serve_drift.messages import EventBatch, IngestReceipt
 from serve_drift.reference.reference_set import read_reference_version
-from serve_drift.replica.batch import BatchBuilder, PendingRows, top1
+from serve_drift.replica.batch import BatchBuilder, PendingRows
 from serve_drift.replica.executor import install_on
 from serve_drift.replica.shipper import EmbeddingShipper
 from serve_drift.request_context import (
@@ -70,18 +70,31 @@ def _request_headers(args: tuple[Any, ...]) -> Any | None:
     return next((a.headers for a in args if _is_http_request(a)), None)
 
 
-def _parent_context(headers: Any | None, *, trust_client: bool) -> otel_context.Context | None:
+def _parent_context(
+    headers: Any | None, *, trust_client: bool, propagation: bool
+) -> otel_context.Context | None:
     """Ray Serve's span when its tracing is on; else the client's W3C ``traceparent`` when
-    the configuration trusts it."""
+    the configuration trusts it. ``propagation``: whether any header the propagators read
+    came (without one they would return an empty context, which this returns at once)."""
     if trace.get_current_span().get_span_context().is_valid:
         return None
     if headers is None or not trust_client:
         return None
-    return propagate.extract(headers)
+    return propagate.extract(headers) if propagation else otel_context.Context()
+
+
+_REQUEST_ATTRIBUTES = ("headers", "url", "method")
+_REQUEST_TYPES: set[type] = set()  # classes that have all three (Starlette's Request)
 
 
 def _is_http_request(value: object) -> bool:
-    return _has(value, "headers") and _has(value, "url") and _has(value, "method")
+    kind = type(value)
+    if kind in _REQUEST_TYPES:
+        return True
+    if all(hasattr(kind, name) for name in _REQUEST_ATTRIBUTES):
+        _REQUEST_TYPES.add(kind)
+        return True
+    return all(_has(value, name) for name in _REQUEST_ATTRIBUTES)
 
 
 def _has(value: object, name: str) -> bool:
@@ -92,13 +105,53 @@ def _has(value: object, name: str) -> bool:
 _RAW_PREFIX = CONTEXT_PREFIX.encode("latin-1")
 
 
-def _has_context_headers(headers: Any) -> bool:
-    """Whether any ``X-Serve-Drift-Context-*`` header came: one pass over Starlette's raw
-    (lower-cased) names, so the common request, which has none, costs no decoding."""
+@dataclass(frozen=True)
+class _HeaderScan:
+    """What one pass over a request's header names found."""
+
+    context: bool  # an ``X-Serve-Drift-Context-*`` header
+    propagation: bool  # a header the global propagators read (``traceparent``, ``baggage``)
+
+
+_ALL = _HeaderScan(context=True, propagation=True)
+_NONE = _HeaderScan(context=False, propagation=False)
+
+
+class _PropagationFields:
+    """The (lower-case, encoded) header names the global propagators read, looked up again
+    only when the global propagator is replaced."""
+
+    def __init__(self) -> None:
+        self._textmap: object | None = None
+        self._names: frozenset[bytes] = frozenset()
+
+    def names(self) -> frozenset[bytes]:
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._names = frozenset(f.lower().encode("latin-1") for f in textmap.fields)
+            self._textmap = textmap
+        return self._names
+
+
+_PROPAGATION = _PropagationFields()
+
+
+def _scan_headers(headers: Any | None) -> _HeaderScan:
+    """One pass over Starlette's raw (lower-cased) names, so the common request, which has
+    neither caller context nor trace context, costs no decoding and no propagator call."""
+    if headers is None:
+        return _NONE
     raw = getattr(headers, "raw", None)
-    if raw is None:  # another mapping: let the full parser look
-        return True
-    return any(name.startswith(_RAW_PREFIX) for name, _ in raw)
+    if raw is None:  # another mapping: let the full parsers look
+        return _ALL
+    fields = _PROPAGATION.names()
+    context = propagation = False
+    for name, _ in raw:
+        context = context or name.startswith(_RAW_PREFIX)
+        propagation = propagation or name in fields
+    if not (context or propagation):
+        return _NONE
+    return _HeaderScan(context=context, propagation=propagation)
 
 
 async def _call_user_code(
@@ -111,30 +164,50 @@ async def _call_user_code(
 
 
 class RequestCounts:
-    """Requests by outcome, counted in the replica and added to the OTel counter once per
-    shipping tick: an SDK counter call per request costs more than the rest of the count."""
+    """Requests by outcome, and their latencies, kept in the replica and given to the OTel
+    counter and histogram once per shipping tick: an SDK counter call per request costs more
+    than the rest of the count, and histogram records one after the other cost a fraction of
+    one between two requests' forward passes."""
+
+    # Beyond this many latencies waiting (no tick for a long while), they are recorded at once.
+    MAX_WAITING = 10_000
 
     def __init__(self, *, attributes: Mapping[str, str]) -> None:
         self._attributes = dict(attributes)
         self._counts: Counter[str] = Counter()
+        self._latencies: list[float] = []
 
     def add(self, outcome: str) -> None:
         self._counts[outcome] += 1
+
+    def latency(self, latency_s: float) -> None:
+        self._latencies.append(latency_s)
+        if len(self._latencies) >= self.MAX_WAITING:
+            self._flush_latencies()
 
     def flush(self) -> None:
         counts, self._counts = self._counts, Counter()
         requests = tel.replica_instruments().requests
         for outcome, n in counts.items():
             requests.add(n, {**self._attributes, "outcome": outcome})
+        self._flush_latencies()
+
+    def _flush_latencies(self) -> None:
+        latencies, self._latencies = self._latencies, []
+        histogram = tel.replica_instruments().latency
+        for latency_s in latencies:
+            histogram.record(latency_s, self._attributes)
 
 
 class ReplicaMonitor:
     """Everything serve-drift adds to one replica of a monitored deployment.
 
-    The request path keeps to what must happen per request: the span (with the predicted
-    class and confidence), the latency histogram, and an ``offer`` of references to the
-    captured tensors. Events, softmax rows, top-k, input statistics and the other metrics are
-    made per batch by the shipper (:mod:`serve_drift.replica.batch`).
+    The request path keeps to what must happen per request: the span's start, and an
+    ``offer`` of references to the captured tensors and the answered, still open span. The
+    span's prediction and its end (at the answer's time), events, softmax rows, top-k, input
+    statistics and the metrics are made per batch by the shipper
+    (:mod:`serve_drift.replica.batch`); a request whose rows do not reach the shipper ends its
+    span at once.
     """
 
     def __init__(
@@ -195,11 +268,16 @@ class ReplicaMonitor:
         install_on(asyncio.get_running_loop())
         ids = current_request_ids()
         headers = _request_headers(args)
-        context, sentinel = self._caller(headers)
+        scan = _scan_headers(headers)
+        context, sentinel = self._caller(headers, scan)
         started = time.perf_counter()
-        span = self._start_span(ids, headers)
+        span = self._start_span(headers, scan)
+        # The span's attributes, set in one call when it ends: one call costs a fraction of
+        # one per attribute, and given at the start they would be copied and checked twice.
+        attributes = self._span_attributes(ids)
         # What start_as_current_span does, without its two generator context managers.
         token = otel_context.attach(trace.set_span_in_context(span))
+        handed_over = False  # to the shipper, which ends it with the batch
         try:
             with (
                 bind_request_ids(ids),
@@ -208,29 +286,37 @@ class ReplicaMonitor:
             ):
                 result = await _call_user_code(method, args, kwargs, is_async=is_async)
                 latency_s = time.perf_counter() - started
-                self._after_response(span, captured, ids, latency_s, marks)
+                handed_over = self._after_response(
+                    span, attributes, captured, ids, latency_s, marks
+                )
         except BaseException as exc:
             self.requests.add("error")
             _record_exception(span, exc)
             raise
         finally:
             otel_context.detach(token)
-            span.end()
-        self._record_latency(latency_s)
+            if not handed_over:
+                span.set_attributes(attributes)
+                span.end()
+        self.requests.latency(latency_s)
         return result
 
-    def _start_span(self, ids: RequestIds, headers: Any | None) -> trace.Span:
+    def _start_span(self, headers: Any | None, scan: _HeaderScan) -> trace.Span:
         parent = _parent_context(
-            headers, trust_client=self.config.telemetry.trust_client_traceparent
+            headers,
+            trust_client=self.config.telemetry.trust_client_traceparent,
+            propagation=scan.propagation,
         )
         kind = SpanKind.SERVER if parent is not None else SpanKind.INTERNAL
-        attributes = {
+        return self.tracer().start_span(SPAN_NAME, context=parent, kind=kind)
+
+    def _span_attributes(self, ids: RequestIds) -> dict[str, Any]:
+        return {
             tel.ATTR_CORRELATION_ID: ids.correlation_id,
             tel.ATTR_INTERNAL_ID: ids.internal_id,
             **self._metric_attributes,
             tel.ATTR_REFERENCE_VERSION: self.reference_version,
         }
-        return self.tracer().start_span(SPAN_NAME, context=parent, kind=kind, attributes=attributes)
 
     def tracer(self) -> trace.Tracer:
         """The library's tracer, looked up at the first request (the SDK is configured by
@@ -239,9 +325,9 @@ class ReplicaMonitor:
             self._tracer = tel.tracer()
         return self._tracer
 
-    def _caller(self, headers: Any | None) -> tuple[dict[str, str], bool]:
+    def _caller(self, headers: Any | None, scan: _HeaderScan) -> tuple[dict[str, str], bool]:
         """Caller context and whether this is a verified sentinel run."""
-        if headers is None or not _has_context_headers(headers):
+        if headers is None or not scan.context:
             return {}, False
         return self._context(headers), self.is_sentinel(headers)
 
@@ -261,14 +347,6 @@ class ReplicaMonitor:
             return False
         return self.admin is not None and self.admin.verify_headers(headers)
 
-    def _record_latency(self, latency_s: float) -> None:
-        # Outside the request span, on purpose: inside it the SDK offers every measurement to
-        # an exemplar reservoir, which costs more than the histogram itself.
-        try:
-            self._instruments.latency.record(latency_s, self._metric_attributes)
-        except Exception as exc:
-            self._count_failure("latency", exc)
-
     def _record_confidences(self, confidences: list[float]) -> None:
         histogram = self._instruments.confidence
         for confidence in confidences:
@@ -277,51 +355,53 @@ class ReplicaMonitor:
     def _after_response(
         self,
         span: trace.Span,
+        attributes: dict[str, Any],
         captured: Capture,
         ids: RequestIds,
         latency_s: float,
         marks: RequestMarks,
-    ) -> None:
-        """Record and enqueue; any failure here is counted, never raised into the request."""
+    ) -> bool:
+        """Record and enqueue; True when the shipper took the open span (it ends it with the
+        batch). Any failure here is counted, never raised into the request."""
         try:
             self.requests.add(marks.outcome or "ok")
-            span.set_attribute(tel.ATTR_LATENCY_S, latency_s)
-            self._record_capture(span, captured, ids, marks, latency_s)
+            attributes[tel.ATTR_LATENCY_S] = latency_s
+            return self._record_capture(span, attributes, captured, ids, marks, latency_s)
         except Exception as exc:
             self._record_failure(span, "after_response", exc)
+            return False
 
     def _record_capture(
         self,
         span: trace.Span,
+        attributes: dict[str, Any],
         captured: Capture,
         ids: RequestIds,
         marks: RequestMarks,
         latency_s: float,
-    ) -> None:
+    ) -> bool:
         self.shipper.ensure_started()
         if captured.error is not None:
             self._record_failure(span, "capture", captured.error)
-            return
+            return False
         embeddings = captured.embeddings
         if embeddings is None:
-            span.set_attribute("serve_drift.embedding.captured", False)
-            return
+            attributes["serve_drift.embedding.captured"] = False
+            return False
         rows = embeddings.shape[0]
-        logits = _scores(captured.logits, rows=rows)
-        if logits is not None and rows == 1:
-            predicted, confidence = top1(logits)
-            span.set_attribute(tel.ATTR_PREDICTED_CLASS, predicted)
-            span.set_attribute(tel.ATTR_CONFIDENCE, confidence)
-        self.shipper.offer(
+        return self.shipper.offer(
             PendingRows(
                 rows=rows,
                 embeddings=embeddings,
-                logits=logits,
+                logits=_scores(captured.logits, rows=rows),
                 ids=ids,
                 marks=marks,
                 latency_s=latency_s,
                 timestamp=time.time(),
                 span=span.get_span_context(),
+                open_span=span,
+                span_attributes=attributes,
+                ended_ns=time.time_ns(),
             )
         )
 

@@ -97,12 +97,17 @@ class EmbeddingShipper:
         self.last_failure: str | None = None  # cleared by the next successful send
         self._unreported = 0  # rows sampled out that no batch the monitor took has reported
 
-    def offer(self, item: PendingRows) -> None:
+    def offer(self, item: PendingRows) -> bool:
+        """Queue a request's rows; False when the buffer is full (they are dropped, counted)."""
         if not self._buffer.offer(item):
             self._count_drop("queue_full", item.rows)
-            return
-        if len(self._buffer) >= self._wake_rows() and self._wakeup is not None:
+            return False
+        waiting = len(self._buffer)
+        # batch_size first: the wake threshold is never below it, and costs more to look up.
+        wake = waiting >= self._config.batch_size and waiting >= self._wake_rows()
+        if wake and self._wakeup is not None:
             self._wakeup.set()
+        return True
 
     def _wake_rows(self) -> int:
         # Uncapped, a full batch leaves at once. Capped, the timer drains: the sampler then

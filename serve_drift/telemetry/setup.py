@@ -83,7 +83,8 @@ _DEFAULT_SERVICE_NAME = "serve-drift"
 _DEFAULT_INTERVAL_MS = 10_000.0
 _EXISTING = "existing provider (left unchanged)"
 _OTLP_CLASSES = {
-    ("traces", "grpc"): "opentelemetry.exporter.otlp.proto.grpc.trace_exporter:OTLPSpanExporter",
+    # The SDK's exporter with a cheaper span encoding (a span per request is exported).
+    ("traces", "grpc"): "serve_drift.telemetry.otlp_grpc:OTLPSpanExporter",
     ("traces", "http/protobuf"): (
         "opentelemetry.exporter.otlp.proto.http.trace_exporter:OTLPSpanExporter"
     ),

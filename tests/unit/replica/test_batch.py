@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from serve_drift.ingress.stats import compute_input_stats, summarise_thumbnails, thumbnail
-from serve_drift.replica.batch import BatchBuilder, batch_outputs, resolve_stats, top1
+from serve_drift.replica.batch import BatchBuilder, batch_outputs, resolve_stats
 from serve_drift.replica.sampler import RowSampler
 from serve_drift.request_context import PendingStats, RequestMarks, RowMark
+from serve_drift.telemetry import instruments as tel
 from tests.unit.replica.rows import pending_rows
 
 
@@ -46,13 +51,46 @@ def test_rows_without_scores_or_with_another_class_count_ship_no_probability_mat
     assert len(outputs.top_k[0]) == 3 and len(outputs.top_k[2]) == 4
 
 
-@pytest.mark.parametrize("classes", [3, 10, 64, 65, 1000])
-def test_the_spans_top1_is_the_softmax_top1(classes: int) -> None:
-    logits = torch.randn(1, classes, generator=torch.Generator().manual_seed(classes)) * 4
-    predicted, confidence = top1(logits)
-    probabilities = torch.softmax(logits, dim=-1)[0]
-    assert predicted == int(probabilities.argmax())
-    assert confidence == pytest.approx(float(probabilities.max()), rel=1e-6)
+def _open_span(memory: InMemorySpanExporter) -> trace.Span:
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return provider.get_tracer("test").start_span("serve_drift.request")
+
+
+def test_the_batch_ends_open_request_spans_with_the_events_prediction() -> None:
+    memory = InMemorySpanExporter()
+    spans = [_open_span(memory) for _ in range(3)]
+    items = [
+        pending_rows(classes=5, seed=0)._replace(
+            open_span=spans[0], span_attributes={"serve_drift.n": 0}, ended_ns=1_000
+        ),
+        pending_rows(rows=2, classes=5, seed=1)._replace(
+            open_span=spans[1], span_attributes={"serve_drift.n": 1}, ended_ns=2_000
+        ),
+        pending_rows(classes=None, seed=2)._replace(
+            open_span=spans[2], span_attributes={"serve_drift.n": 2}, ended_ns=3_000
+        ),
+    ]
+    drained = _builder().build(items, sampler=RowSampler(max_rows_per_s=None, burst_s=1), now=0)
+    assert drained.batch is not None
+    ended = {s.attributes["serve_drift.n"]: s for s in memory.get_finished_spans()}
+    assert [ended[i].end_time for i in range(3)] == [1_000, 2_000, 3_000]
+    first = drained.batch.events[0]
+    assert ended[0].attributes[tel.ATTR_PREDICTED_CLASS] == first.predicted_class
+    assert ended[0].attributes[tel.ATTR_CONFIDENCE] == first.confidence
+    for many_rows_or_no_scores in (ended[1], ended[2]):
+        assert tel.ATTR_PREDICTED_CLASS not in many_rows_or_no_scores.attributes
+
+
+def test_spans_end_even_when_the_batch_cannot_be_built() -> None:
+    memory = InMemorySpanExporter()
+    broken = pending_rows(classes=3)._replace(
+        logits=torch.randn(2, 3), open_span=_open_span(memory), span_attributes={}, ended_ns=5
+    )  # two rows of scores for one row of embeddings: the outputs fail
+    with pytest.raises(ValueError):
+        _builder().build([broken], sampler=RowSampler(max_rows_per_s=None, burst_s=1), now=0)
+    (span,) = memory.get_finished_spans()
+    assert span.end_time == 5 and tel.ATTR_PREDICTED_CLASS not in span.attributes
 
 
 def test_pending_statistics_are_computed_once_per_batch_and_equal_the_direct_ones() -> None:

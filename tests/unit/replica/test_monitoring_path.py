@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,39 @@ def test_request_span_carries_correlation_id_and_prediction() -> None:
     event = handle.batches[0].events[0]
     assert span.attributes[tel.ATTR_CORRELATION_ID] == event.correlation_id
     assert span.attributes[tel.ATTR_PREDICTED_CLASS] == event.predicted_class
+    assert span.attributes[tel.ATTR_CONFIDENCE] == event.confidence
     assert format(span.context.span_id, "016x") == event.span_id
+
+
+def test_request_span_ends_at_the_answer_even_though_its_batch_ends_it_later() -> None:
+    spans, _ = memory_telemetry()
+    spans.clear()
+    instance = _deployment(shipping={"flush_interval_s": 60})(drift_monitor=FakeMonitorHandle())
+
+    async def answer_then_ship() -> tuple[int, int]:
+        before = time.time_ns()
+        await instance(torch.randn(1, 3))
+        answered = time.time_ns()
+        await asyncio.sleep(0.05)
+        await replica_monitor(instance).shipper.flush()
+        return before, answered
+
+    before, answered = asyncio.run(answer_then_ship())
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "serve_drift.request"]
+    assert span.end_time is not None and before <= span.end_time <= answered
+    assert span.attributes[tel.ATTR_LATENCY_S] > 0
+
+
+def test_request_latencies_reach_the_histogram_at_the_next_tick() -> None:
+    _, reader = memory_telemetry()
+    instance = _deployment(model_name="timed")(drift_monitor=FakeMonitorHandle())
+    asyncio.run(_serve(instance, [torch.randn(1, 3) for _ in range(6)]))
+    (point,) = [
+        p
+        for p in metric_points(reader, "serve_drift.request.duration")
+        if p.attributes.get("serve_drift.model.name") == "timed"
+    ]
+    assert point.count == 6 and point.sum > 0
 
 
 def test_unreachable_monitor_drops_and_counts_but_serves() -> None:
@@ -110,7 +143,8 @@ def test_unreachable_monitor_drops_and_counts_but_serves() -> None:
 
 
 def test_full_queue_drops_and_counts_without_blocking() -> None:
-    memory_telemetry()
+    spans, _ = memory_telemetry()
+    spans.clear()
     handle = FakeMonitorHandle()
     instance = _deployment(shipping={"max_queue": 2, "flush_interval_s": 60})(drift_monitor=handle)
 
@@ -121,6 +155,9 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     asyncio.run(burst())
     assert replica_monitor(instance).shipper.dropped == {"queue_full": 3}
     assert replica_monitor(instance).shipper.pending() == 2
+    # The dropped requests' spans end at once; the two waiting ones end with their batch.
+    ended = [s for s in spans.get_finished_spans() if s.name == "serve_drift.request"]
+    assert len(ended) == 3 and all(tel.ATTR_CORRELATION_ID in s.attributes for s in ended)
 
 
 def test_application_exception_passes_through_unchanged() -> None:

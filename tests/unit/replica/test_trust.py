@@ -144,3 +144,31 @@ def test_admin_tokens_are_compared_whole_and_refused_when_short(tmp_path: Any) -
     assert loaded is not None and loaded.verify(f"Bearer {ADMIN_TOKEN}")
     secret.write_text("short\n")
     assert AdminCredential.load(token_env="UNSET_VARIABLE_XYZ", token_file=str(secret)) is None
+
+
+def _starlette_request(headers: dict[str, str]) -> Any:
+    from starlette.requests import Request
+
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": raw}
+    return Request({**scope, "query_string": b"", "root_path": "", "scheme": "http"})
+
+
+@pytest.mark.parametrize("traceparent", [True, False])
+def test_starlette_headers_are_scanned_once_for_trace_and_caller_context(traceparent: bool) -> None:
+    from opentelemetry.trace import SpanKind
+
+    spans, _ = memory_telemetry()
+    spans.clear()
+    handle = FakeMonitorHandle()
+    instance = _deployment(context={"allow": ["camera"]})(drift_monitor=handle)
+    headers = {"content-type": "image/png", "x-serve-drift-context-camera": "cam-7"}
+    if traceparent:
+        headers["traceparent"] = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    _serve(instance, _starlette_request(headers))
+    span = next(s for s in spans.get_finished_spans() if s.name == "serve_drift.request")
+    # A trusted client's traceparent joins its trace; without one, a trace of its own. Both
+    # are the server side of an HTTP request.
+    assert (format(span.context.trace_id, "032x") == TRACE_ID) is traceparent
+    assert span.kind == SpanKind.SERVER
+    assert handle.batches[0].events[0].context == {"camera": "cam-7"}
