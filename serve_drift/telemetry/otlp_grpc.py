@@ -25,6 +25,11 @@ from serve_drift.telemetry.span_encoding import PendingSpan, SpanEncoder
 
 __all__ = ["OTLPSpanExporter"]
 
+if not callable(getattr(trace_exporter.OTLPSpanExporter, "_translate_data", None)):
+    # The step this class replaces is gone from this SDK release: telemetry setup falls back
+    # to the SDK's own exporter rather than export nothing.
+    raise ImportError("opentelemetry's OTLPSpanExporter has no _translate_data to replace")
+
 
 class OTLPSpanExporter(trace_exporter.OTLPSpanExporter):
     """``opentelemetry``'s OTLP/gRPC span exporter with the cheaper span encoding; it exports

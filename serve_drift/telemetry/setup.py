@@ -82,6 +82,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT_SERVICE_NAME = "serve-drift"
 _DEFAULT_INTERVAL_MS = 10_000.0
 _EXISTING = "existing provider (left unchanged)"
+_SDK_GRPC_SPAN_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter:OTLPSpanExporter"
 _OTLP_CLASSES = {
     # The SDK's exporter with a cheaper span encoding (a span per request is exported).
     ("traces", "grpc"): "serve_drift.telemetry.otlp_grpc:OTLPSpanExporter",
@@ -525,10 +526,22 @@ def _endpoint_configured(signal: str) -> bool:
 
 def _otlp_exporter(signal: str) -> tuple[Any, str]:
     protocol, note = _otlp_protocol(signal)
-    module_name, _, class_name = _OTLP_CLASSES[(signal, protocol)].partition(":")
-    exporter_class = getattr(importlib.import_module(module_name), class_name)
+    exporter_class = _exporter_class(_OTLP_CLASSES[(signal, protocol)])
     exporter = exporter_class()  # reads its own OTEL_EXPORTER_OTLP_* variables
     return exporter, _with_note(f"otlp {protocol} {_otlp_endpoint(signal, protocol)}", note)
+
+
+def _exporter_class(path: str) -> Any:
+    """The class at ``module:Name``. serve-drift's span exporter builds on SDK internals
+    (``_translate_data`` and the ``_internal`` encoders); where an SDK release moved them, the
+    SDK's own exporter is used, with its slower encoding."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        if path != _OTLP_CLASSES[("traces", "grpc")]:
+            raise
+        return _exporter_class(_SDK_GRPC_SPAN_EXPORTER)
 
 
 def _otlp_protocol(signal: str) -> tuple[str, str | None]:

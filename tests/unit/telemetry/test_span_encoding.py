@@ -267,3 +267,29 @@ def test_a_waiting_plain_span_is_untracked_by_the_garbage_collector() -> None:
     assert isinstance(pending, tuple) and gc.is_tracked(pending)  # until its first collection
     gc.collect(0)
     assert not gc.is_tracked(pending)
+
+
+def test_the_span_exporter_falls_back_to_the_sdks_where_its_internals_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    from opentelemetry.exporter.otlp.proto.grpc import trace_exporter
+
+    from serve_drift.telemetry import setup
+
+    ours = setup._exporter_class(setup._OTLP_CLASSES[("traces", "grpc")])
+    assert ours.__module__ == "serve_drift.telemetry.otlp_grpc"
+    real_import = importlib.import_module
+
+    def sdk_without_it(name: str) -> object:
+        if name == "serve_drift.telemetry.otlp_grpc":
+            raise ImportError("opentelemetry's OTLPSpanExporter has no _translate_data to replace")
+        return real_import(name)
+
+    monkeypatch.setattr(importlib, "import_module", sdk_without_it)
+    assert setup._exporter_class(setup._OTLP_CLASSES[("traces", "grpc")]) is (
+        trace_exporter.OTLPSpanExporter
+    )
+    with pytest.raises(ImportError):  # only the span exporter has a fallback
+        setup._exporter_class("serve_drift.telemetry.otlp_grpc_missing:Nothing")
