@@ -8,11 +8,15 @@ the first process on a machine pays the ~2 s compile.
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class Kernels:
     row_index: Callable[..., Any]
     pair_sums: Callable[..., Any]
     upper_band: Callable[..., Any]
+    top_subsets: Callable[..., Any]
+    window_sums: Callable[..., Any]
+    upper_row_sums: Callable[..., Any]
 
 
 @functools.cache
@@ -38,7 +45,18 @@ def kernels() -> Kernels | None:
         row_index=_compile(numba, row_index, fastmath=False),
         pair_sums=_compile(numba, pair_sums, fastmath=fast),
         upper_band=_compile(numba, upper_band, fastmath=False),
+        top_subsets=_compile(numba, top_subsets, fastmath=False),
+        window_sums=_compile(numba, window_sums, fastmath=fast),
+        upper_row_sums=_compile(numba, upper_row_sums, fastmath=fast),
     )
+
+
+def require_kernels() -> Kernels:
+    """:func:`kernels`, for callers that chose the numba engine (it needs them)."""
+    found = kernels()
+    if found is None:
+        raise RuntimeError("the numba engine needs numba; use engine='torch'")
+    return found
 
 
 def _compile(numba: Any, function: Callable[..., Any], *, fastmath: Any) -> Callable[..., Any]:
@@ -52,6 +70,44 @@ def _compile(numba: Any, function: Callable[..., Any], *, fastmath: Any) -> Call
         return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         return numba.njit(nogil=True, cache=False, fastmath=fastmath)(function)
+
+
+def run_parallel(kernel: Callable[..., object], calls: list[tuple[object, ...]]) -> None:
+    """``kernel(*args)`` for every ``args`` in ``calls``: the first on this thread, the others
+    on a pool (the kernels release the GIL), all finished on return."""
+    others = [_pool().submit(kernel, *args) for args in calls[1:]]
+    kernel(*calls[0])
+    for future in others:
+        future.result()
+
+
+def thread_count(units: float) -> int:
+    """Threads for a job of ``units`` thread-sized parts: the caller's intra-op budget
+    (``torch.set_num_threads``), at most one per whole part, at least one."""
+    return max(1, min(torch.get_num_threads(), int(units)))
+
+
+def work_ranges(cumulative: np.ndarray, *, start: int, parts: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of ``start + arange(len(cumulative))`` with about equal work, given
+    the cumulative work per item; empty ranges are dropped."""
+    size = int(cumulative.shape[0])
+    if parts <= 1 or size == 0:
+        return [(start, start + size)]
+    targets = cumulative[-1] * np.arange(1, parts) / parts
+    cuts = start + np.searchsorted(cumulative, targets)
+    edges = [start, *(int(c) for c in cuts), start + size]
+    return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
+
+
+def triangle_ranges(n: int, *, parts: int) -> list[tuple[int, int]]:
+    """Row ranges of an n x n matrix's upper triangle with about equal numbers of entries."""
+    return work_ranges(np.cumsum(np.arange(n, 0, -1, dtype=np.float64)), start=0, parts=parts)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    # Created on first use.
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kernels")
 
 
 # --- the kernels, plain Python until compiled -------------------------------------------
@@ -119,14 +175,15 @@ def pair_sums(
 
 
 def upper_band(
-    matrix: np.ndarray, low: float, high: float, out: np.ndarray
+    matrix: np.ndarray, low: float, high: float, lo_row: int, hi_row: int, out: np.ndarray
 ) -> tuple[int, int]:  # pragma: no cover - compiled
-    """One pass over the strict upper triangle: how many entries are below ``low``, and the
-    entries in ``[low, high]`` copied to ``out`` (their count; more than fit means overflow)."""
+    """One pass over rows ``lo_row:hi_row`` of the strict upper triangle: how many entries are
+    below ``low``, and the entries in ``[low, high]`` copied to ``out`` (their count; more
+    than fit means overflow)."""
     n = matrix.shape[0]
     below = 0
     kept = 0
-    for i in range(n):
+    for i in range(lo_row, hi_row):
         row = matrix[i]
         for j in range(i + 1, n):
             value = row[j]
@@ -137,3 +194,149 @@ def upper_band(
                     out[kept] = value
                 kept += 1
     return below, kept
+
+
+def top_subsets(
+    keys: np.ndarray, m: int, lo_row: int, hi_row: int, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """For rows ``lo_row:hi_row`` of ``keys`` (count, n), the columns of the row's ``m`` largest
+    keys in increasing order, written to the same rows of ``out`` (count, m).
+
+    The same subsets as ``keys.topk(m).indices`` (as sets), without sorting a row. The keys are
+    uniform on [0, 1), so the m-th largest lies, but for odds of about 1e-9, in a band of six
+    binomial standard deviations either side of ``1 - m/n``. One branch-free pass keeps the
+    keys above the band's floor (the candidates) and copies those inside it; a histogram of
+    the band finds the bucket holding the m-th largest, which is selected among that bucket's
+    few keys; the candidates at or above it are the subset, already in column order. Outside
+    the band the m-th largest is selected among all keys. Equal keys at the boundary (odds
+    about n²·2⁻⁵⁴ per row) go to the lowest columns.
+    """
+    n = keys.shape[1]
+    if m <= 0 or m > n:
+        return
+    share = m / n
+    spread = 6.0 * np.sqrt(n * share * (1.0 - share)) + 1.0
+    high = 1.0 - (m - spread) / n
+    low = 1.0 - (m + spread) / n
+    buckets = max(1, int(2.0 * spread))
+    scale = buckets / (high - low)
+    candidate_keys = np.empty(n + 1)
+    candidates = np.empty(n + 1, dtype=np.int64)
+    band = np.empty(n + 1)
+    counts = np.empty(buckets, dtype=np.int64)
+    chosen = np.empty(n + 1, dtype=np.int64)
+    for r in range(lo_row, hi_row):
+        row = keys[r]
+        found = 0
+        kept = 0
+        for j in range(n):  # branch-free: a rejected key's slot is overwritten by the next
+            value = row[j]
+            candidate_keys[found] = value
+            candidates[found] = j
+            found += value > low
+            band[kept] = value
+            kept += (value > low) & (value <= high)
+        need = m - (found - kept)  # of the band's keys, the largest ``need`` belong
+        if 0 < need <= kept:
+            counts[:] = 0
+            for k in range(kept):
+                counts[min(int((band[k] - low) * scale), buckets - 1)] += 1
+            bucket = buckets - 1
+            while counts[bucket] < need:
+                need -= counts[bucket]
+                bucket -= 1
+            inside = 0
+            for k in range(kept):
+                value = band[k]
+                band[inside] = value
+                inside += min(int((value - low) * scale), buckets - 1) == bucket
+            cut = np.sort(band[:inside])[inside - need]
+        else:
+            cut = np.sort(row)[n - m]
+        count = 0
+        for k in range(found):
+            chosen[count] = candidates[k]
+            count += candidate_keys[k] >= cut
+        if count == m:
+            out[r, :] = chosen[:m]
+            continue
+        # Keys equal to the cut: those above it, then the lowest-column equal ones that fit.
+        ties = m
+        for j in range(n):
+            ties -= row[j] > cut
+        count = 0
+        for j in range(n):
+            value = row[j]
+            if value > cut or (value == cut and ties > 0):
+                ties -= value == cut
+                out[r, count] = j
+                count += 1
+
+
+def window_sums(
+    k_xx: np.ndarray,
+    k_xy: np.ndarray,
+    k_yy: np.ndarray,
+    ordered: np.ndarray,
+    row_ptr: np.ndarray,
+    row_split: np.ndarray,
+    row_pos: np.ndarray,
+    reference_side: np.ndarray,
+    lo_row: int,
+    hi_row: int,
+    rows: np.ndarray,
+    column_sums: np.ndarray,
+    within: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """One pass over the pooled rows ``lo_row:hi_row`` of K = [[K_xx, K_xy], [K_yx, K_yy]].
+
+    For a reference row i: ``rows[i]`` gets the sum of K_xy's row i, ``column_sums`` K_xy's
+    row i added, and every split whose window side holds i the sum of K_xx's and K_xy's
+    elements in that window side's columns after i (K_xx is read above its diagonal only). For
+    a window row the same from K_yy. ``reference_side[split]`` is how many of the split's
+    (sorted) window-side rows are reference rows.
+    """
+    n = k_xx.shape[0]
+    m = k_xy.shape[1]
+    for i in range(lo_row, hi_row):
+        reference = i < n
+        fresh = k_xy[i] if reference else k_yy[i - n]
+        total = 0.0
+        if reference:
+            for j in range(m):
+                total += fresh[j]
+                column_sums[j] += fresh[j]
+        else:
+            for j in range(m):
+                total += fresh[j]
+        rows[i] = total
+        cached = k_xx[i] if reference else k_xx[0]
+        for entry in range(row_ptr[i], row_ptr[i + 1]):
+            split = row_split[entry]
+            side = ordered[split]
+            start = row_pos[entry] + 1
+            edge = max(start, reference_side[split])
+            acc = 0.0
+            # Unsigned offsets: never negative, and numba then skips its negative-index
+            # wraparound, which keeps the gathers vectorised.
+            for b in range(start, edge):
+                acc += cached[np.uint64(side[b])]
+            for b in range(edge, m):
+                acc += fresh[np.uint64(side[b] - n)]
+            within[split] += acc
+
+
+def upper_row_sums(
+    matrix: np.ndarray, lo_row: int, hi_row: int, rows: np.ndarray, columns: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """For rows ``lo_row:hi_row`` of a symmetric matrix's strict upper triangle: each row's
+    entries after the diagonal added to ``rows``, and to ``columns`` by column (the same
+    entries' share of the rows below, which are read nowhere)."""
+    n = matrix.shape[0]
+    for i in range(lo_row, hi_row):
+        row = matrix[i]
+        total = 0.0
+        for j in range(np.uint64(i + 1), np.uint64(n)):
+            total += row[j]
+            columns[j] += row[j]
+        rows[i] += total

@@ -23,17 +23,14 @@ relative). The kernels are compiled on first use, never at import.
 from __future__ import annotations
 
 import functools
-import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from serve_drift.detectors import permutation as perm
-from serve_drift.detectors.compiled import Kernels
 from serve_drift.detectors.compiled import kernels as _kernels
+from serve_drift.detectors.compiled import require_kernels, run_parallel, thread_count, work_ranges
 
 ENGINES = ("numba", "torch")
 
@@ -47,8 +44,10 @@ _CHUNK_BYTES = 64 * 2**20
 # rows (M/(N + M) below about 0.14), as for windows much smaller than the reference set.
 _GATHER_FLOPS = 100.0
 
-# A block is split over threads only when each gets at least this many gathered elements.
+# A block is split over threads only when each gets at least this many gathered elements,
+# and random keys are selected on several threads only when each gets this many keys.
 _THREAD_GATHERS = 1_000_000
+_THREAD_KEYS = 200_000
 
 
 def engine_for(device: torch.device) -> str:
@@ -83,10 +82,8 @@ class Sides:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         if engine == "torch":
             return cls(indices=indices, n_total=n_total, engine=engine)
-        host_indices = np.sort(indices.cpu().numpy().astype(np.int64, copy=False), axis=1)
-        host = _HostIndex.build(host_indices, n_total=n_total)
-        return cls(
-            indices=torch.from_numpy(host_indices), n_total=n_total, engine=engine, host=host
+        return cls._sorted(
+            np.sort(indices.cpu().numpy().astype(np.int64, copy=False), axis=1), n_total=n_total
         )
 
     @classmethod
@@ -102,15 +99,31 @@ class Sides:
     ) -> Sides:
         """The observed split (row 0: the window's own rows) and ``count`` random ones.
 
-        Drawn ``chunk`` splits at a time with :func:`permutation.random_subsets`, so a seed
-        gives the same splits as every earlier version of the native tests.
+        Drawn ``chunk`` splits at a time from :func:`permutation.random_keys`, each split the
+        ``m`` largest keys of its row as in :func:`permutation.random_subsets`, so a seed gives
+        the same splits as every earlier version of the native tests. The numba engine selects
+        them without ``topk`` and without sorting (:func:`compiled.top_subsets`).
         """
         device = generator.device
-        parts = [torch.arange(n, n + m, device=device).unsqueeze(0)]
+        observed = torch.arange(n, n + m, device=device).unsqueeze(0)
+        if engine != "numba":
+            parts = [observed]
+            for first in range(0, count, chunk):
+                size = min(chunk, count - first)
+                parts.append(perm.random_subsets(size, n=n, m=m, generator=generator))
+            return cls.from_indices(torch.cat(parts), n_total=n + m, engine=engine)
+        ordered = np.empty((count + 1, m), dtype=np.int64)
+        ordered[0] = observed.numpy()
         for first in range(0, count, chunk):
             size = min(chunk, count - first)
-            parts.append(perm.random_subsets(size, n=n, m=m, generator=generator))
-        return cls.from_indices(torch.cat(parts), n_total=n + m, engine=engine)
+            keys = perm.random_keys(size, n_total=n + m, generator=generator).numpy()
+            _top_subsets(keys, m=m, out=ordered[1 + first : 1 + first + size])
+        return cls._sorted(ordered, n_total=n + m)
+
+    @classmethod
+    def _sorted(cls, ordered: np.ndarray, *, n_total: int) -> Sides:
+        host = _HostIndex.build(ordered, n_total=n_total)
+        return cls(indices=torch.from_numpy(ordered), n_total=n_total, engine="numba", host=host)
 
     @property
     def count(self) -> int:
@@ -144,6 +157,60 @@ class Sides:
         )
         return torch.from_numpy(sums).to(block.device)
 
+    def side_totals(self, values: np.ndarray) -> np.ndarray:
+        """``Σ_{i ∈ S} values[i]`` for every split, on the host (``values`` per pooled row)."""
+        return values[self.host.ordered if self.host else self.indices.cpu().numpy()].sum(axis=1)
+
+    def pooled_sums(
+        self,
+        *,
+        k_xx: torch.Tensor,
+        k_xx_rows: torch.Tensor,
+        k_xy: torch.Tensor,
+        k_yy: torch.Tensor,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row sums of the pooled K = [[K_xx, K_xy], [K_yx, K_yy]], and per split the sum of
+        its pairs i < j inside the window side, both on the host.
+
+        ``k_xx_rows`` are K_xx's row sums (cached with it); K_xx must be whole and symmetric
+        unless :meth:`gathers_pooled`. The numba engine reads every block once, in one pass
+        over the pooled rows that sums each row and gathers the window side's elements after
+        it (see :func:`compiled.window_sums`); the torch engine takes the three blocks' sums
+        one after another.
+        """
+        if self.host is None or not self.gathers_pooled():
+            return self._blockwise_pooled_sums(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+        rows, upper = self.host.pooled_sums(
+            k_xx.detach().cpu().numpy(), k_xy.detach().cpu().numpy(), k_yy.detach().cpu().numpy()
+        )
+        rows[: k_xx.shape[0]] += k_xx_rows.detach().cpu().numpy()
+        return rows, upper
+
+    def gathers_pooled(self) -> bool:
+        """Whether :meth:`pooled_sums` gathers (reading K_xx above its diagonal only) rather
+        than taking the torch engine's products (which need all of K_xx, symmetric)."""
+        square = torch.Size([self.n_total, self.n_total])
+        return self.host is not None and self._gathering_pays(square, upper=True)
+
+    def _blockwise_pooled_sums(
+        self,
+        *,
+        k_xx: torch.Tensor,
+        k_xx_rows: torch.Tensor,
+        k_xy: torch.Tensor,
+        k_yy: torch.Tensor,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n = int(k_xx.shape[0])
+        # The cached block goes first, before the window's blocks push it out of the CPU caches.
+        upper = self.block_sums(k_xx, row_start=0, col_start=0, upper=True)
+        upper = (
+            upper
+            + self.block_sums(k_xy, row_start=0, col_start=n)
+            + self.block_sums(k_yy, row_start=n, col_start=n, upper=True)
+        )
+        rows = torch.cat([k_xx_rows + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=1)])
+        return rows.cpu().numpy(), upper.cpu().numpy()
+
     def _gathering_pays(self, shape: torch.Size, *, upper: bool) -> bool:
         """Whether gathering this block's window-side elements beats the indicator products.
 
@@ -174,38 +241,51 @@ class _HostIndex:
 
     @classmethod
     def build(cls, ordered: np.ndarray, *, n_total: int) -> _HostIndex:
-        row_ptr, row_split, row_pos = _require_kernels().row_index(ordered, n_total)
+        row_ptr, row_split, row_pos = require_kernels().row_index(ordered, n_total)
         return cls(ordered=ordered, row_ptr=row_ptr, row_split=row_split, row_pos=row_pos)
 
     def block_sums(
         self, block: np.ndarray, *, row_start: int, col_start: int, upper: bool
     ) -> np.ndarray:
-        kernels = _require_kernels()
+        kernels = require_kernels()
         block = np.ascontiguousarray(block, dtype=np.float64)
         ranges = self._row_ranges(
             row_start, block.shape[0], col_start=col_start, cols=block.shape[1], upper=upper
         )
         outputs = [np.zeros(self.ordered.shape[0]) for _ in ranges]
-
-        def run(part: int) -> None:
-            kernels.pair_sums(
-                block,
-                row_start,
-                col_start,
-                self.ordered,
-                self.row_ptr,
-                self.row_split,
-                self.row_pos,
-                upper,
-                *ranges[part],
-                outputs[part],
-            )
-
-        if len(ranges) == 1:
-            run(0)
-        else:
-            list(_pool().map(run, range(len(ranges))))
+        index = (self.ordered, self.row_ptr, self.row_split, self.row_pos)
+        run_parallel(
+            kernels.pair_sums,
+            [
+                (block, row_start, col_start, *index, upper, lo, hi, out)
+                for (lo, hi), out in zip(ranges, outputs, strict=True)
+            ],
+        )
         return functools.reduce(np.add, outputs)
+
+    def pooled_sums(
+        self, k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row sums of [K_xy; K_yy] per pooled row and the window sides' pairs i < j of the
+        pooled K, from one pass of :func:`compiled.window_sums` per thread."""
+        n, m = k_xy.shape
+        n_total = n + m
+        blocks = [np.ascontiguousarray(b, dtype=np.float64) for b in (k_xx, k_xy, k_yy)]
+        reference_side = (self.ordered < n).sum(axis=1)
+        ranges = self._row_ranges(0, n_total, col_start=0, cols=n_total, upper=True)
+        rows = np.empty(n_total)
+        columns = [np.zeros(m) for _ in ranges]
+        within = [np.zeros(self.ordered.shape[0]) for _ in ranges]
+        index = (self.ordered, self.row_ptr, self.row_split, self.row_pos, reference_side)
+        run_parallel(
+            require_kernels().window_sums,
+            [
+                (*blocks, *index, lo, hi, rows, col, out)
+                for (lo, hi), col, out in zip(ranges, columns, within, strict=True)
+            ],
+        )
+        rows[n:] += functools.reduce(np.add, columns)
+        return rows, functools.reduce(np.add, within)
 
     def _row_ranges(
         self, row_start: int, rows: int, *, col_start: int, cols: int, upper: bool
@@ -223,19 +303,17 @@ class _HostIndex:
         # The caller's intra-op thread budget (torch.set_num_threads), for blocks big enough
         # to repay waking threads next to torch's own (idle but still spinning) workers.
         gathers = float(cumulative[-1]) if rows else 0.0
-        parts = max(1, min(torch.get_num_threads(), int(gathers // _THREAD_GATHERS)))
-        if parts == 1:
-            return [(row_start, row_start + rows)]
-        targets = cumulative[-1] * np.arange(1, parts) / parts
-        cuts = row_start + np.searchsorted(cumulative, targets)
-        edges = [row_start, *(int(c) for c in cuts), row_start + rows]
-        return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
+        parts = thread_count(gathers / _THREAD_GATHERS)
+        return work_ranges(cumulative, start=row_start, parts=parts)
 
 
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    # The kernels release the GIL, so row ranges run in parallel; created on first use.
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="subset-sums")
+def _top_subsets(keys: np.ndarray, *, m: int, out: np.ndarray) -> None:
+    """``out[r]``: the sorted columns of the ``m`` largest keys of row r, over threads."""
+    count = int(keys.shape[0])
+    parts = thread_count(keys.size / _THREAD_KEYS)
+    ranges = work_ranges(np.arange(1.0, count + 1.0), start=0, parts=parts)
+    kernel = require_kernels().top_subsets
+    run_parallel(kernel, [(keys, m, lo, hi, out) for lo, hi in ranges])
 
 
 def _torch_block_sums(
@@ -277,10 +355,3 @@ def _indicator(indices: torch.Tensor, *, start: int, size: int, dtype: torch.dty
     spare = torch.where(inside, shifted, torch.full_like(shifted, size))
     flags = torch.zeros(indices.shape[0], size + 1, dtype=dtype, device=indices.device)
     return flags.scatter_(1, spare, 1.0)[:, :size]
-
-
-def _require_kernels() -> Kernels:
-    found = _kernels()
-    if found is None:
-        raise RuntimeError("the numba engine needs numba; use engine='torch'")
-    return found
