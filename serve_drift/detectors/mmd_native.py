@@ -20,10 +20,10 @@ import torch
 from serve_drift.detectors.base import DetectorInputError, PermutationDetector
 from serve_drift.detectors.compiled import (
     Kernels,
+    chunk_count,
     kernels,
     require_kernels,
     run_parallel,
-    thread_count,
     triangle_ranges,
 )
 from serve_drift.detectors.permutation import make_generator
@@ -61,8 +61,8 @@ _BAND_SAMPLE = 32_768
 # The cached reference block is computed this many rows at a time (upper triangle only).
 _UPPER_ROWS = 512
 
-# A pass over a triangle is split over threads only when each gets this many entries.
-_THREAD_ENTRIES = 2_000_000
+# A pass over a triangle is split into calls (run on the caller's threads) of this many entries.
+_CHUNK_ENTRIES = 2_000_000
 
 # Above the cache limit the median-heuristic bandwidth comes from this many reference rows,
 # drawn with a fixed seed: the median of 8M pairwise distances is as good as that of all.
@@ -352,7 +352,7 @@ def _upper_row_sums(matrix: np.ndarray) -> np.ndarray:
     after the diagonal, then those of column i above it)."""
     n = int(matrix.shape[0])
     kernels = require_kernels()
-    ranges = triangle_ranges(n, parts=thread_count(n * n / 2 / _THREAD_ENTRIES))
+    ranges = triangle_ranges(n, parts=chunk_count(n * n / 2 / _CHUNK_ENTRIES))
     rows = np.zeros(n)
     columns = [np.zeros(n) for _ in ranges]
     run_parallel(
@@ -437,7 +437,7 @@ def _banded_median(matrix: np.ndarray, *, rank: int, kernels: Kernels) -> float 
     spread = 6.0 * math.sqrt(quantile * (1.0 - quantile) / sample.size)  # six sigma
     low = sample[max(0, math.floor((quantile - spread) * sample.size))]
     high = sample[min(sample.size - 1, math.ceil((quantile + spread) * sample.size))]
-    ranges = triangle_ranges(n, parts=thread_count(count / _THREAD_ENTRIES))
+    ranges = triangle_ranges(n, parts=chunk_count(count / _CHUNK_ENTRIES))
     bands = [np.empty(int(4 * spread * count / len(ranges)) + 1024) for _ in ranges]
     counts: list[tuple[int, int]] = [(0, 0)] * len(ranges)
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from serve_drift.detectors import permutation as perm
+from serve_drift.detectors.compiled import chunk_count, require_kernels, run_parallel, work_ranges
 from serve_drift.detectors.compiled import kernels as _kernels
-from serve_drift.detectors.compiled import require_kernels, run_parallel, thread_count, work_ranges
 
 ENGINES = ("numba", "torch")
 
@@ -44,10 +44,20 @@ _CHUNK_BYTES = 64 * 2**20
 # rows (M/(N + M) below about 0.14), as for windows much smaller than the reference set.
 _GATHER_FLOPS = 100.0
 
-# A block is split over threads only when each gets at least this many gathered elements,
-# and random keys are selected on several threads only when each gets this many keys.
-_THREAD_GATHERS = 1_000_000
-_THREAD_KEYS = 200_000
+# A pass is split into calls (run on the caller's threads) of about this many gathered
+# elements, and a selection of splits into calls of about this many random keys: enough
+# work to repay a call (a few microseconds) and a thread's waking up.
+_CHUNK_GATHERS = 400_000
+_CHUNK_KEYS = 60_000
+
+# Costs besides the gathers, in gathered elements, that balance a pass's threads: each
+# (row, split) pair's loop set-up and total, and each element of a row that is summed whole.
+_ENTRY_COST = 40.0
+_ROW_ELEMENT_COST = 0.3
+
+# Reference rows at least this long (a third of a 48 KiB L1 data cache) are streamed into
+# the cache before they are gathered from (see :func:`compiled.window_sums`).
+_STREAM_ROW_BYTES = 16 * 2**10
 
 
 def engine_for(device: torch.device) -> str:
@@ -272,11 +282,14 @@ class _HostIndex:
         n_total = n + m
         blocks = [np.ascontiguousarray(b, dtype=np.float64) for b in (k_xx, k_xy, k_yy)]
         reference_side = (self.ordered < n).sum(axis=1)
-        ranges = self._row_ranges(0, n_total, col_start=0, cols=n_total, upper=True)
+        ranges = self._row_ranges(
+            0, n_total, col_start=0, cols=n_total, upper=True, row_cost=_ROW_ELEMENT_COST * m
+        )
         rows = np.empty(n_total)
         columns = [np.zeros(m) for _ in ranges]
         within = [np.zeros(self.ordered.shape[0]) for _ in ranges]
-        index = (self.ordered, self.row_ptr, self.row_split, self.row_pos, reference_side)
+        stream = n * 8 >= _STREAM_ROW_BYTES
+        index = (self.ordered, self.row_ptr, self.row_split, self.row_pos, reference_side, stream)
         run_parallel(
             require_kernels().window_sums,
             [
@@ -288,29 +301,36 @@ class _HostIndex:
         return rows, functools.reduce(np.add, within)
 
     def _row_ranges(
-        self, row_start: int, rows: int, *, col_start: int, cols: int, upper: bool
+        self,
+        row_start: int,
+        rows: int,
+        *,
+        col_start: int,
+        cols: int,
+        upper: bool,
+        row_cost: float = 0.0,
     ) -> list[tuple[int, int]]:
-        """Consecutive row ranges of about equal work, one per thread.
+        """Consecutive row ranges of about equal work, one per call of a kernel.
 
-        A row's work is the number of splits that hold it, times the window-side columns it
-        sums: a share M/(N + M) of the block's columns, or with ``upper`` of those after it.
+        A row's work, in gathered elements: the number of splits that hold it, times the
+        window-side columns it sums (a share M/(N + M) of the block's columns, or with
+        ``upper`` of those after it) plus a fixed cost per split (``_ENTRY_COST``), plus
+        ``row_cost`` for whatever else the pass does with the row.
         """
         entries = np.diff(self.row_ptr[row_start : row_start + rows + 1]).astype(np.float64)
         after = col_start + cols - 1 - np.arange(row_start, row_start + rows)
         columns = after if upper else np.full(rows, cols)
         share = self.ordered.shape[1] / (self.row_ptr.shape[0] - 1)
-        cumulative = np.cumsum(entries * columns * share)
-        # The caller's intra-op thread budget (torch.set_num_threads), for blocks big enough
-        # to repay waking threads next to torch's own (idle but still spinning) workers.
-        gathers = float(cumulative[-1]) if rows else 0.0
-        parts = thread_count(gathers / _THREAD_GATHERS)
+        gathers = entries * columns * share
+        cumulative = np.cumsum(gathers + _ENTRY_COST * entries + row_cost)
+        parts = chunk_count(gathers.sum() / _CHUNK_GATHERS)
         return work_ranges(cumulative, start=row_start, parts=parts)
 
 
 def _top_subsets(keys: np.ndarray, *, m: int, out: np.ndarray) -> None:
     """``out[r]``: the sorted columns of the ``m`` largest keys of row r, over threads."""
     count = int(keys.shape[0])
-    parts = thread_count(keys.size / _THREAD_KEYS)
+    parts = chunk_count(keys.size / _CHUNK_KEYS)
     ranges = work_ranges(np.arange(1.0, count + 1.0), start=0, parts=parts)
     kernel = require_kernels().top_subsets
     run_parallel(kernel, [(keys, m, lo, hi, out) for lo, hi in ranges])

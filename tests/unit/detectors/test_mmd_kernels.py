@@ -25,10 +25,10 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(params=[1, 2, 3])
 def threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """A thread budget, with the per-thread minimums lowered so that small jobs split too."""
-    monkeypatch.setattr(subset_sums, "_THREAD_GATHERS", 1)
-    monkeypatch.setattr(subset_sums, "_THREAD_KEYS", 1)
-    monkeypatch.setattr(mmd_native, "_THREAD_ENTRIES", 1)
+    """A thread budget, with the call sizes lowered so that small jobs split into many calls."""
+    monkeypatch.setattr(subset_sums, "_CHUNK_GATHERS", 1)
+    monkeypatch.setattr(subset_sums, "_CHUNK_KEYS", 1)
+    monkeypatch.setattr(mmd_native, "_CHUNK_ENTRIES", 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(request.param)
     try:
@@ -131,6 +131,25 @@ def test_pooled_gathers_read_the_reference_block_above_its_diagonal_only() -> No
     assert np.array_equal(clean[0], dirty[0]) and np.array_equal(clean[1], dirty[1])
 
 
+def test_thread_count_changes_no_bit_of_a_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subset_sums, "_CHUNK_GATHERS", 1000)
+    monkeypatch.setattr(subset_sums, "_CHUNK_KEYS", 1000)
+    monkeypatch.setattr(mmd_native, "_CHUNK_ENTRIES", 1000)
+    monkeypatch.setattr(mmd_native, "_BAND_MIN_ENTRIES", 1000)
+    rng = np.random.default_rng(6)
+    reference, window = rng.normal(size=(400, 8)), rng.normal(size=(40, 8)) + 0.1
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            detector = NativeMMD(reference, device="cpu", seed=2)
+            results.append((detector.sigma, detector.test(window), detector.test(window)))
+    finally:
+        torch.set_num_threads(previous)
+    assert results[0] == results[1] == results[2]
+
+
 # --- the reference block above its diagonal -------------------------------------------------
 
 
@@ -190,3 +209,41 @@ def test_threaded_band_pass_finds_the_serial_median(
         values.numpy(), rank=(count - 1) // 2, kernels=compiled.require_kernels()
     )
     assert found == float(values[upper].median())
+
+
+# --- the generator's uniforms ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 123456789, 2**63 - 1])
+def test_cpu_uniforms_are_torch_rands_and_leave_the_same_state(seed: int) -> None:
+    from serve_drift.detectors import cpu_random
+
+    assert cpu_random._chosen() is cpu_random._numba_uniform  # the fast draw is in use here
+    ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    for size in (1, 2, 311, 312, 624, 1000, 120_000, 3):
+        expected = torch.rand(size, generator=theirs, dtype=torch.float64)
+        assert torch.equal(cpu_random.uniform(ours, size), expected)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+    # The generator goes on as if torch had drawn them, for floats and normals too.
+    assert torch.equal(torch.rand(5, generator=ours), torch.rand(5, generator=theirs))
+    assert torch.equal(torch.randn(5, generator=ours), torch.randn(5, generator=theirs))
+
+
+def test_random_keys_are_the_former_torch_rand_keys() -> None:
+    ours, theirs = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    keys = perm.random_keys(7, n_total=333, generator=ours)
+    expected = torch.rand(7, 333, generator=theirs, dtype=torch.float64)
+    assert keys.shape == (7, 333) and torch.equal(keys, expected)
+
+
+def test_cpu_uniforms_fall_back_to_torch_when_the_state_layout_differs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serve_drift.detectors import cpu_random
+
+    monkeypatch.setattr(cpu_random, "_state_size", lambda: cpu_random._STATE.itemsize + 8)
+    cpu_random._chosen.cache_clear()
+    try:
+        assert cpu_random._chosen() is cpu_random._torch_uniform
+    finally:
+        cpu_random._chosen.cache_clear()
