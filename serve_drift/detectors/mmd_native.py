@@ -34,7 +34,9 @@ from serve_drift.messages import DriftStatistic
 # Everything is computed in float64. MMD² is a small difference of large kernel sums (under no
 # drift about 1e-3 of each sum), so float32 loses 3-4 significant digits there; float64 keeps
 # the statistic within ~1e-12 of alibi-detect's formula on the same data and bandwidth, at a
-# cost that is negligible next to alibi's Python permutation loop.
+# cost that is negligible next to alibi's Python permutation loop but not next to float32: the
+# window's kernel blocks (2(NM + M²)d operations, the largest part of a warm test) take twice
+# as long as float32 products would.
 _DTYPE = torch.float64
 
 # Permuted statistics that equal the observed one up to rounding count as ">=": a permutation
@@ -90,11 +92,13 @@ class NativeMMD(PermutationDetector):
 
     Memory: up to ``max_cached_rows`` reference rows (default: 8192, a 512 MiB float64 block)
     the reference-reference kernel block is computed once and cached, and each test adds its
-    O(N·M + M²) blocks. Above that, every test works blockwise: the pooled kernel matrix's
-    upper triangle is computed a block of rows at a time (64 MiB), each block's row sums and
-    window-side sums are accumulated, and the block is dropped, so the (N + M)² matrix never
-    exists at once; the bandwidth then comes from 4096 reference rows drawn with a fixed seed.
-    The statistics are the same either way.
+    O(N·M + M²) blocks; with the numba engine only the block's upper triangle is computed
+    (the lower one is filled in from it the first time a window's share of the pooled rows is
+    large enough for the torch products, which read all of it). Above that, every test works
+    blockwise: the pooled kernel matrix's upper triangle is computed a block of rows at a time
+    (64 MiB), each block's row sums and window-side sums are accumulated, and the block is
+    dropped, so the (N + M)² matrix never exists at once; the bandwidth then comes from 4096
+    reference rows drawn with a fixed seed. The statistics are the same either way.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)

@@ -3,21 +3,25 @@
 For the pooled zero-diagonal kernel matrix K and the window side S of one split (M of the
 N + M pooled rows), the unbiased MMD² needs the total of K, the sum of K's row sums over S,
 and ``q_S``, the sum of K over S x S (see :mod:`serve_drift.detectors.mmd_native`). This module
-computes ``q_S`` for every split at once from blocks of K, with one of two engines:
+draws the splits and computes those sums for every split at once, with one of two engines:
 
-- ``numba`` (CPU, when numba is importable): visits the rows of a block in order and, for every
-  split whose window side contains the row, adds the row's elements in the window side's
-  columns. A block is read once for all splits, and a diagonal block (K_xx, K_yy) sums only
-  the pairs j > i and doubles them, so a whole test gathers P·M(M-1)/2 elements instead of
-  multiplying P dense weight vectors with the (N + M)² matrix. Gathers are slower per
-  element than a matrix product's operations, so a block is gathered only when the window
-  side is a small share of the pooled rows (see ``_GATHER_FLOPS``); other blocks use the
-  torch engine's products.
+- ``numba`` (CPU, when numba is importable): a split's window side is selected from its random
+  keys without sorting (:func:`compiled.top_subsets`), and an index lists, for every pooled
+  row, the splits whose window side holds it. A test with the reference block cached then
+  makes one pass over the pooled rows (:meth:`Sides.pooled_sums`): each row of the window's
+  blocks is summed, and for every split holding the row, the row's elements in the window
+  side's columns after it are gathered, so K_xx is read once, above its diagonal only, and a
+  whole test gathers P·M(M-1)/2 elements instead of multiplying P dense weight vectors with the
+  (N + M)² matrix. Gathers are slower per element than a matrix product's operations, so the
+  pass (or, blockwise, a block) gathers only when the window side is a small share of the
+  pooled rows (see ``_GATHER_FLOPS``); otherwise the torch engine's products are used. The
+  passes are split into calls that the caller's threads take in turn.
 - ``torch`` (CUDA, or numba missing): the same sums as products of 0/1 indicator matrices,
   ``((U_rows @ block) * U_cols).sum(1)``, 2·P·rows·cols floating-point operations per block.
 
-Both engines add the same numbers in a different order; results agree to rounding (~1e-15
-relative). The kernels are compiled on first use, never at import.
+Both engines draw the same splits and add the same numbers in a different order; results
+agree to rounding (~1e-15 relative), and with the numba engine they do not depend on the number
+of threads. The kernels are compiled on first use, never at import.
 """
 
 from __future__ import annotations
