@@ -28,6 +28,7 @@ class Kernels:
     pair_sums: Callable[..., Any]
     upper_band: Callable[..., Any]
     top_subsets: Callable[..., Any]
+    tied_subset: Callable[..., Any]
     window_sums: Callable[..., Any]
     upper_row_sums: Callable[..., Any]
     mt19937_uniform: Callable[..., Any]
@@ -48,6 +49,7 @@ def kernels() -> Kernels | None:
         pair_sums=_compile(numba, pair_sums, fastmath=fast),
         upper_band=_compile(numba, upper_band, fastmath=False),
         top_subsets=_compile(numba, top_subsets, fastmath=False),
+        tied_subset=_compile(numba, tied_subset, fastmath=False),
         window_sums=_compile(numba, window_sums, fastmath=fast),
         upper_row_sums=_compile(numba, upper_row_sums, fastmath=fast),
         mt19937_uniform=_compile(numba, mt19937_uniform, fastmath=False),
@@ -221,10 +223,12 @@ def upper_band(
 
 
 def top_subsets(
-    keys: np.ndarray, m: int, lo_row: int, hi_row: int, out: np.ndarray
+    keys: np.ndarray, m: int, lo_row: int, hi_row: int, out: np.ndarray, cuts: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """For rows ``lo_row:hi_row`` of ``keys`` (count, n), the columns of the row's ``m`` largest
-    keys in increasing order, written to the same rows of ``out`` (count, m).
+    keys in increasing order, written to the same rows of ``out`` (count, m); a row whose m-th
+    largest key has an equal one left out gets ``out[r, 0] = -1`` and its m-th largest key in
+    ``cuts[r]``, for :func:`tied_subset`.
 
     The same subsets as ``keys.topk(m).indices`` (as sets), without sorting a row. The keys are
     uniform on [0, 1), so the m-th largest lies, but for odds of about 1e-9, in a band of six
@@ -232,8 +236,8 @@ def top_subsets(
     keys above the band's floor (the candidates) and copies those inside it; a histogram of
     the band finds the bucket holding the m-th largest, which is selected among that bucket's
     few keys; the candidates at or above it are the subset, already in column order. Outside
-    the band the m-th largest is selected among all keys. Equal keys at the boundary (odds
-    about n²·2⁻⁵⁴ per row) go to the lowest columns.
+    the band the m-th largest is selected among all keys. Equal keys at the boundary have odds
+    of about n²·2⁻⁵⁴ per row.
     """
     n = keys.shape[1]
     if m <= 0 or m > n:
@@ -283,18 +287,26 @@ def top_subsets(
             count += candidate_keys[k] >= cut
         if count == m:
             out[r, :] = chosen[:m]
-            continue
-        # Keys equal to the cut: those above it, then the lowest-column equal ones that fit.
-        ties = m
-        for j in range(n):
-            ties -= row[j] > cut
-        count = 0
-        for j in range(n):
-            value = row[j]
-            if value > cut or (value == cut and ties > 0):
-                ties -= value == cut
-                out[r, count] = j
-                count += 1
+        else:
+            out[r, 0] = -1
+            cuts[r] = cut
+
+
+def tied_subset(
+    row: np.ndarray, m: int, cut: float, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """``out``: the columns of ``row``'s keys above ``cut`` and, lowest columns first, as many
+    of those equal to it as make ``m``."""
+    ties = m
+    for j in range(row.shape[0]):
+        ties -= row[j] > cut
+    count = 0
+    for j in range(row.shape[0]):
+        value = row[j]
+        if value > cut or (value == cut and ties > 0):
+            ties -= value == cut
+            out[count] = j
+            count += 1
 
 
 def window_sums(

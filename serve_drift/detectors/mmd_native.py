@@ -27,7 +27,7 @@ from serve_drift.detectors.compiled import (
     triangle_ranges,
 )
 from serve_drift.detectors.permutation import make_generator
-from serve_drift.detectors.subset_sums import Sides, engine_for
+from serve_drift.detectors.subset_sums import KernelBlocks, Sides, engine_for
 from serve_drift.detectors.validate import as_compute_dtype, check_window
 from serve_drift.messages import DriftStatistic
 
@@ -213,7 +213,8 @@ class NativeMMD(PermutationDetector):
         y_sq = _squared_norms(y)
         k_xy = _rbf(self._x_ref, y, gamma=self._gamma, x_sq=self._x_sq, y_sq=y_sq)
         k_yy = _zero_diagonal(_rbf(y, y, gamma=self._gamma, x_sq=y_sq, y_sq=y_sq))
-        rows, upper = sides.pooled_sums(k_xx=k_xx, k_xx_rows=self._k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+        blocks = KernelBlocks(k_xx=k_xx, k_xx_rows=self._k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+        rows, upper = sides.pooled_sums(blocks)
         return _SplitSums.of(rows=rows, upper=upper, sides=sides)
 
     def _blockwise_sums(self, y: torch.Tensor, sides: Sides) -> _SplitSums:

@@ -69,6 +69,17 @@ def engine_for(device: torch.device) -> str:
     return "numba" if device.type == "cpu" and _kernels() is not None else "torch"
 
 
+@dataclass(frozen=True, kw_only=True)
+class KernelBlocks:
+    """One test's pooled kernel matrix K = [[K_xx, K_xy], [K_yx, K_yy]] by blocks (reference
+    rows first), with K_xx's row sums (cached with it)."""
+
+    k_xx: torch.Tensor
+    k_xx_rows: torch.Tensor
+    k_xy: torch.Tensor
+    k_yy: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Sides:
     """The window side of every split, prepared once per test for :meth:`block_sums`.
@@ -175,29 +186,21 @@ class Sides:
         """``Σ_{i ∈ S} values[i]`` for every split, on the host (``values`` per pooled row)."""
         return values[self.host.ordered if self.host else self.indices.cpu().numpy()].sum(axis=1)
 
-    def pooled_sums(
-        self,
-        *,
-        k_xx: torch.Tensor,
-        k_xx_rows: torch.Tensor,
-        k_xy: torch.Tensor,
-        k_yy: torch.Tensor,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Row sums of the pooled K = [[K_xx, K_xy], [K_yx, K_yy]], and per split the sum of
-        its pairs i < j inside the window side, both on the host.
+    def pooled_sums(self, blocks: KernelBlocks) -> tuple[np.ndarray, np.ndarray]:
+        """Row sums of the pooled K, and per split the sum of its pairs i < j inside the window
+        side, both on the host.
 
-        ``k_xx_rows`` are K_xx's row sums (cached with it); K_xx must be whole and symmetric
-        unless :meth:`gathers_pooled`. The numba engine reads every block once, in one pass
-        over the pooled rows that sums each row and gathers the window side's elements after
-        it (see :func:`compiled.window_sums`); the torch engine takes the three blocks' sums
-        one after another.
+        K_xx must be whole and symmetric unless :meth:`gathers_pooled`. The numba engine reads
+        every block once, in one pass over the pooled rows that sums each row and gathers the
+        window side's elements after it (see :func:`compiled.window_sums`); the torch engine
+        takes the three blocks' sums one after another.
         """
         if self.host is None or not self.gathers_pooled():
-            return self._blockwise_pooled_sums(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+            return self._blockwise_pooled_sums(blocks)
         rows, upper = self.host.pooled_sums(
-            k_xx.detach().cpu().numpy(), k_xy.detach().cpu().numpy(), k_yy.detach().cpu().numpy()
+            *(block.detach().cpu().numpy() for block in (blocks.k_xx, blocks.k_xy, blocks.k_yy))
         )
-        rows[: k_xx.shape[0]] += k_xx_rows.detach().cpu().numpy()
+        rows[: blocks.k_xx.shape[0]] += blocks.k_xx_rows.detach().cpu().numpy()
         return rows, upper
 
     def gathers_pooled(self) -> bool:
@@ -206,14 +209,8 @@ class Sides:
         square = torch.Size([self.n_total, self.n_total])
         return self.host is not None and self._gathering_pays(square, upper=True)
 
-    def _blockwise_pooled_sums(
-        self,
-        *,
-        k_xx: torch.Tensor,
-        k_xx_rows: torch.Tensor,
-        k_xy: torch.Tensor,
-        k_yy: torch.Tensor,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _blockwise_pooled_sums(self, blocks: KernelBlocks) -> tuple[np.ndarray, np.ndarray]:
+        k_xx, k_xy, k_yy = blocks.k_xx, blocks.k_xy, blocks.k_yy
         n = int(k_xx.shape[0])
         # The cached block goes first, before the window's blocks push it out of the CPU caches.
         upper = self.block_sums(k_xx, row_start=0, col_start=0, upper=True)
@@ -222,7 +219,7 @@ class Sides:
             + self.block_sums(k_xy, row_start=0, col_start=n)
             + self.block_sums(k_yy, row_start=n, col_start=n, upper=True)
         )
-        rows = torch.cat([k_xx_rows + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=1)])
+        rows = torch.cat([blocks.k_xx_rows + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=1)])
         return rows.cpu().numpy(), upper.cpu().numpy()
 
     def _gathering_pays(self, shape: torch.Size, *, upper: bool) -> bool:
@@ -332,12 +329,17 @@ class _HostIndex:
 
 
 def _top_subsets(keys: np.ndarray, *, m: int, out: np.ndarray) -> None:
-    """``out[r]``: the sorted columns of the ``m`` largest keys of row r, over threads."""
+    """``out[r]``: the sorted columns of the ``m`` largest keys of row r."""
     count = int(keys.shape[0])
+    if m == 0 or count == 0:
+        return
     parts = chunk_count(keys.size / _CHUNK_KEYS)
     ranges = work_ranges(np.arange(1.0, count + 1.0), start=0, parts=parts)
-    kernel = require_kernels().top_subsets
-    run_parallel(kernel, [(keys, m, lo, hi, out) for lo, hi in ranges])
+    kernels = require_kernels()
+    cuts = np.empty(count)
+    run_parallel(kernels.top_subsets, [(keys, m, lo, hi, out, cuts) for lo, hi in ranges])
+    for row in np.flatnonzero(out[:, 0] < 0):  # equal keys at the cut: lowest columns first
+        kernels.tied_subset(keys[row], m, cuts[row], out[row])
 
 
 def _torch_block_sums(

@@ -16,7 +16,7 @@ import torch
 from serve_drift.detectors import compiled, mmd_native, subset_sums
 from serve_drift.detectors import permutation as perm
 from serve_drift.detectors.mmd_native import NativeMMD
-from serve_drift.detectors.subset_sums import Sides
+from serve_drift.detectors.subset_sums import KernelBlocks, Sides
 
 pytestmark = pytest.mark.skipif(compiled.kernels() is None, reason="numba is not installed")
 
@@ -49,8 +49,8 @@ def _topk_sides(keys: torch.Tensor, m: int) -> np.ndarray:
 )
 def test_top_subsets_selects_the_topk_subsets_in_column_order(n_total: int, m: int) -> None:
     keys = perm.random_keys(64, n_total=n_total, generator=torch.Generator().manual_seed(m))
-    out = np.full((64, m), -1, dtype=np.int64)
-    compiled.require_kernels().top_subsets(keys.numpy(), m, 0, 64, out)
+    out = np.full((64, m), -2, dtype=np.int64)
+    subset_sums._top_subsets(keys.numpy(), m=m, out=out)
     assert np.array_equal(out, _topk_sides(keys, m))
 
 
@@ -58,14 +58,14 @@ def test_top_subsets_outside_the_band_selects_among_all_keys() -> None:
     # Keys that are not uniform put the m-th largest far from 1 - m/n: the band misses it.
     keys = perm.random_keys(20, n_total=300, generator=torch.Generator().manual_seed(1)) ** 8
     out = np.empty((20, 30), dtype=np.int64)
-    compiled.require_kernels().top_subsets(keys.numpy(), 30, 0, 20, out)
+    subset_sums._top_subsets(keys.numpy(), m=30, out=out)
     assert np.array_equal(out, _topk_sides(keys, 30))
 
 
 def test_top_subsets_breaks_ties_at_the_cut_by_lowest_column() -> None:
     keys = np.floor(np.random.default_rng(0).random((40, 60)) * 6) / 6  # many equal keys
     out = np.empty((40, 25), dtype=np.int64)
-    compiled.require_kernels().top_subsets(keys, 25, 0, 40, out)
+    subset_sums._top_subsets(keys, m=25, out=out)
     for row, chosen in zip(keys, out, strict=True):
         assert np.all(np.diff(chosen) > 0)  # distinct, increasing columns
         cut = row[chosen].min()
@@ -108,9 +108,11 @@ def test_pooled_sums_equal_the_torch_engines(n: int, m: int, threads: int) -> No
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subset_sums, "_GATHER_FLOPS", 0.0)  # gather whatever the shares
         assert numba_sides.gathers_pooled()
-        rows, upper = numba_sides.pooled_sums(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+        rows, upper = numba_sides.pooled_sums(
+            KernelBlocks(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+        )
     expected_rows, expected_upper = torch_sides.pooled_sums(
-        k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy
+        KernelBlocks(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
     )
     assert np.allclose(rows, expected_rows, rtol=1e-13, atol=0)
     assert np.allclose(upper, expected_upper, rtol=1e-13, atol=0)
@@ -123,11 +125,13 @@ def test_pooled_gathers_read_the_reference_block_above_its_diagonal_only() -> No
     )
     sides = Sides.from_indices(indices, n_total=135, engine="numba")
     assert sides.gathers_pooled()
-    clean = sides.pooled_sums(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+    clean = sides.pooled_sums(KernelBlocks(k_xx=k_xx, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy))
     poisoned = k_xx.clone()
     lower = torch.ones(120, 120, dtype=torch.bool).tril_(diagonal=-1)
     poisoned[lower] = float("nan")
-    dirty = sides.pooled_sums(k_xx=poisoned, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+    dirty = sides.pooled_sums(
+        KernelBlocks(k_xx=poisoned, k_xx_rows=k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+    )
     assert np.array_equal(clean[0], dirty[0]) and np.array_equal(clean[1], dirty[1])
 
 
