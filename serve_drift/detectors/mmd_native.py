@@ -9,6 +9,7 @@ that makes it a valid permutation p-value.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -17,16 +18,25 @@ import numpy as np
 import torch
 
 from serve_drift.detectors.base import DetectorInputError, PermutationDetector
-from serve_drift.detectors.compiled import Kernels, kernels
+from serve_drift.detectors.compiled import (
+    Kernels,
+    chunk_count,
+    kernels,
+    require_kernels,
+    run_parallel,
+    triangle_ranges,
+)
 from serve_drift.detectors.permutation import make_generator
-from serve_drift.detectors.subset_sums import Sides, engine_for
+from serve_drift.detectors.subset_sums import KernelBlocks, Sides, engine_for
 from serve_drift.detectors.validate import as_compute_dtype, check_window
 from serve_drift.messages import DriftStatistic
 
 # Everything is computed in float64. MMD² is a small difference of large kernel sums (under no
 # drift about 1e-3 of each sum), so float32 loses 3-4 significant digits there; float64 keeps
 # the statistic within ~1e-12 of alibi-detect's formula on the same data and bandwidth, at a
-# cost that is negligible next to alibi's Python permutation loop.
+# cost that is negligible next to alibi's Python permutation loop but not next to float32: the
+# window's kernel blocks (2(NM + M²)d operations, the largest part of a warm test) take twice
+# as long as float32 products would.
 _DTYPE = torch.float64
 
 # Permuted statistics that equal the observed one up to rounding count as ">=": a permutation
@@ -49,6 +59,12 @@ _BLOCK_BYTES = 64 * 2**20
 # triangle has at least this many entries, the band bracketed by this many sampled entries.
 _BAND_MIN_ENTRIES = 1_000_000
 _BAND_SAMPLE = 32_768
+
+# The cached reference block is computed this many rows at a time (upper triangle only).
+_UPPER_ROWS = 512
+
+# A pass over a triangle is split into calls (run on the caller's threads) of this many entries.
+_CHUNK_ENTRIES = 2_000_000
 
 # Above the cache limit the median-heuristic bandwidth comes from this many reference rows,
 # drawn with a fixed seed: the median of 8M pairwise distances is as good as that of all.
@@ -76,11 +92,13 @@ class NativeMMD(PermutationDetector):
 
     Memory: up to ``max_cached_rows`` reference rows (default: 8192, a 512 MiB float64 block)
     the reference-reference kernel block is computed once and cached, and each test adds its
-    O(N·M + M²) blocks. Above that, every test works blockwise: the pooled kernel matrix's
-    upper triangle is computed a block of rows at a time (64 MiB), each block's row sums and
-    window-side sums are accumulated, and the block is dropped, so the (N + M)² matrix never
-    exists at once; the bandwidth then comes from 4096 reference rows drawn with a fixed seed.
-    The statistics are the same either way.
+    O(N·M + M²) blocks; with the numba engine only the block's upper triangle is computed
+    (the lower one is filled in from it the first time a window's share of the pooled rows is
+    large enough for the torch products, which read all of it). Above that, every test works
+    blockwise: the pooled kernel matrix's upper triangle is computed a block of rows at a time
+    (64 MiB), each block's row sums and window-side sums are accumulated, and the block is
+    dropped, so the (N + M)² matrix never exists at once; the bandwidth then comes from 4096
+    reference rows drawn with a fixed seed. The statistics are the same either way.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -120,12 +138,34 @@ class NativeMMD(PermutationDetector):
             self.sigma = self._sampled_sigma() if sigma is None else _check_sigma(sigma)
             self._gamma = 1.0 / (2.0 * self.sigma**2)
         else:
+            self._cache_reference_block(sigma)
+        self._generator = make_generator(seed=seed, device=self.device)
+
+    def _cache_reference_block(self, sigma: float | None) -> None:
+        """K_xx and its row sums. The numba engine reads K_xx above its diagonal only, so with
+        it only that triangle is computed (half the work and memory touched) and the rest is
+        left unwritten until a test needs all of it (:meth:`_whole_k_xx`)."""
+        self._k_xx_whole = self.engine != "numba"
+        if self._k_xx_whole:
             dist_xx = _squared_distances(self._x_ref, self._x_ref, x_sq=self._x_sq)
-            self.sigma = _median_sigma(dist_xx) if sigma is None else _check_sigma(sigma)
-            self._gamma = 1.0 / (2.0 * self.sigma**2)
+        else:
+            dist_xx = _upper_squared_distances(self._x_ref, x_sq=self._x_sq)
+        self.sigma = _median_sigma(dist_xx) if sigma is None else _check_sigma(sigma)
+        self._gamma = 1.0 / (2.0 * self.sigma**2)
+        if self._k_xx_whole:
             self._k_xx = _zero_diagonal(torch.exp_(dist_xx.mul_(-self._gamma)))
             self._k_xx_rows = self._k_xx.sum(dim=1)
-        self._generator = make_generator(seed=seed, device=self.device)
+        else:
+            self._k_xx = _zero_diagonal(_upper_exp_(dist_xx, factor=-self._gamma))
+            self._k_xx_rows = torch.from_numpy(_upper_row_sums(self._k_xx.numpy()))
+
+    def _whole_k_xx(self) -> torch.Tensor:
+        """K_xx with its lower triangle mirrored from the upper one, once, when first needed."""
+        assert self._k_xx is not None
+        if not self._k_xx_whole:
+            _mirror_upper(self._k_xx)
+            self._k_xx_whole = True
+        return self._k_xx
 
     def _sampled_sigma(self) -> float:
         if self.reference_size <= _MEDIAN_ROWS:
@@ -152,8 +192,7 @@ class NativeMMD(PermutationDetector):
             engine=self.engine,
             chunk=max(1, _CHUNK_BYTES // (3 * (self.reference_size + m) * 8)),
         )
-        mmd2 = self.split_mmd2(y, sides)
-        return self._statistic(observed=mmd2[0], permuted=mmd2[1:])
+        return self._statistic(self._split_sums(y, sides).mmd2(n=self.reference_size, m=m))
 
     def sides(self, indices: torch.Tensor, *, m: int) -> Sides:
         """Window sides (splits, m) of the pooled rows, prepared for :meth:`split_mmd2`."""
@@ -161,27 +200,22 @@ class NativeMMD(PermutationDetector):
 
     def split_mmd2(self, y: torch.Tensor, sides: Sides) -> torch.Tensor:
         """The unbiased MMD² of every split in ``sides`` of the reference rows and ``y``."""
+        mmd2 = self._split_sums(y, sides).mmd2(n=self.reference_size, m=int(y.shape[0]))
+        return torch.from_numpy(mmd2).to(self.device)
+
+    def _split_sums(self, y: torch.Tensor, sides: Sides) -> _SplitSums:
         if self._k_xx is None:
-            sums = self._blockwise_sums(y, sides)
-        else:
-            sums = self._cached_sums(self._k_xx, y, sides)
-        return sums.mmd2(n=self.reference_size, m=int(y.shape[0]))
+            return self._blockwise_sums(y, sides)
+        k_xx = self._k_xx if sides.gathers_pooled() else self._whole_k_xx()
+        return self._cached_sums(k_xx, y, sides)
 
     def _cached_sums(self, k_xx: torch.Tensor, y: torch.Tensor, sides: Sides) -> _SplitSums:
-        n = self.reference_size
-        # Pairs i < j inside S, then doubled: K is symmetric with a zero diagonal. The cached
-        # block goes first, before the window's blocks push it out of the CPU caches.
-        upper = sides.block_sums(k_xx, row_start=0, col_start=0, upper=True)
         y_sq = _squared_norms(y)
         k_xy = _rbf(self._x_ref, y, gamma=self._gamma, x_sq=self._x_sq, y_sq=y_sq)
         k_yy = _zero_diagonal(_rbf(y, y, gamma=self._gamma, x_sq=y_sq, y_sq=y_sq))
-        rows = torch.cat([self._k_xx_rows + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=1)])
-        upper = (
-            upper
-            + sides.block_sums(k_xy, row_start=0, col_start=n)
-            + sides.block_sums(k_yy, row_start=n, col_start=n, upper=True)
-        )
-        return _SplitSums(total=rows.sum(), side_sums=sides.gather_sums(rows), within=2.0 * upper)
+        blocks = KernelBlocks(k_xx=k_xx, k_xx_rows=self._k_xx_rows, k_xy=k_xy, k_yy=k_yy)
+        rows, upper = sides.pooled_sums(blocks)
+        return _SplitSums.of(rows=rows, upper=upper, sides=sides)
 
     def _blockwise_sums(self, y: torch.Tensor, sides: Sides) -> _SplitSums:
         """The same sums from K's upper triangle, computed 64 MiB of rows at a time."""
@@ -207,21 +241,23 @@ class NativeMMD(PermutationDetector):
             rows[start:stop] += block.sum(dim=1)
             rows[stop:] += block[:, stop - start :].sum(dim=0)
             upper += sides.block_sums(block, row_start=start, col_start=start, upper=True)
-        return _SplitSums(total=rows.sum(), side_sums=sides.gather_sums(rows), within=2.0 * upper)
+        return _SplitSums.of(rows=rows.cpu().numpy(), upper=upper.cpu().numpy(), sides=sides)
 
-    def _statistic(self, *, observed: torch.Tensor, permuted: torch.Tensor) -> DriftStatistic:
-        exceed = int((permuted >= observed - _TIE_TOLERANCE).sum())
-        mmd2 = float(observed)
-        permuted_mmd2 = torch.sort(permuted, descending=True).values.cpu()
-        if not (math.isfinite(mmd2) and bool(torch.isfinite(permuted_mmd2).all())):
+    def _statistic(self, mmd2: np.ndarray) -> DriftStatistic:
+        """The p-value and threshold from ``mmd2 = [observed, *permuted]``."""
+        observed, permuted = float(mmd2[0]), mmd2[1:]
+        if not (math.isfinite(observed) and bool(np.isfinite(permuted).all())):
             raise DetectorInputError(
                 "MMD² is not finite: embedding magnitudes overflow the kernel computation"
             )
+        exceed = int(np.count_nonzero(permuted >= observed - _TIE_TOLERANCE))
         # Same order statistic alibi-detect reports as its distance threshold.
-        threshold = float(permuted_mmd2[int(self.p_value_threshold * self.n_permutations)])
+        threshold = float(
+            np.sort(permuted)[::-1][int(self.p_value_threshold * self.n_permutations)]
+        )
         return DriftStatistic(
             p_value=(1 + exceed) / (1 + self.n_permutations),
-            distance=mmd2,
+            distance=observed,
             distance_threshold=threshold,
         )
 
@@ -237,11 +273,17 @@ class _SplitSums:
     ``S_RR = T - 2·S_RS - q``. ``side_sums`` holds ``Σ_{i∈S} r_i`` per split.
     """
 
-    total: torch.Tensor
-    side_sums: torch.Tensor
-    within: torch.Tensor
+    total: float
+    side_sums: np.ndarray
+    within: np.ndarray
 
-    def mmd2(self, *, n: int, m: int) -> torch.Tensor:
+    @classmethod
+    def of(cls, *, rows: np.ndarray, upper: np.ndarray, sides: Sides) -> _SplitSums:
+        """From K's row sums and each split's sum over the pairs i < j of its window side."""
+        # Doubled: K is symmetric with a zero diagonal.
+        return cls(total=float(rows.sum()), side_sums=sides.side_totals(rows), within=2.0 * upper)
+
+    def mmd2(self, *, n: int, m: int) -> np.ndarray:
         cross = self.side_sums - self.within
         reference = self.total - 2.0 * cross - self.within
         return reference / (n * (n - 1)) + self.within / (m * (m - 1)) - 2.0 * cross / (n * m)
@@ -266,16 +308,74 @@ def _squared_distances(
     *,
     x_sq: torch.Tensor | None = None,
     y_sq: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pairwise squared Euclidean distances, the same formula and clamp as alibi-detect.
 
     ``x_sq``/``y_sq`` are the rows' squared norms when already known (the reference's are
-    computed once); passing them changes no bit of the result.
+    computed once); passing them changes no bit of the result. ``out``: where to write them.
     """
     x2 = _squared_norms(x) if x_sq is None else x_sq
     y2 = _squared_norms(y) if y_sq is None else y_sq
-    dist = torch.addmm(y2.transpose(-2, -1), x, y.transpose(-2, -1), alpha=-2).add_(x2)
-    return dist.clamp_min_(1e-30)
+    dist = torch.addmm(y2.transpose(-2, -1), x, y.transpose(-2, -1), alpha=-2, out=out)
+    return dist.add_(x2).clamp_min_(1e-30)
+
+
+def _upper_squared_distances(x: torch.Tensor, *, x_sq: torch.Tensor) -> torch.Tensor:
+    """:func:`_squared_distances` of ``x`` with itself, computed a block of rows at a time and
+    only from each block's diagonal on: the strict upper triangle (and the diagonal) hold the
+    same values, and most of the lower triangle is never written (its memory never touched).
+
+    The blocks are products of the same BLAS routine as the whole matrix; on the shapes
+    checked (N up to 5000, d from 10 to 2048) their elements equal the whole product's bit for
+    bit, and a BLAS that blocks differently changes them by rounding only (~1e-16).
+    """
+    n = int(x.shape[0])
+    dist = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    for start in range(0, n, _UPPER_ROWS):
+        stop = min(start + _UPPER_ROWS, n)
+        _squared_distances(
+            x[start:stop],
+            x[start:],
+            x_sq=x_sq[start:stop],
+            y_sq=x_sq[start:],
+            out=dist[start:stop, start:],
+        )
+    return dist
+
+
+def _upper_exp_(dist: torch.Tensor, *, factor: float) -> torch.Tensor:
+    """``exp(factor * dist)`` in place, on the blocks :func:`_upper_squared_distances` wrote."""
+    n = int(dist.shape[0])
+    for start in range(0, n, _UPPER_ROWS):
+        torch.exp_(dist[start : start + _UPPER_ROWS, start:].mul_(factor))
+    return dist
+
+
+def _upper_row_sums(matrix: np.ndarray) -> np.ndarray:
+    """Row sums of a symmetric matrix from its strict upper triangle (row i: its own entries
+    after the diagonal, then those of column i above it)."""
+    n = int(matrix.shape[0])
+    kernels = require_kernels()
+    ranges = triangle_ranges(n, parts=chunk_count(n * n / 2 / _CHUNK_ENTRIES))
+    rows = np.zeros(n)
+    columns = [np.zeros(n) for _ in ranges]
+    run_parallel(
+        kernels.upper_row_sums,
+        [(matrix, lo, hi, rows, col) for (lo, hi), col in zip(ranges, columns, strict=True)],
+    )
+    return rows + functools.reduce(np.add, columns)
+
+
+def _mirror_upper(matrix: torch.Tensor) -> None:
+    """Copy the strict upper triangle onto the lower one, in place (blocks of rows)."""
+    n = int(matrix.shape[0])
+    for start in range(0, n, _UPPER_ROWS):
+        stop = min(start + _UPPER_ROWS, n)
+        square = matrix[start:stop, start:stop]
+        upper = square.triu(diagonal=1)
+        square.copy_(upper + upper.T)
+        matrix[stop:, start:stop] = matrix[start:stop, stop:].T
 
 
 def _rbf(
@@ -342,11 +442,22 @@ def _banded_median(matrix: np.ndarray, *, rank: int, kernels: Kernels) -> float 
     spread = 6.0 * math.sqrt(quantile * (1.0 - quantile) / sample.size)  # six sigma
     low = sample[max(0, math.floor((quantile - spread) * sample.size))]
     high = sample[min(sample.size - 1, math.ceil((quantile + spread) * sample.size))]
-    band = np.empty(int(4 * spread * count) + 1024)
-    below, kept = kernels.upper_band(matrix, low, high, band)
-    if kept > band.size or not below <= rank < below + kept:
+    ranges = triangle_ranges(n, parts=chunk_count(count / _CHUNK_ENTRIES))
+    bands = [np.empty(int(4 * spread * count / len(ranges)) + 1024) for _ in ranges]
+    counts: list[tuple[int, int]] = [(0, 0)] * len(ranges)
+
+    def run(part: int) -> None:
+        lo, hi = ranges[part]
+        counts[part] = kernels.upper_band(matrix, low, high, lo, hi, bands[part])
+
+    run_parallel(run, [(part,) for part in range(len(ranges))])
+    if any(kept > band.size for (_, kept), band in zip(counts, bands, strict=True)):
         return None
-    return float(np.partition(band[:kept], rank - below)[rank - below])
+    below = sum(b for b, _ in counts)
+    band = np.concatenate([band[:kept] for (_, kept), band in zip(counts, bands, strict=True)])
+    if not below <= rank < below + band.size:
+        return None
+    return float(np.partition(band, rank - below)[rank - below])
 
 
 def _check_sigma(sigma: float) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from serve_drift.detectors import cpu_random
+
 DTYPE = torch.float64
 
 # Permuted statistics within this relative distance of the observed one count as ">=": a
@@ -50,8 +52,12 @@ def random_subsets(count: int, *, n: int, m: int, generator: torch.Generator) ->
 
 
 def random_keys(count: int, *, n_total: int, generator: torch.Generator) -> torch.Tensor:
-    """(count, n_total) i.i.d. uniform keys; a split's window side is its ``m`` largest."""
-    return torch.rand(count, n_total, generator=generator, dtype=DTYPE, device=generator.device)
+    """(count, n_total) i.i.d. uniform keys; a split's window side is its ``m`` largest.
+
+    The numbers of ``torch.rand(count, n_total, generator=generator, dtype=float64)``, drawn
+    faster on the CPU (:func:`cpu_random.uniform`).
+    """
+    return cpu_random.uniform(generator, count * n_total).view(count, n_total)
 
 
 def side_weights(

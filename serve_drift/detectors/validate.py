@@ -53,8 +53,11 @@ def as_compute_dtype(array: np.ndarray, *, dtype: type[np.floating[Any]], what: 
     """
     with np.errstate(over="ignore"):
         cast = array.astype(dtype, copy=False)
-        squared_norms = np.square(cast).sum(axis=1)
     _check_finite(cast, what=f"{what} (as {np.dtype(dtype).name})")
+    if _norms_cannot_overflow(array, dtype=dtype):
+        return cast
+    with np.errstate(over="ignore"):
+        squared_norms = np.square(cast).sum(axis=1)
     if not np.isfinite(squared_norms).all():
         row = int(np.flatnonzero(~np.isfinite(squared_norms))[0])
         raise DetectorInputError(
@@ -62,6 +65,15 @@ def as_compute_dtype(array: np.ndarray, *, dtype: type[np.floating[Any]], what: 
             f"{np.dtype(dtype).name}"
         )
     return cast
+
+
+def _norms_cannot_overflow(array: np.ndarray, *, dtype: type[np.floating[Any]]) -> bool:
+    """Whether no row of ``array``'s dtype can have a squared norm that overflows ``dtype``
+    (float32 rows in float64: 512 x (3.4e38)² is far below 1.8e308), so none is computed."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return False
+    largest = float(np.finfo(array.dtype).max)
+    return largest < 1e100 and largest**2 * array.shape[-1] < float(np.finfo(dtype).max)
 
 
 def _check_embeddings(data: Any, *, what: str, min_rows: int) -> np.ndarray:

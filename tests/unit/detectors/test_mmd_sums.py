@@ -154,7 +154,7 @@ def test_numba_row_ranges_cover_every_row_once(
 ) -> None:
     if "numba" not in ENGINES:
         pytest.skip("numba is not installed")
-    monkeypatch.setattr(subset_sums, "_THREAD_GATHERS", 1)  # split even this small block
+    monkeypatch.setattr(subset_sums, "_CHUNK_GATHERS", 1)  # split even this small block
     kernel = _symmetric_kernel(5, 700)
     indices = _sides(5, splits=30, n=600, m=100)
     sides = Sides.from_indices(indices, n_total=700, engine="numba")
@@ -167,12 +167,20 @@ def test_numba_row_ranges_cover_every_row_once(
             sums = sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
     finally:
         torch.set_num_threads(previous)
-    assert ranges[0][0] == 0 and ranges[-1][1] == 700 and len(ranges) == threads
+    assert ranges[0][0] == 0 and ranges[-1][1] == 700
+    assert len(ranges) == subset_sums.chunk_count(1e9)  # as many calls on any thread count
     assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(ranges))
-    assert len({hi - lo for lo, hi in ranges}) == len(ranges)  # balanced by work, not rows
+    assert len({hi - lo for lo, hi in ranges}) > 1  # balanced by work, not rows
     torch_sides = Sides.from_indices(indices, n_total=700, engine="torch")
     expected = torch_sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
     assert torch.allclose(sums, expected, rtol=1e-12, atol=0)
+    torch.set_num_threads(1)
+    try:
+        with using("numba"):
+            serial = sides.block_sums(kernel, row_start=0, col_start=0, upper=True)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(sums, serial)  # the thread count changes no bit
 
 
 def test_without_numba_the_cpu_uses_the_torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
