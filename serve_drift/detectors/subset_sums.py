@@ -154,10 +154,6 @@ class Sides:
     def count(self) -> int:
         return int(self.indices.shape[0])
 
-    def gather_sums(self, values: torch.Tensor) -> torch.Tensor:
-        """``Σ_{i ∈ S} values[i]`` for every split (K's row sums over the window side)."""
-        return values[self.indices.to(values.device)].sum(dim=1)
-
     def block_sums(
         self, block: torch.Tensor, *, row_start: int, col_start: int, upper: bool = False
     ) -> torch.Tensor:
