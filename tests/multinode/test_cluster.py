@@ -31,6 +31,8 @@ APP = "mn"
 MODEL = f"ServeReplica:{APP}:ImageClassifier"
 MONITOR = f"ServeReplica:{APP}:ImageClassifierDriftMonitor"
 SCHEMA = "sd_mn__imageclassifierdriftmonitor"  # the default: sd_<app>__<monitor>
+# How long after a node loss Serve may still route a request to its replica (seconds).
+LEARN_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -198,16 +200,28 @@ def test_a_replica_node_lost_mid_run_leaves_the_other_answering(
         wait_for(lambda: len(traffic.sent) >= start + WINDOW, timeout_s=60, what="traffic")
         cluster.remove("model-a")  # mid-run: requests are in flight
         removed_at, gone = time.monotonic(), len(traffic.sent)
-        wait_for(lambda: len(traffic.sent) >= gone + 3 * WINDOW, timeout_s=120, what="traffic")
+        settled_at = removed_at + LEARN_S
+        wait_for(
+            lambda: (
+                len(traffic.sent) >= gone + 3 * WINDOW
+                and sum(at > settled_at for _, _, at in traffic.sent[gone:]) >= WINDOW
+            ),
+            timeout_s=120,
+            what="traffic",
+        )
     finally:
         stop.set()
         sender.join(timeout=60)
     during = traffic.sent[start:]
-    after = [status for _, status, at in during if at > removed_at]
-    failed = [(cid, status) for cid, status, _ in during if status != 200]
-    # Only requests in flight on the lost node may fail; every later one is answered.
+    failed = [(cid, code, round(at - removed_at, 2)) for cid, code, at in during if code != 200]
+    # Serve does not retry a request already sent to a replica: the ones in flight on the lost
+    # node fail, and so does the first one routed there before the router learns the replica
+    # died (that failure is how it learns, or the controller tells it). Those few, near the
+    # loss, are all that may fail; once Serve knows, every request is answered.
     assert len(failed) <= 2, failed
-    assert after and set(after) == {200}, f"{len(after)} requests after the loss: {failed}"
+    assert all(at <= LEARN_S for _, _, at in failed), failed
+    later = [status for _, status, at in during if at > settled_at]
+    assert len(later) >= WINDOW and set(later) == {200}, failed
     # The GCS marks the lost node's actors dead once its health checks fail (seconds later).
     survivor = [cluster.node_of("model-b")]
     wait_for(lambda: list(nodes_of(MODEL).values()) == survivor, timeout_s=90, what="the GCS")
