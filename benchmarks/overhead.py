@@ -454,6 +454,31 @@ def _print_targets(saturated: dict[str, Round], single: dict[str, Round]) -> Non
         f"  p50 added at one client: {p50:+.2f} ms  (target <= {P50_TARGET_MS:.0f} ms): "
         f"{verdict(p50 <= P50_TARGET_MS)}"
     )
+    _print_cpu_budget(bare, wrapped)
+
+
+def _print_cpu_budget(bare: Round, wrapped: Round) -> None:
+    """Where the throughput went: at saturation every core is busy, so throughput is the
+    cores' time divided by the machine's CPU per answered request. The monitor's share alone
+    caps the ratio, whatever the replica adds."""
+    bare_total, wrapped_total = _cpu_us(bare, "machine"), _cpu_us(wrapped, "machine")
+    monitor = _cpu_us(wrapped, "monitor") - _cpu_us(bare, "monitor")
+    ceiling = bare_total / (bare_total + monitor)
+    parts = {name: _cpu_us(wrapped, name) - _cpu_us(bare, name) for name in ("proxy", "receiver")}
+    replica = _cpu_us(wrapped, "wrapped") - _cpu_us(bare, "bare")
+    rest = wrapped_total - bare_total - replica - monitor - sum(parts.values())
+    print(
+        f"  the machine's CPU per answered request: bare {bare_total:.0f} us, wrapped "
+        f"{wrapped_total:.0f} us ({wrapped_total - bare_total:+.0f} us: replica {replica:+.0f}, "
+        f"drift monitor {monitor:+.0f}, proxy {parts['proxy']:+.0f}, OTLP receiver "
+        f"{parts['receiver']:+.0f}, everything else {rest:+.0f})"
+    )
+    print(
+        f"  with the monitor on these cores, the ratio is at most {ceiling:.3f} even if the "
+        f"replica added nothing (bare CPU / (bare CPU + the monitor's)); "
+        f"{THROUGHPUT_TARGET} is {'within' if ceiling >= THROUGHPUT_TARGET else 'beyond'} "
+        "that ceiling"
+    )
 
 
 def main() -> None:

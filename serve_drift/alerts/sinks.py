@@ -289,6 +289,9 @@ class SinkStats:
     failed: int = 0
     dropped: int = 0
     last_error: str | None = None
+    # The last notification handed to it was not delivered (failed, or dropped on a full
+    # queue); the next delivery clears it. Notifications are not reaching the sink now.
+    failing: bool = False
 
 
 Outcome = Callable[[str, str], None]  # (sink name, delivered | failed | dropped)
@@ -328,6 +331,7 @@ class _Worker:
 
     def _count(self, outcome: str) -> None:
         setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        self.stats.failing = outcome != "delivered"
         with contextlib.suppress(Exception):  # metrics must not break delivery
             self._on(self.sink.name, outcome)
 

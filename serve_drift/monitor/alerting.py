@@ -111,7 +111,7 @@ class AlertsHealth:
     open_incidents: int
     open: tuple[tuple[str, str], ...]  # (rule, severity) of each open incident
     maintenance: bool
-    sinks: dict[str, dict[str, Any]]  # name -> delivered, failed, dropped, last_error
+    sinks: dict[str, dict[str, Any]]  # name -> delivered, failed, dropped, last_error, failing
     sink_failures: int
     signals_dropped: int  # the alert lane was full
     lane_pending: int
@@ -127,6 +127,17 @@ class AlertsHealth:
             "signals_dropped": self.signals_dropped,
             "lane_pending": self.lane_pending,
         }
+
+    def reasons(self) -> list[str]:
+        """Why the alert pipeline makes the monitor degraded: a sink whose last notification
+        was not delivered, so an on-call engineer would not hear of an incident through it
+        (cleared by its next delivery; the counts stay in ``sinks``)."""
+        return [
+            f"alert sink {name!r} is failing: notifications are not reaching it "
+            f"(last error: {sink.get('last_error') or 'its queue is full'})"
+            for name, sink in self.sinks.items()
+            if sink.get("failing")
+        ]
 
 
 @dataclass(frozen=True)

@@ -344,6 +344,8 @@ class MonitorState:
         event_log = None if self.event_log is None else self.event_log.health()
         if event_log is not None and event_log.degraded:
             reasons.append("the event store is failing: events are being dropped (see event_log)")
+        alerts = self.alerts.health()
+        reasons.extend(alerts.reasons())
         return MonitorHealth(
             status="degraded" if reasons else "ready",
             reasons=tuple(reasons),
@@ -357,7 +359,7 @@ class MonitorState:
             event_log=event_log,
             checked_at=time.time(),
             pid=os.getpid(),
-            alerts=self.alerts.health(),
+            alerts=alerts,
             version_check=None if self.version_check is None else self.version_check.to_dict(),
             reference_changes=tuple(c.to_dict() for c in self.reference_changes),
         )

@@ -159,6 +159,36 @@ def test_a_failing_sink_is_counted_and_the_others_still_deliver() -> None:
     assert len(working.sent) == 3
 
 
+class _Flaky:
+    """Fails while ``down`` is set, delivers otherwise."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def send(self, transition: Transition) -> None:
+        if self.down:
+            raise ConnectionError("receiver down")
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_sink_is_failing_until_its_next_delivery() -> None:
+    flaky = _Flaky()
+    dispatcher = AlertDispatcher([flaky])
+    dispatcher.submit([_any_transition()])
+    assert dispatcher.drain(timeout_s=10)
+    assert dispatcher.stats()["flaky"].failing
+    flaky.down = False
+    dispatcher.submit([_any_transition()])
+    assert dispatcher.drain(timeout_s=10)
+    stats = dispatcher.stats()["flaky"]
+    dispatcher.close()
+    assert not stats.failing and (stats.failed, stats.delivered) == (1, 1)
+
+
 def test_transitions_that_do_not_notify_reach_no_sink(capsys: pytest.CaptureFixture[str]) -> None:
     held = _any_transition(notify=False)
     dispatcher = AlertDispatcher([StdoutSink()])

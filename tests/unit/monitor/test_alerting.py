@@ -18,6 +18,7 @@ from serve_drift.monitor.state import MonitorState
 from serve_drift.monitor.windows import Window
 from tests.support.alert_signals import drift_result
 from tests.support.batches import event_batch
+from tests.support.serve import free_port
 from tests.support.telemetry_memory import memory_telemetry
 from tests.unit.monitor.test_state import _reference
 
@@ -66,6 +67,23 @@ def test_shifted_windows_open_one_incident_stored_with_its_evidence(tmp_path: Pa
     assert history is not None and [t["kind"] for t in history.transitions] == ["opened"]
     health = state.health().to_dict()["alerts"]
     assert health["open_incidents"] == 1 and health["open"][0]["severity"] == "warning"
+
+
+def test_a_sink_that_cannot_be_reached_makes_the_monitor_degraded(tmp_path: Path) -> None:
+    memory_telemetry()
+    unreachable = {"kind": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook"}
+    sink = {**unreachable, "max_attempts": 1, "timeout_s": 2}
+    state = _state(tmp_path, alerts={"sinks": [sink]}, model_version="1")  # the reference's
+    _feed(state, loc=0.0, windows=3)
+    assert state.health().status == "ready"
+    _feed(state, loc=1.5, windows=4, start=60)  # an incident opens: its notification fails
+    assert state.alerts.drain(timeout_s=20)
+    health = state.health()
+    (reason,) = [r for r in health.reasons if "alert sink" in r]
+    assert health.status == "degraded" and unreachable["url"] in reason
+    assert "Connection refused" in reason
+    (stats,) = health.to_dict()["alerts"]["sinks"].values()
+    assert stats["failing"] and stats["failed"] >= 1
 
 
 def test_a_restarted_monitor_resumes_its_incident_and_maintenance(tmp_path: Path) -> None:
