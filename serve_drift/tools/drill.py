@@ -20,6 +20,8 @@ Run drills against a staging endpoint: other traffic in the same windows makes t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -35,6 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from serve_drift.alerts import AlertsConfig
+from serve_drift.eventlog.store import BaseEventStore
 from serve_drift.tools.drill_collect import (
     AlertSource,
     Collector,
@@ -61,6 +64,7 @@ from serve_drift.tools.drill_scenario import (
     load_scenario,
 )
 from serve_drift.tools.drill_traffic import PhasePlan, PhaseTraffic, send_phase
+from serve_drift.tools.events_cli import open_store
 from serve_drift.tools.sentinel import post_labels, read_admin_token, run_sentinel_set
 from serve_drift.tools.sentinel_sets import ImageSet, ImageSetError, image_set
 
@@ -71,13 +75,28 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 class DrillOptions:
     url: str
     admin_token: str
-    db: Path | None = None  # the endpoint's event store, where this machine can read it
+    # The endpoint's event store, where this machine can read it: a SQLite file, or the
+    # PostgreSQL database (``dsn``) and the monitor's schema (the only one there by default).
+    db: Path | None = None
+    dsn: str | None = None
+    pg_schema: str | None = None
     alerts: AlertSource = "auto"
     rules: AlertsConfig | None = None  # for a backtest; the default rules without it
     detector: str | None = None
     report_dir: Path | None = None
     poll_interval_s: float = 2.0
     settle_quiet_s: float = 3.0
+
+    @property
+    def has_store(self) -> bool:
+        return self.db is not None or bool(self.dsn)
+
+    def open_store(self) -> contextlib.AbstractContextManager[BaseEventStore | None]:
+        """The event store, opened to read (``None`` without one); ``SystemExit`` with a
+        message when it cannot be opened."""
+        if not self.has_store:
+            return contextlib.nullcontext()
+        return open_store(db=self.db, dsn=self.dsn, pg_schema=self.pg_schema)
 
 
 def run_drill(
@@ -253,10 +272,12 @@ def _alerts(
     """The incidents to judge, and where they came from (see the module docstring)."""
     mode = options.alerts
     served = bool(collector.alerts_served)  # the endpoint evaluates rules (and mounts alerts)
-    if mode == "store" or (mode == "auto" and served and options.db is not None):
-        if options.db is None:
-            raise DrillError("--alerts store needs --db (the endpoint's event store)")
-        return stored_incidents(options.db, since=started_at - 1.0), "store"
+    if mode == "store" or (mode == "auto" and served and options.has_store):
+        if not options.has_store:
+            raise DrillError("--alerts store needs --db or --dsn (the endpoint's event store)")
+        with options.open_store() as store:
+            assert store is not None
+            return stored_incidents(store, since=started_at - 1.0), "store"
     if mode == "endpoint" or (mode == "auto" and served):
         if not served:
             raise DrillError("the endpoint does not serve GET /admin/alerts")
@@ -272,7 +293,8 @@ def _write_report(result: DrillResult, options: DrillOptions, console: Console) 
     from serve_drift.tools.report_data import data_for_drill
 
     assert options.report_dir is not None
-    data = data_for_drill(result, db=options.db)
+    with options.open_store() as store:
+        data = data_for_drill(result, store=store)
     path = write_report(data, out_dir=options.report_dir)
     console.print(f"Report: [bold]{path}[/] (figures beside it)")
     return DrillResult(**{**result.__dict__, "report": path})
@@ -399,13 +421,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
     parser.add_argument("--token-file", help="file holding the admin bearer token")
     parser.add_argument("--token-env", default="SERVE_DRIFT_ADMIN_TOKEN")
-    parser.add_argument("--db", type=Path, help="the endpoint's event store, if readable here")
+    parser.add_argument(
+        "--db", type=Path, help="the endpoint's SQLite event store, if readable here"
+    )
+    parser.add_argument(
+        "--dsn", help="the endpoint's PostgreSQL event store (postgresql://user@host:5432/db)"
+    )
+    parser.add_argument("--pg-schema", help="the monitor's schema there (default: the only one)")
     parser.add_argument(
         "--alerts",
         choices=("auto", "endpoint", "store", "backtest"),
         default="auto",
         help="where alerts come from (auto: when the endpoint serves /admin/alerts, the store "
-        "with --db or else those open incidents; otherwise a backtest of the rules)",
+        "with --db/--dsn or else those open incidents; otherwise a backtest of the rules)",
     )
     parser.add_argument(
         "--rules", type=Path, help="rules for a backtest: a Serve config or an alerts file"
@@ -429,21 +457,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if token is None:
         print(f"serve-drift drill: no admin token (use --token-file or ${args.token_env})")
         return EXIT_USAGE
+    options = DrillOptions(
+        url=args.url,
+        admin_token=token,
+        db=args.db,
+        dsn=args.dsn,
+        pg_schema=args.pg_schema,
+        alerts=args.alerts,
+        detector=args.detector,
+        report_dir=args.report,
+    )
+    try:  # a store named but not readable is a usage error, found before any traffic is sent
+        with options.open_store():
+            pass
+    except SystemExit as exc:
+        print(f"serve-drift drill: {exc}")
+        return EXIT_USAGE
     try:
         scenario = load_scenario(args.scenario)
-        rules = _rules(args.rules)
-        result = run_drill(
-            scenario,
-            DrillOptions(
-                url=args.url,
-                admin_token=token,
-                db=args.db,
-                alerts=args.alerts,
-                rules=rules,
-                detector=args.detector,
-                report_dir=args.report,
-            ),
-        )
+        options = dataclasses.replace(options, rules=_rules(args.rules))
+        result = run_drill(scenario, options)
     except (ScenarioError, ImageSetError, DrillError) as exc:
         print(f"serve-drift drill: {exc}")
         return EXIT_USAGE

@@ -15,13 +15,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
 from serve_drift.alerts import AlertEngine, AlertsConfig, SentinelRun, Signal, Tick, WindowTested
 from serve_drift.errors import ServeDriftError
+from serve_drift.eventlog.store import BaseEventStore
 from serve_drift.messages import DriftResult
 
 AlertSource = Literal["auto", "endpoint", "store", "backtest"]
@@ -165,12 +165,9 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def stored_incidents(db: Path, *, since: float) -> list[dict[str, Any]]:
+def stored_incidents(store: BaseEventStore, *, since: float) -> list[dict[str, Any]]:
     """Incidents the monitor stored (every state) that opened at or after ``since``."""
-    from serve_drift.eventlog.store import EventStore
-
-    with EventStore(db) as store:
-        return [i.document for i in store.alert_incidents(since=since, limit=10_000)]
+    return [i.document for i in store.alert_incidents(since=since, limit=10_000)]
 
 
 def drift_result(data: Mapping[str, Any]) -> DriftResult:

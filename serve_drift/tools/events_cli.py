@@ -86,11 +86,21 @@ def open_cli_store(args: argparse.Namespace) -> BaseEventStore:
     ``SystemExit`` with a message (no password in it) when there is none."""
     dsn = None if args.db else (args.dsn or _env.events_dsn())
     if dsn:
+        return open_store(dsn=dsn, pg_schema=args.pg_schema)
+    return open_store(db=args.db or default_db_path())
+
+
+def open_store(
+    *, db: Path | None = None, dsn: str | None = None, pg_schema: str | None = None
+) -> BaseEventStore:
+    """The PostgreSQL store at ``dsn`` (in ``pg_schema``, or the only schema holding one), else
+    the SQLite file ``db``, which must exist; opened without retention, to read. ``SystemExit``
+    with a message (no password in it) when there is none."""
+    if dsn:
         return PostgresEventStore(
-            dsn, schema=_schema(dsn, args.pg_schema), max_age_s=None, max_bytes=None
+            dsn, schema=_schema(dsn, pg_schema), max_age_s=None, max_bytes=None
         )
-    db = args.db or default_db_path()
-    if not db.exists():
+    if db is None or not db.exists():
         raise SystemExit(
             f"no event store at {db} (the monitor creates it; choose one with --db or --dsn)"
         )

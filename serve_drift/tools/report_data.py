@@ -412,13 +412,14 @@ def phase_bands(result: DrillResult) -> tuple[PhaseBand, ...]:
     )
 
 
-def data_for_drill(result: DrillResult, *, db: Path | None) -> ReportData:
-    """A drill's report: the store's panels when ``db`` is readable here, else what the drill
-    collected over HTTP (drift results, alerts, and accuracy from its own labels)."""
+def data_for_drill(result: DrillResult, *, store: Path | BaseEventStore | None) -> ReportData:
+    """A drill's report: the store's panels when the endpoint's event store is readable here,
+    else what the drill collected over HTTP (drift results, alerts, and accuracy from its own
+    labels)."""
     bands = phase_bands(result)
     title = f"Drill {result.scenario.name} ({result.run_id})"
-    if db is not None:
-        data = data_from_store(db, since=result.started_at - 1.0, phases=bands, title=title)
+    if store is not None:
+        data = data_from_store(store, since=result.started_at - 1.0, phases=bands, title=title)
     else:
         data = _from_collected(result, bands, title=title)
     rows = tuple(_summary_row(o) for o in result.outcomes)

@@ -11,8 +11,9 @@ import pytest
 
 from serve_drift.alerts import AlertsConfig
 from serve_drift.alerts.engine import AlertEngine
-from serve_drift.eventlog.store import EventStore
-from serve_drift.tools.drill import DrillOptions, _alerts
+from serve_drift.eventlog.store import BaseEventStore, EventStore, PostgresEventStore
+from serve_drift.tools.drill import EXIT_USAGE, DrillOptions, _alerts
+from serve_drift.tools.drill import main as drill_main
 from serve_drift.tools.drill_collect import (
     Collector,
     DrillError,
@@ -22,6 +23,7 @@ from serve_drift.tools.drill_collect import (
     losses,
     signals_from_results,
 )
+from tests.support.postgres import PostgresServer
 from tests.unit.tools.drill_fakes import T0, run_results
 
 RESULTS = run_results([0.5] * 3 + [0.001] * 3, [[0]] * 3 + [[1]] * 3)
@@ -126,15 +128,8 @@ def test_alerts_come_from_the_store_the_endpoint_or_a_backtest(tmp_path: Path) -
     # Incidents opened before the drill started are not the drill's.
     assert _alerts(options, _collector(True, polled), RESULTS, polled, T0 + 100, {})[0] == []
     db = tmp_path / "events.sqlite"
-    engine = AlertEngine(AlertsConfig(sinks=()), started_at=T0, model_names=("digits",))
     with EventStore(db) as store:
-        store.write_alert_transitions(
-            [
-                t
-                for s in signals_from_results(RESULTS, model_name="digits")
-                for t in engine.observe(s)
-            ]
-        )
+        _store_incidents(store)
     stored = DrillOptions(url="http://app", admin_token="right", db=db)
     found, source = _alerts(stored, _collector(True, []), RESULTS, [], T0 - 5, {})
     assert source == "store" and [i["rule"] for i in found] == ["input-drift"]
@@ -147,3 +142,29 @@ def test_alerts_come_from_the_store_the_endpoint_or_a_backtest(tmp_path: Path) -
             T0,
             {},
         )
+
+
+def _store_incidents(store: BaseEventStore) -> None:
+    engine = AlertEngine(AlertsConfig(sinks=()), started_at=T0, model_names=("digits",))
+    signals = signals_from_results(RESULTS, model_name="digits")
+    store.write_alert_transitions([t for s in signals for t in engine.observe(s)])
+
+
+def test_a_postgres_store_gives_the_drill_its_incidents(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.new_database()
+    with PostgresEventStore(dsn, schema="sd_digits__monitor") as store:
+        _store_incidents(store)
+    stored = DrillOptions(url="http://app", admin_token="right", dsn=dsn)  # the only schema
+    found, source = _alerts(stored, _collector(True, []), RESULTS, [], T0 - 5, {})
+    assert source == "store" and [i["rule"] for i in found] == ["input-drift"]
+
+
+def test_a_store_that_cannot_be_read_is_a_usage_error_before_any_traffic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVE_DRIFT_ADMIN_TOKEN", "right")
+    missing = tmp_path / "missing.sqlite"
+    # Nothing listens at the URL: the drill would fail differently had it sent anything.
+    argv = ["digits-lighting", "--url", "http://127.0.0.1:9", "--db", str(missing)]
+    assert drill_main(argv) == EXIT_USAGE
+    assert "no event store at" in capsys.readouterr().out and not missing.exists()
