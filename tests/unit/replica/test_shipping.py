@@ -36,7 +36,9 @@ class AdvisingMonitor:
 
 
 def _deployment(name: str, **shipping: Any) -> Any:
-    @monitored({"model_name": name, "shipping": {"flush_interval_s": 0.01, **shipping}})
+    shipping = {"flush_interval_s": 0.01, "batch_size": 64, **shipping}  # several batches
+
+    @monitored({"model_name": name, "shipping": shipping})
     class Classifier:
         def __init__(self) -> None:
             torch.manual_seed(0)
