@@ -216,10 +216,10 @@ class ShippingConfig(_Frozen):
 
     ``max_queue`` rows wait at most (beyond: dropped and counted); they leave in batches of
     ``batch_size`` rows, at least every ``flush_interval_s``. A send through the monitor's
-    Serve handle costs the replica about 4 ms of CPU whatever it carries
+    Serve handle costs the replica about 3.7 ms of CPU plus 8 µs a row
     (``benchmarks/shipping_cost.py``), so the defaults ship up to 256 rows once a second: at 250
-    requests a second that is ~20 µs a request, where 64-row batches four times a second cost
-    ~60. Rows reach the monitor within a second, well inside any window.
+    requests a second that is ~23 µs a request, where 64-row batches four times a second cost
+    ~67. Rows reach the monitor within a second, well inside any window.
 
     **Sampling, so the monitor's cost is bounded at any traffic.** A replica ships at most
     ``max_rows_per_s`` rows a second, and at most its share of ``monitor_max_rows_per_s``, the
