@@ -4,9 +4,10 @@ Three figures, for the ready-made digits app's monitor as shipped (default detec
 200, the event log on, the OpenTelemetry SDK on and exporting to a real receiver):
 
 1. **Maximum ingest** (embeddings per second): the monitor deployed alone in Ray Serve, fed by
-   ``--senders`` concurrent senders (standing in for replicas) with 64-row batches of fresh
-   events through its handle, as fast as it answers; only rows whose receipt says the event
-   store recorded them count. Its CPU is read from ``/proc``.
+   ``--senders`` concurrent senders (standing in for replicas) with batches of fresh events of
+   the replicas' default size (``ShippingConfig.batch_size``) through its handle, as fast as
+   it answers; only rows whose receipt says the event store recorded them count. Its CPU is
+   read from ``/proc``.
 2. **Test throughput**: the default detector on windows of 200 rows against the digits
    reference, in process: windows per second and the rows per second that keeps up with.
 3. **Where the sampler starts to matter**: replicas ship every row until their total passes
@@ -47,7 +48,10 @@ from _harness import (
     verdict,
 )
 
-BATCH_ROWS = 64
+from serve_drift.config import ShippingConfig
+
+# Rows per batch: what a replica sends at the shipping defaults once its traffic fills one.
+BATCH_ROWS = ShippingConfig().batch_size
 MONITOR = "CapacityMonitor"
 
 
