@@ -1,12 +1,13 @@
 """A soak of the drift monitor alone: its resident memory against the events it took.
 
 The ready-made digits app's monitor as shipped (default detector, windows of 200, the event log
-on, the OpenTelemetry SDK exporting to a real OTLP receiver), deployed alone in Ray Serve and fed
-64-row batches of fresh events through its handle, as replicas send them, at ``--rows-per-s``:
-faster than the load benchmark's hold (158 rows/s), so a few minutes cover what an hour of it
-would. The monitor's RSS is read every ``--sample-events`` events; its slope is fitted after
-``--warmup-events`` (default 100 000: the first 500 windows, until the results it keeps, 500,
-are full; the traffic sample, 2 000 rows, is full after the first 2 000).
+on, the OpenTelemetry SDK exporting to a real OTLP receiver), deployed alone in Ray Serve and
+fed batches of fresh events (``ShippingConfig.batch_size`` rows) through its handle, as replicas
+send them, at ``--rows-per-s``: faster than the load benchmark's hold (158 rows/s), so a few
+minutes cover what an hour of it would. The monitor's RSS is read every ``--sample-events``
+events; its slope is fitted after ``--warmup-events`` (default 100 000: the first 500 windows,
+until the results it keeps, 500, are full; the traffic sample, 2 000 rows, is full after the
+first 2 000).
 
 Target (the load benchmark's): at the slope measured, an hour of the load benchmark's hold
 (``--hour-rows-per-s``, 158 rows/s) grows the monitor by at most 2 % of its memory, or 10 MiB.
