@@ -389,6 +389,7 @@ class ReplicaMonitor:
             attributes["serve_drift.embedding.captured"] = False
             return False
         rows = embeddings.shape[0]
+        answered_ns = time.time_ns()  # the event's time and the span's end: one instant
         return self.shipper.offer(
             PendingRows(
                 rows=rows,
@@ -397,11 +398,11 @@ class ReplicaMonitor:
                 ids=ids,
                 marks=marks,
                 latency_s=latency_s,
-                timestamp=time.time(),
+                timestamp=answered_ns / 1e9,
                 span=span.get_span_context(),
                 open_span=span,
                 span_attributes=attributes,
-                ended_ns=time.time_ns(),
+                ended_ns=answered_ns,
             )
         )
 
