@@ -183,7 +183,10 @@ class RequestCounts:
     def latency(self, latency_s: float) -> None:
         self._latencies.append(latency_s)
         if len(self._latencies) >= self.MAX_WAITING:
-            self._flush_latencies()
+            try:  # on the request path: a metric's failure never reaches the request
+                self._flush_latencies()
+            except Exception:
+                logger.warning("serve-drift: recording latencies failed", exc_info=True)
 
     def flush(self) -> None:
         counts, self._counts = self._counts, Counter()
