@@ -412,7 +412,7 @@ def phase_bands(result: DrillResult) -> tuple[PhaseBand, ...]:
     )
 
 
-def data_for_drill(result: DrillResult, *, store: Path | BaseEventStore | None) -> ReportData:
+def data_for_drill(result: DrillResult, *, store: BaseEventStore | None) -> ReportData:
     """A drill's report: the store's panels when the endpoint's event store is readable here,
     else what the drill collected over HTTP (drift results, alerts, and accuracy from its own
     labels)."""
