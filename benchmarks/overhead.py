@@ -20,12 +20,20 @@ Measurements:
 2. Over HTTP, in one Ray Serve instance: alternating rounds of saturating load (throughput, and
    CPU per answered request of each replica process, the drift monitor's process, the proxy and
    the OTLP receiver) and of one client (added p50 latency).
+3. Over HTTP, equal load: both variants offered the same rate (open loop, ``--equal-load``
+   times the slower variant's saturated throughput), CPU per answered request of each replica,
+   by thread. At saturation a process's CPU that runs per second (Ray's polling threads, the
+   event loops' timers) is spread over however many answers each variant managed, so the
+   slower variant's per-request CPU rises by work it never did per request; at equal load
+   that part is the same on both sides and the difference is what monitoring adds per request.
 
-Targets (issue 13): added replica CPU per request <= 60 us with the SDK on; wrapped throughput
->= 0.97 x bare at saturation; p50 added <= 1 ms at one client. The monitor shares the cores
-here, so its CPU share is printed beside the throughput ratio.
+Targets (issue 13): added replica CPU per request <= 60 us with the SDK on (judged at equal
+load; the saturated figure is printed beside it); wrapped throughput >= 0.97 x bare at
+saturation; p50 added <= 1 ms at one client. The monitor shares the cores here, so its CPU
+share is printed beside the throughput ratio.
 
-    python benchmarks/overhead.py [--seconds 6] [--rounds 3] [--concurrency 16] [--breakdown]
+    python benchmarks/overhead.py [--seconds 6] [--rounds 3] [--concurrency 16]
+                                  [--equal-load 0.6] [--breakdown]
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ import os
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +63,12 @@ from _harness import (
     free_port,
     load_average,
     one_pid,
+    open_loop,
     otlp_sink,
     ray_exporting_to,
     status_summary,
     telemetry_env,
+    thread_cpu_seconds,
     verdict,
 )
 
@@ -276,6 +287,7 @@ def deploy_both(port: int) -> dict[str, Any]:
 class Round:
     load: LoadResult
     cpu_s: dict[str, float]
+    threads_s: dict[str, float] = field(default_factory=dict)  # the variant's replica, by name
 
 
 def _processes() -> dict[str, int]:
@@ -294,6 +306,17 @@ def run_round(endpoint: Endpoint, pids: dict[str, int], *, seconds: float, clien
     return Round(load=load, cpu_s=meter.spent())
 
 
+def run_equal_round(
+    endpoint: Endpoint, pids: dict[str, int], name: str, *, rate: float, seconds: float
+) -> Round:
+    """One variant at ``rate`` requests per second (open loop), its replica's CPU by thread."""
+    meter, threads = CpuMeter(pids), thread_cpu_seconds(pids[name])
+    load = asyncio.run(open_loop(endpoint, rate=rate, seconds=seconds, connections=16))
+    spent = thread_cpu_seconds(pids[name])
+    spent.subtract(threads)
+    return Round(load=load, cpu_s=meter.spent(), threads_s=dict(spent))
+
+
 def http_benchmark(args: argparse.Namespace, sink: OtlpSink) -> dict[str, Any]:
     options = deploy_both(args.port)
     pids = {**_processes(), "receiver": sink.pid}
@@ -308,7 +331,19 @@ def http_benchmark(args: argparse.Namespace, sink: OtlpSink) -> dict[str, Any]:
         asyncio.run(closed_loop(endpoint, seconds=3, concurrency=4))
     before = sink.counts()
     rounds = _alternating_rounds(args, endpoints, pids)
-    return {"options": options, "rounds": rounds, "facts": _facts(args.port, sink, before)}
+    slower = min(_merged(rounds[(args.concurrency, name)]).load.throughput for name in VARIANTS)
+    rate = args.equal_load * slower
+    equal: dict[str, list[Round]] = {}
+    for r in range(args.rounds):
+        for name in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            result = run_equal_round(endpoints[name], pids, name, rate=rate, seconds=args.seconds)
+            equal.setdefault(name, []).append(result)
+    return {
+        "options": options,
+        "rounds": rounds,
+        "equal": {"rate": rate, "rounds": equal},
+        "facts": _facts(args.port, sink, before),
+    }
 
 
 def _alternating_rounds(
@@ -353,7 +388,10 @@ def _merged(rounds: list[Round]) -> Round:
     for r in rounds[1:]:
         load = load.merged(r.load)
     cpu = {name: sum(r.cpu_s[name] for r in rounds) for name in rounds[0].cpu_s}
-    return Round(load=load, cpu_s=cpu)
+    threads: Counter[str] = Counter()
+    for r in rounds:
+        threads.update(r.threads_s)
+    return Round(load=load, cpu_s=cpu, threads_s=dict(threads))
 
 
 def report(inproc: InProcess, http: dict[str, Any], args: argparse.Namespace) -> None:
@@ -364,7 +402,9 @@ def report(inproc: InProcess, http: dict[str, Any], args: argparse.Namespace) ->
     single = {name: merged[(1, name)] for name in VARIANTS}
     for clients, results in ((args.concurrency, saturated), (1, single)):
         _print_load(clients, results, args)
-    _print_targets(saturated, single)
+    equal = {name: _merged(rounds) for name, rounds in http["equal"]["rounds"].items()}
+    _print_equal_load(equal, rate=http["equal"]["rate"], args=args)
+    _print_targets(saturated, single, equal)
 
 
 def _print_setup(http: dict[str, Any]) -> None:
@@ -430,9 +470,39 @@ def _print_load(clients: int, results: dict[str, Round], args: argparse.Namespac
         )
 
 
-def _print_targets(saturated: dict[str, Round], single: dict[str, Round]) -> None:
+def _print_equal_load(results: dict[str, Round], *, rate: float, args: argparse.Namespace) -> None:
+    print(
+        f"\nHTTP, equal load: {rate:.1f} req/s offered to each ({args.equal_load:g} x the slower "
+        f"variant's saturated throughput), open loop, {args.rounds} x {args.seconds:.0f} s "
+        "alternating rounds each:"
+    )
+    print(f"  {'variant':<8} {'answered':>9} {'p50 ms':>8} {'replica CPU/req':>16}  other answers")
+    for name, r in results.items():
+        other = {s: n for s, n in r.load.statuses.items() if s != 200}
+        errors = f"; client errors {r.load.client_errors}" if r.load.client_errors else ""
+        print(
+            f"  {name:<8} {r.load.ok:9d} {r.load.percentile_ms(50):8.2f} "
+            f"{_cpu_us(r, name):13.1f} us  {status_summary(other)}{errors}"
+        )
+    bare, wrapped = results["bare"], results["wrapped"]
+    added = {
+        thread: wrapped.threads_s.get(thread, 0.0) / max(wrapped.load.ok, 1) * 1e6
+        - bare.threads_s.get(thread, 0.0) / max(bare.load.ok, 1) * 1e6
+        for thread in set(bare.threads_s) | set(wrapped.threads_s)
+    }
+    largest = sorted(added.items(), key=lambda item: -abs(item[1]))[:5]
+    print(
+        "  added replica CPU per request by thread (Linux thread names): "
+        + ", ".join(f"{thread} {us:+.0f} us" for thread, us in largest)
+    )
+
+
+def _print_targets(
+    saturated: dict[str, Round], single: dict[str, Round], equal: dict[str, Round]
+) -> None:
     bare, wrapped = saturated["bare"], saturated["wrapped"]
-    added_cpu = _cpu_us(wrapped, "wrapped") - _cpu_us(bare, "bare")
+    added_cpu = _cpu_us(equal["wrapped"], "wrapped") - _cpu_us(equal["bare"], "bare")
+    added_saturated = _cpu_us(wrapped, "wrapped") - _cpu_us(bare, "bare")
     ratio = wrapped.load.throughput / bare.load.throughput
     p50 = single["wrapped"].load.percentile_ms(50) - single["bare"].load.percentile_ms(50)
     machine = wrapped.cpu_s["machine"]
@@ -440,8 +510,9 @@ def _print_targets(saturated: dict[str, Round], single: dict[str, Round]) -> Non
     receiver_share = wrapped.cpu_s["receiver"] / machine
     print("\nTargets:")
     print(
-        f"  added replica CPU per request, SDK on: {added_cpu:+.1f} us  "
-        f"(target <= {CPU_TARGET_US:.0f} us): {verdict(added_cpu <= CPU_TARGET_US)}"
+        f"  added replica CPU per request, SDK on, at equal load: {added_cpu:+.1f} us  "
+        f"(target <= {CPU_TARGET_US:.0f} us): {verdict(added_cpu <= CPU_TARGET_US)}; at "
+        f"saturation {added_saturated:+.1f} us (per-second CPU spread over fewer answers)"
     )
     print(
         f"  throughput wrapped/bare at saturation: {ratio:.3f}  (target >= "
@@ -490,6 +561,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="clients at saturation")
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     parser.add_argument("--iterations", type=int, default=4000, help="in-process calls each")
+    parser.add_argument(
+        "--equal-load",
+        type=float,
+        default=0.6,
+        help="equal-load rounds: offered rate as a fraction of the slower saturated throughput",
+    )
     parser.add_argument(
         "--breakdown", action="store_true", help="in process, where the added cost goes"
     )
