@@ -16,7 +16,8 @@ Measurements:
 
 1. In process: the ready-made app's ``predict`` called in a loop with a real request, bare and
    monitored in alternating chunks, CPU of the whole process (the span exporter's thread
-   included) per request; and one request span on its own, created and exported, for scale.
+   included) per request; one request span on its own, created and exported, for scale; and
+   the garbage collector's time per request over 12 000 requests of each in a row.
 2. Over HTTP, in one Ray Serve instance: alternating rounds of saturating load (throughput, and
    CPU per answered request of each replica process, the drift monitor's process, the proxy and
    the OTLP receiver) and of one client (added p50 latency).
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -77,6 +79,8 @@ ADMIN_TOKEN = "overhead-benchmark-admin-token-0123"
 CPU_TARGET_US = 60.0
 THROUGHPUT_TARGET = 0.97
 P50_TARGET_MS = 1.0
+CHUNK = 200  # in-process calls of one variant before the other's
+GC_REQUESTS = 12_000  # enough for full-heap collections to recur (one per ~5 000 monitored)
 APP_ARGS: dict[str, Any] = {"model": {"source": "digits"}}  # build_app's defaults otherwise
 
 
@@ -88,6 +92,8 @@ class InProcess:
     bare_us: float
     wrapped_us: float
     span_us: float
+    # Time in CPython's collector per request, by variant: (young generations, full heap).
+    gc_us: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # and full count
     # (part switched off, added us without it and every part before it)
     breakdown: tuple[tuple[str, float], ...] = ()
 
@@ -152,6 +158,59 @@ def _flush_spans() -> None:
         flush()
 
 
+async def _gc_cost(
+    bare: Any, wrapped: Any, bodies: list[bytes], *, n: int
+) -> dict[str, tuple[float, float, int]]:
+    """The collector's time per request over ``n`` requests of each variant in a row, the
+    monitored one shipping a batch every ``batch_size`` rows as its replica does at that
+    rate: rows wait for their batch as long as in a replica, so what they cost the collector
+    (promotions, and the full-heap collections they trigger) is counted."""
+    from serve_drift.config import ShippingConfig
+    from serve_drift.replica.decorator import replica_monitor
+
+    batch = ShippingConfig().batch_size
+    with GcClock() as clock:
+        for name, app in (("bare", bare), ("wrapped", wrapped)):
+            clock.variant = name
+            for i in range(n):
+                await app.predict(_starlette_request(bodies[i % len(bodies)]))
+                if name == "wrapped" and i % batch == batch - 1:
+                    await replica_monitor(wrapped).shipper.flush()
+    return {name: clock.per_request(name, calls=n) for name in VARIANTS}
+
+
+class GcClock:
+    """Seconds CPython's garbage collector ran, young generations and full heap apart, for
+    whichever variant is running (``variant``), from the collector's own callbacks."""
+
+    def __init__(self) -> None:
+        self.variant: str | None = None
+        self.seconds: Counter[tuple[str, str]] = Counter()
+        self.full_collections: Counter[str] = Counter()
+        self._started = 0.0
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._on_collection)
+        self.variant = None
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self.variant is not None:
+            kind = "full" if info["generation"] == 2 else "young"
+            self.seconds[(self.variant, kind)] += time.perf_counter() - self._started
+            self.full_collections[self.variant] += kind == "full"
+
+    def per_request(self, variant: str, *, calls: int) -> tuple[float, float, int]:
+        """(young us, full-heap us) per request, and the number of full-heap collections."""
+        young, full = (self.seconds[(variant, kind)] for kind in ("young", "full"))
+        return young / calls * 1e6, full / calls * 1e6, self.full_collections[variant]
+
+
 async def _alternate(
     bare: Any, wrapped: Any, bodies: list[bytes], *, n: int
 ) -> tuple[float, float]:
@@ -167,15 +226,14 @@ async def _alternate(
         _flush_spans()
 
     totals = {"bare": 0.0, "wrapped": 0.0}
-    chunk = 200
-    for start in range(0, n, chunk):
+    for start in range(0, n, CHUNK):
         for name, app, after in (("bare", bare, nothing), ("wrapped", wrapped, settle)):
 
             def call(i: int, app: Any = app, start: int = start) -> Any:
                 return app.predict(_starlette_request(bodies[(start + i) % len(bodies)]))
 
-            totals[name] += await _cpu_per_call(call, chunk, after)
-    calls = n // chunk * chunk
+            totals[name] += await _cpu_per_call(call, CHUNK, after)
+    calls = n // CHUNK * CHUNK
     return totals["bare"] / calls * 1e6, totals["wrapped"] / calls * 1e6
 
 
@@ -219,9 +277,12 @@ def in_process_benchmark(*, iterations: int, endpoint: str, breakdown: bool) -> 
     bodies = digits_pngs(200)
     asyncio.run(_alternate(bare, wrapped, bodies, n=400))  # warm-up: first calls, caches
     bare_us, wrapped_us = asyncio.run(_alternate(bare, wrapped, bodies, n=iterations))
+    gc_us = asyncio.run(_gc_cost(bare, wrapped, bodies, n=GC_REQUESTS))
     span_us = _span_cost_us()
     parts = _breakdown(bare, wrapped, bodies, n=iterations) if breakdown else ()
-    return InProcess(bare_us=bare_us, wrapped_us=wrapped_us, span_us=span_us, breakdown=parts)
+    return InProcess(
+        bare_us=bare_us, wrapped_us=wrapped_us, span_us=span_us, gc_us=gc_us, breakdown=parts
+    )
 
 
 def _breakdown(bare: Any, wrapped: Any, bodies: list[bytes], *, n: int) -> tuple[Any, ...]:
@@ -439,6 +500,13 @@ def _print_in_process(inproc: InProcess) -> None:
         f"  of which one request span, created and exported: {inproc.span_us:.1f} us; "
         f"the rest: {inproc.added_us - inproc.span_us:+.1f} us"
     )
+    print(f"  the garbage collector, {GC_REQUESTS} requests of each in a row, per request:")
+    for name in VARIANTS:
+        young, full, collections = inproc.gc_us[name]
+        print(
+            f"    {name:<8} {young:5.1f} us in young generations, {full:5.1f} us in "
+            f"{collections} full-heap collection(s)"
+        )
     if inproc.breakdown:
         print("  where it goes (each part switched off after the ones above; added us left):")
         previous = inproc.added_us
