@@ -5,6 +5,12 @@ its span, answered but not ended): softmax and top-k, the span's prediction and 
 statistics, ID formatting and the events themselves are made here, for a whole drain at once,
 off the request path. Vectorised, or one after the other, they cost a fraction of what they
 cost one request at a time; and rows the sampler does not ship get no event and no statistics.
+
+Two steps, as the shipper runs them: :meth:`BatchBuilder.answer` ends a drain's spans and
+computes its outputs soon after the requests (every few dozen rows), which frees the spans'
+objects before the garbage collector promotes them to its oldest generation (a promoted object
+costs a share of a full-heap collection); :meth:`BatchBuilder.ship` samples what accumulated
+since the last send and makes the events and the batch.
 """
 
 from __future__ import annotations
@@ -142,6 +148,34 @@ def resolve_stats(
 
 
 @dataclass(frozen=True)
+class Answered:
+    """Drained rows whose spans are ended (``items`` no longer hold them), with their outputs:
+    what waits for the next send."""
+
+    items: list[PendingRows]
+    outputs: Outputs
+
+    @property
+    def rows(self) -> int:
+        return len(self.outputs.predicted)
+
+
+def merged_outputs(parts: Sequence[Outputs]) -> Outputs:
+    """The outputs of consecutive drains as one; softmax rows only when every part has them,
+    of one width (a test on outputs needs them for the whole window)."""
+    if len(parts) == 1:
+        return parts[0]
+    probabilities = [part.probabilities for part in parts if part.probabilities is not None]
+    whole = len(probabilities) == len(parts) and len({p.shape[1] for p in probabilities}) == 1
+    return Outputs(
+        [p for part in parts for p in part.predicted],
+        [c for part in parts for c in part.confidence],
+        [k for part in parts for k in part.top_k],
+        np.concatenate(probabilities) if whole else None,
+    )
+
+
+@dataclass(frozen=True)
 class Drained:
     """A drain turned into what ships (``batch``, ``None`` when nothing does) and how many of
     its rows the sampler left out."""
@@ -173,13 +207,28 @@ class BatchBuilder:
         return EventBatch(embeddings=rows, events=(), replica_id=self._replica_id)
 
     def build(self, items: Sequence[PendingRows], *, sampler: RowSampler, now: float) -> Drained:
-        """The drain's batch; the request spans it carries are ended, whatever happens."""
+        """One drain answered and shipped at once (:meth:`answer`, then :meth:`ship`)."""
+        return self.ship([self.answer(items)], sampler=sampler, now=now)
+
+    def answer(self, items: Sequence[PendingRows]) -> Answered:
+        """The drain's outputs and confidence histogram; its request spans are ended, whatever
+        happens, and left out of the rows that wait for the send."""
         outputs: Outputs | None = None
         try:
             outputs = batch_outputs(items)
         finally:
             end_spans(items, outputs, on_error=self._on_error)
         self._on_confidences([c for c in outputs.confidence if c is not None])
+        waiting = [
+            item if item.open_span is None else item._replace(open_span=None, span_attributes=None)
+            for item in items
+        ]
+        return Answered(waiting, outputs)
+
+    def ship(self, answered: Sequence[Answered], *, sampler: RowSampler, now: float) -> Drained:
+        """The batch of the answered drains' rows the sampler keeps."""
+        items = [item for part in answered for item in part.items]
+        outputs = merged_outputs([part.outputs for part in answered])
         rows = [(item, row) for item in items for row in range(item.rows)]
         always = np.fromiter((item.marks.sentinel for item, _ in rows), bool, len(rows))
         choice = sampler.choose(always=always, now=now)

@@ -1,10 +1,12 @@
 """Moves embeddings from a replica to the monitor without ever blocking a request.
 
 Requests only ``offer`` their captured rows to a bounded buffer (a lock and an append); a
-background task drains it, turns the rows into events in one vectorised pass
-(:mod:`serve_drift.replica.batch`), lets the sampler choose the rows to ship
-(:mod:`serve_drift.replica.sampler`), moves the tensors to host memory (one device sync per
-batch, in a worker thread for GPU tensors) and sends them to the monitor. A full buffer or an
+background task drains it every few dozen rows and ends the drain's request spans with its
+outputs (:meth:`~serve_drift.replica.batch.BatchBuilder.answer`), then, once a batch's worth
+has accumulated or at the flush interval, lets the sampler choose the rows to ship
+(:mod:`serve_drift.replica.sampler`), turns them into events in one vectorised pass, moves the
+tensors to host memory (one device sync per batch, in a worker thread for GPU tensors) and
+sends them to the monitor. A full buffer or an
 unreachable monitor drops the rows and counts them by reason: losing telemetry must never cost a
 response. ``shipped`` counts only rows the monitor took *and* recorded in its event store; rows
 it took into its windows but could not record count as dropped, reason
@@ -22,33 +24,41 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from serve_drift.config import ShippingConfig
 from serve_drift.messages import EventBatch, IngestReceipt
-from serve_drift.replica.batch import BatchBuilder, Drained, PendingRows
+from serve_drift.replica.batch import Answered, BatchBuilder, PendingRows
 from serve_drift.replica.sampler import RowSampler
 from serve_drift.telemetry.instruments import replica_instruments
 
 logger = logging.getLogger(__name__)
 
 SendBatch = Callable[[EventBatch], Awaitable[object]]
+T = TypeVar("T")
 SAMPLED_OUT = "sampled_out"
+
+# Rows the drain task answers at once (ends their spans): soon enough that a request's span
+# objects are freed before the garbage collector's middle generation, which runs every few
+# hundred requests, promotes them to the oldest, whose size decides how often the whole heap
+# is collected; large enough that the vectorised outputs stay cheap per row.
+ANSWER_ROWS = 32
 
 
 class BoundedBuffer:
     """Thread-safe FIFO of requests' rows that refuses (rather than blocks or evicts) when its
-    ``capacity`` in rows is reached."""
+    ``capacity`` in rows is reached; drained rows count against it until :meth:`release`."""
 
     def __init__(self, *, capacity: int) -> None:
         self._capacity = capacity
         self._items: deque[PendingRows] = deque()
         self._rows = 0
+        self._held = 0  # drained, not yet shipped or dropped
         self._lock = threading.Lock()
 
     def offer(self, item: PendingRows) -> bool:
         with self._lock:
-            if self._rows + item.rows > self._capacity:
+            if self._rows + self._held + item.rows > self._capacity:
                 return False
             self._items.append(item)
             self._rows += item.rows
@@ -64,7 +74,13 @@ class BoundedBuffer:
                 taken.append(item)
                 rows += item.rows
             self._rows -= rows
+            self._held += rows
             return taken
+
+    def release(self, rows: int) -> None:
+        """Drained rows that are gone now (shipped or dropped)."""
+        with self._lock:
+            self._held -= rows
 
     def __len__(self) -> int:
         return self._rows
@@ -89,6 +105,9 @@ class EmbeddingShipper:
         self._builder = builder
         self._on_tick = on_tick
         self._buffer = BoundedBuffer(capacity=config.max_queue)
+        self._answer_rows = min(ANSWER_ROWS, config.batch_size)
+        self._answered: deque[Answered] = deque()  # oldest first, waiting for the send
+        self._answered_rows = 0
         self.sampler = RowSampler(max_rows_per_s=config.max_rows_per_s, burst_s=config.burst_s)
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
@@ -102,14 +121,12 @@ class EmbeddingShipper:
         if not self._buffer.offer(item):
             self._count_drop("queue_full", item.rows)
             return False
-        waiting = len(self._buffer)
-        # batch_size first: the wake threshold is never below it, and costs more to look up.
-        wake = waiting >= self._config.batch_size and waiting >= self._wake_rows()
-        if wake and self._wakeup is not None:
+        if len(self._buffer) >= self._answer_rows and self._wakeup is not None:
             self._wakeup.set()
         return True
 
-    def _wake_rows(self) -> int:
+    def _ship_rows(self) -> int:
+        """Answered rows that make the task ship before the flush interval."""
         # Uncapped, a full batch leaves at once. Capped, the timer drains: the sampler then
         # draws from everything that arrived since the last drain, and the rows it keeps leave
         # in full batches instead of a trickle of tiny ones (a send costs the same either way).
@@ -129,13 +146,15 @@ class EmbeddingShipper:
             )
 
     def pending(self) -> int:
-        return len(self._buffer)
+        """Rows offered and not yet shipped or dropped."""
+        return len(self._buffer) + self._answered_rows
 
     async def flush(self) -> None:
         """Send everything buffered now (tests, shutdown)."""
         self._tick()
-        while len(self._buffer):
-            await self._ship_drain()
+        while len(self._buffer) or self._answered_rows:
+            await self._answer_waiting()
+            await self._ship(full_only=False)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -145,23 +164,52 @@ class EmbeddingShipper:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        interval = self._config.flush_interval_s
+        next_tick = loop.time() + interval
         while True:
-            woken = False
             with contextlib.suppress(asyncio.TimeoutError):
-                woken = await asyncio.wait_for(
-                    self._wakeup.wait(), timeout=self._config.flush_interval_s
+                await asyncio.wait_for(
+                    self._wakeup.wait(), timeout=max(0.0, next_tick - loop.time())
                 )
             self._wakeup.clear()
-            self._tick()
-            # Woken by a full batch, ship full batches; at the interval, what is there. Only
-            # the rows present now: rows arriving meanwhile wait for their own batch instead
-            # of leaving one by one behind a steady stream of requests.
-            await self._drain(rows=len(self._buffer), full_only=woken)
+            await self._answer_waiting()
+            # Between ticks, ship only full batches; at the interval, what is there. Only the
+            # rows answered now: rows arriving meanwhile wait for their own batch instead of
+            # leaving one by one behind a steady stream of requests.
+            at_tick = loop.time() >= next_tick
+            if at_tick:
+                next_tick = loop.time() + interval
+                self._tick()
+            await self._ship(full_only=not at_tick)
 
-    async def _drain(self, *, rows: int, full_only: bool) -> None:
-        least = self._wake_rows() if full_only else 1
-        while rows > 0 and len(self._buffer) >= least:
-            rows -= await self._ship_drain()
+    async def _answer_waiting(self) -> None:
+        """End the spans of every row waiting now and keep the rows for the send, in drains
+        of at most a batch (an uncapped send then takes one drain's rows at a time)."""
+        waiting = len(self._buffer)  # rows arriving meanwhile wait for the next wake-up
+        while waiting > 0:
+            items = self._buffer.drain(max_rows=self._config.batch_size)
+            if not items:
+                return
+            rows = sum(item.rows for item in items)
+            waiting -= rows
+            try:
+                answered = await _off_loop(items[0], self._builder.answer, items)
+            except Exception as exc:  # a bug in batching must not stop the shipping
+                self._batch_failed(rows, exc)
+                continue
+            self._answered.append(answered)
+            self._answered_rows += rows
+
+    async def _ship(self, *, full_only: bool) -> None:
+        least = self._ship_rows() if full_only else 1
+        while self._answered_rows and self._answered_rows >= least:
+            await self._ship_answered()
+
+    def _batch_failed(self, rows: int, exc: Exception) -> None:
+        logger.warning("serve-drift: could not build a batch of %d rows: %s", rows, exc)
+        self._count_drop("batch_failed", rows)
+        self._buffer.release(rows)
 
     def _tick(self) -> None:
         if self._on_tick is not None:
@@ -170,38 +218,44 @@ class EmbeddingShipper:
             except Exception:  # counts are telemetry: never stop the shipping for them
                 logger.warning("serve-drift: replica tick failed", exc_info=True)
 
-    async def _ship_drain(self) -> int:
-        """Drain, sample, build and send; returns the rows drained."""
+    async def _ship_answered(self) -> None:
+        """Sample, build and send the oldest answered rows (a batch's worth; capped, all of
+        them: the sampler draws from everything since the last send)."""
         capped = self.sampler.rate is not None
-        items = self._buffer.drain(
+        parts = self._take_answered(
             max_rows=self._config.max_queue if capped else self._config.batch_size
         )
-        rows = sum(item.rows for item in items)
-        if not items:
-            return 0
+        rows = sum(part.rows for part in parts)
+        first = parts[0].items[0]
         try:
-            drained = await self._build(items)
+            drained = await _off_loop(
+                first, self._builder.ship, parts, sampler=self.sampler, now=time.monotonic()
+            )
         except Exception as exc:  # a bug in batching must not stop the shipping
-            logger.warning("serve-drift: could not build a batch of %d rows: %s", rows, exc)
-            self._count_drop("batch_failed", rows)
-            return rows
+            self._batch_failed(rows, exc)
+            return
         if drained.unsampled:
             self._count_drop(SAMPLED_OUT, drained.unsampled)
             self._unreported += drained.unsampled
         batch = drained.batch
         if batch is None and self._unreported:  # no row to ship: still report those left out
-            batch = self._builder.empty(width=items[0].embeddings.shape[1])
-        for chunk in _chunks(batch, size=self._config.batch_size):
-            await self._send_one(chunk)
-        return rows
+            batch = self._builder.empty(width=first.embeddings.shape[1])
+        try:
+            for chunk in _chunks(batch, size=self._config.batch_size):
+                await self._send_one(chunk)
+        finally:
+            self._buffer.release(rows)
 
-    async def _build(self, items: list[PendingRows]) -> Drained:
-        # A device-to-host copy waits for the GPU: do it in a thread so the loop keeps serving.
-        # Host tensors need no copy, and a thread hop would cost more than the batching.
-        now = time.monotonic()
-        if items[0].embeddings.device.type == "cpu":
-            return self._builder.build(items, sampler=self.sampler, now=now)
-        return await asyncio.to_thread(self._builder.build, items, sampler=self.sampler, now=now)
+    def _take_answered(self, *, max_rows: int) -> list[Answered]:
+        """Whole answered drains, oldest first, until ``max_rows`` is reached (at least one)."""
+        taken: list[Answered] = []
+        rows = 0
+        while self._answered and (not taken or rows + self._answered[0].rows <= max_rows):
+            part = self._answered.popleft()
+            taken.append(part)
+            rows += part.rows
+        self._answered_rows -= rows
+        return taken
 
     async def _send_one(self, batch: EventBatch) -> None:
         n, unsampled = len(batch.events), self._unreported
@@ -238,6 +292,15 @@ class EmbeddingShipper:
     def _count_drop(self, reason: str, n: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
         replica_instruments().embeddings_dropped.add(n, {"reason": reason})
+
+
+async def _off_loop(first: PendingRows, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``; in a worker thread when ``first``'s tensors are on a device:
+    reading them back waits for it, and the loop must keep serving meanwhile. Host tensors need
+    no copy, and a thread hop would cost more than the batching."""
+    if first.embeddings.device.type == "cpu":
+        return call(*args, **kwargs)
+    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 def _chunks(batch: EventBatch | None, *, size: int) -> list[EventBatch]:

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from serve_drift.ingress.stats import compute_input_stats, summarise_thumbnails, thumbnail
-from serve_drift.replica.batch import BatchBuilder, batch_outputs, resolve_stats
+from serve_drift.replica.batch import BatchBuilder, batch_outputs, merged_outputs, resolve_stats
 from serve_drift.replica.sampler import RowSampler
 from serve_drift.request_context import PendingStats, RequestMarks, RowMark
 from serve_drift.telemetry import instruments as tel
@@ -49,6 +49,31 @@ def test_rows_without_scores_or_with_another_class_count_ship_no_probability_mat
     assert outputs.probabilities is None  # a test on outputs needs them for every row
     assert outputs.predicted[1] is None and outputs.top_k[1] == ()
     assert len(outputs.top_k[0]) == 3 and len(outputs.top_k[2]) == 4
+
+
+def test_drains_answered_apart_ship_the_outputs_one_drain_would() -> None:
+    items = [pending_rows(rows=2, classes=5, seed=s) for s in range(3)]
+    whole = batch_outputs(items)
+    merged = merged_outputs([batch_outputs(items[:1]), batch_outputs(items[1:])])
+    assert merged.predicted == whole.predicted and merged.top_k == whole.top_k
+    assert merged.confidence == whole.confidence
+    assert merged.probabilities is not None and whole.probabilities is not None
+    np.testing.assert_array_equal(merged.probabilities, whole.probabilities)
+    # A drain without scores, or of another width: no probability matrix, as in one drain.
+    for other in (pending_rows(classes=None), pending_rows(classes=4)):
+        mixed = merged_outputs([batch_outputs(items), batch_outputs([other])])
+        assert mixed.probabilities is None and len(mixed.predicted) == 7
+
+
+def test_answering_ends_the_spans_and_keeps_rows_without_them() -> None:
+    memory = InMemorySpanExporter()
+    item = pending_rows()._replace(open_span=_open_span(memory), span_attributes={"a": 1})
+    answered = _builder().answer([item])
+    assert [s.attributes["a"] for s in memory.get_finished_spans()] == [1]
+    (kept,) = answered.items
+    assert kept.open_span is None and kept.span_attributes is None and kept.ids == item.ids
+    drained = _builder().ship([answered], sampler=RowSampler(max_rows_per_s=None, burst_s=1), now=0)
+    assert drained.batch is not None and len(drained.batch.events) == 1
 
 
 def _open_span(memory: InMemorySpanExporter) -> trace.Span:

@@ -14,6 +14,7 @@ from opentelemetry.trace import StatusCode
 from serve_drift import monitored
 from serve_drift.messages import EventBatch, IngestReceipt
 from serve_drift.replica.decorator import replica_monitor
+from serve_drift.replica.shipper import ANSWER_ROWS
 from tests.support.telemetry_memory import memory_telemetry, metric_points
 from tests.unit.replica.test_monitoring_path import _Method
 
@@ -143,3 +144,54 @@ def test_an_application_error_is_recorded_on_its_request_span() -> None:
     (span,) = [s for s in spans.get_finished_spans() if s.name == "serve_drift.request"]
     assert span.status.status_code == StatusCode.ERROR
     assert [e.name for e in span.events] == ["exception"]
+
+
+def _serve_yielding(instance: Any, n: int) -> None:
+    """``n`` requests, each followed by a turn of the loop (the drain task's chance to run)."""
+
+    async def run() -> None:
+        for _ in range(n):
+            await instance(torch.randn(1, 3))
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+
+
+def test_spans_end_every_few_dozen_rows_while_their_rows_wait_for_the_send() -> None:
+    spans, _ = memory_telemetry()
+    spans.clear()
+    monitor = AdvisingMonitor()
+    instance = _deployment("answered", batch_size=256, flush_interval_s=30.0)(drift_monitor=monitor)
+
+    async def run() -> None:
+        for _ in range(ANSWER_ROWS + 8):
+            await instance(torch.randn(1, 3))
+            await asyncio.sleep(0)
+        ended = [s for s in spans.get_finished_spans() if s.name == "serve_drift.request"]
+        # The first drain's spans ended (the task wakes a turn or two after the 32nd row),
+        # the last requests' spans still open, and nothing sent yet.
+        assert ANSWER_ROWS <= len(ended) < ANSWER_ROWS + 8 and not monitor.batches
+        shipper = replica_monitor(instance).shipper
+        assert shipper.pending() == ANSWER_ROWS + 8  # every row still counted as pending
+        await shipper.flush()
+
+    asyncio.run(run())
+    assert [len(b.events) for b in monitor.batches] == [ANSWER_ROWS + 8]  # one send
+    ended = [s for s in spans.get_finished_spans() if s.name == "serve_drift.request"]
+    assert len(ended) == ANSWER_ROWS + 8
+
+
+def test_answered_rows_count_against_the_queue_bound_until_they_are_sent() -> None:
+    memory_telemetry()
+    monitor = AdvisingMonitor()
+    instance = _deployment("bounded", batch_size=256, flush_interval_s=30.0, max_queue=40)(
+        drift_monitor=monitor
+    )
+    _serve_yielding(instance, 60)  # 40 taken (answered, waiting), then the bound refuses
+    shipper = replica_monitor(instance).shipper
+    assert shipper.dropped == {"queue_full": 20} and shipper.pending() == 40
+    asyncio.run(shipper.flush())
+    assert shipper.shipped == 40 and shipper.pending() == 0
+    _serve_yielding(instance, 10)  # sent: the bound has room again
+    asyncio.run(shipper.flush())
+    assert shipper.shipped == 50 and shipper.dropped == {"queue_full": 20}
