@@ -16,7 +16,6 @@ it took into its windows but could not record count as dropped, reason
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -163,25 +162,31 @@ class EmbeddingShipper:
         await self.flush()
 
     async def _run(self) -> None:
-        assert self._wakeup is not None
+        wakeup = self._wakeup
+        assert wakeup is not None
         loop = asyncio.get_running_loop()
         interval = self._config.flush_interval_s
+        # The interval wakes the task as the offers do, through the event: no wait_for, whose
+        # Python 3.11 form can swallow a cancellation that arrives as the event is set (the
+        # task would then outlive stop() and the loop's shutdown).
         next_tick = loop.time() + interval
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self._wakeup.wait(), timeout=max(0.0, next_tick - loop.time())
-                )
-            self._wakeup.clear()
-            await self._answer_waiting()
-            # Between ticks, ship only full batches; at the interval, what is there. Only the
-            # rows answered now: rows arriving meanwhile wait for their own batch instead of
-            # leaving one by one behind a steady stream of requests.
-            at_tick = loop.time() >= next_tick
-            if at_tick:
-                next_tick = loop.time() + interval
-                self._tick()
-            await self._ship(full_only=not at_tick)
+        timer = loop.call_at(next_tick, wakeup.set)
+        try:
+            while True:
+                await wakeup.wait()
+                wakeup.clear()
+                await self._answer_waiting()
+                # Between ticks, ship only full batches; at the interval, what is there. Only
+                # the rows answered now: rows arriving meanwhile wait for their own batch
+                # instead of leaving one by one behind a steady stream of requests.
+                at_tick = loop.time() >= next_tick
+                if at_tick:
+                    next_tick = loop.time() + interval
+                    timer = loop.call_at(next_tick, wakeup.set)
+                    self._tick()
+                await self._ship(full_only=not at_tick)
+        finally:
+            timer.cancel()
 
     async def _answer_waiting(self) -> None:
         """End the spans of every row waiting now and keep the rows for the send, in drains

@@ -195,3 +195,24 @@ def test_answered_rows_count_against_the_queue_bound_until_they_are_sent() -> No
     _serve_yielding(instance, 10)  # sent: the bound has room again
     asyncio.run(shipper.flush())
     assert shipper.shipped == 50 and shipper.dropped == {"queue_full": 20}
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 4])
+def test_stop_ends_the_drain_task_even_as_rows_wake_it(turns: int) -> None:
+    memory_telemetry()
+    monitor = AdvisingMonitor()
+    instance = _deployment(f"stopped-{turns}", batch_size=256, flush_interval_s=30.0)(
+        drift_monitor=monitor
+    )
+
+    async def run() -> None:
+        for _ in range(ANSWER_ROWS + 1):  # the last offer wakes the task
+            await instance(torch.randn(1, 3))
+        for _ in range(turns):  # the cancellation lands at each point of the wake-up
+            await asyncio.sleep(0)
+        shipper = replica_monitor(instance).shipper
+        await asyncio.wait_for(shipper.stop(), timeout=5.0)
+        assert shipper._task is not None and shipper._task.done()
+        assert shipper.shipped == ANSWER_ROWS + 1 and shipper.pending() == 0
+
+    asyncio.run(run())
