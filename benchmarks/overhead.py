@@ -528,13 +528,16 @@ def _print_load(clients: int, results: dict[str, Round], args: argparse.Namespac
         "other answers"
     )
     for name, r in results.items():
-        other = {s: n for s, n in r.load.statuses.items() if s != 200}
-        errors = f"; client errors {r.load.client_errors}" if r.load.client_errors else ""
         print(
             f"  {name:<8} {r.load.throughput:8.1f} {r.load.percentile_ms(50):8.2f} "
-            f"{r.load.percentile_ms(99):8.2f} {_cpu_us(r, name):13.1f} us  "
-            f"{status_summary(other)}{errors}"
+            f"{r.load.percentile_ms(99):8.2f} {_cpu_us(r, name):13.1f} us  {_other_answers(r)}"
         )
+
+
+def _other_answers(result: Round) -> str:
+    other = {s: n for s, n in result.load.statuses.items() if s != 200}
+    errors = result.load.client_errors
+    return status_summary(other) + (f"; client errors {errors}" if errors else "")
 
 
 def _print_equal_load(results: dict[str, Round], *, rate: float, args: argparse.Namespace) -> None:
@@ -545,11 +548,9 @@ def _print_equal_load(results: dict[str, Round], *, rate: float, args: argparse.
     )
     print(f"  {'variant':<8} {'answered':>9} {'p50 ms':>8} {'replica CPU/req':>16}  other answers")
     for name, r in results.items():
-        other = {s: n for s, n in r.load.statuses.items() if s != 200}
-        errors = f"; client errors {r.load.client_errors}" if r.load.client_errors else ""
         print(
             f"  {name:<8} {r.load.ok:9d} {r.load.percentile_ms(50):8.2f} "
-            f"{_cpu_us(r, name):13.1f} us  {status_summary(other)}{errors}"
+            f"{_cpu_us(r, name):13.1f} us  {_other_answers(r)}"
         )
     bare, wrapped = results["bare"], results["wrapped"]
     added = {

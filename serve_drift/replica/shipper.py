@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from serve_drift.config import ShippingConfig
 from serve_drift.messages import EventBatch, IngestReceipt
@@ -42,6 +42,26 @@ SAMPLED_OUT = "sampled_out"
 # hundred requests, promotes them to the oldest, whose size decides how often the whole heap
 # is collected; large enough that the vectorised outputs stay cheap per row.
 ANSWER_ROWS = 32
+
+
+class _HasRows(Protocol):
+    @property
+    def rows(self) -> int: ...
+
+
+Entry = TypeVar("Entry", bound=_HasRows)
+
+
+def take_whole(entries: deque[Entry], *, max_rows: int) -> tuple[list[Entry], int]:
+    """Whole entries off the front of ``entries`` until ``max_rows`` is reached (at least
+    one), and their rows."""
+    taken: list[Entry] = []
+    rows = 0
+    while entries and (not taken or rows + entries[0].rows <= max_rows):
+        entry = entries.popleft()
+        taken.append(entry)
+        rows += entry.rows
+    return taken, rows
 
 
 class BoundedBuffer:
@@ -66,12 +86,7 @@ class BoundedBuffer:
     def drain(self, *, max_rows: int) -> list[PendingRows]:
         """Whole requests, oldest first, until ``max_rows`` is reached (at least one)."""
         with self._lock:
-            taken: list[PendingRows] = []
-            rows = 0
-            while self._items and (not taken or rows + self._items[0].rows <= max_rows):
-                item = self._items.popleft()
-                taken.append(item)
-                rows += item.rows
+            taken, rows = take_whole(self._items, max_rows=max_rows)
             self._rows -= rows
             self._held += rows
             return taken
@@ -253,12 +268,7 @@ class EmbeddingShipper:
 
     def _take_answered(self, *, max_rows: int) -> list[Answered]:
         """Whole answered drains, oldest first, until ``max_rows`` is reached (at least one)."""
-        taken: list[Answered] = []
-        rows = 0
-        while self._answered and (not taken or rows + self._answered[0].rows <= max_rows):
-            part = self._answered.popleft()
-            taken.append(part)
-            rows += part.rows
+        taken, rows = take_whole(self._answered, max_rows=max_rows)
         self._answered_rows -= rows
         return taken
 
