@@ -6,11 +6,11 @@ outputs (:meth:`~serve_drift.replica.batch.BatchBuilder.answer`), then, once a b
 has accumulated or at the flush interval, lets the sampler choose the rows to ship
 (:mod:`serve_drift.replica.sampler`), turns them into events in one vectorised pass, moves the
 tensors to host memory (one device sync per batch, in a worker thread for GPU tensors) and
-sends them to the monitor. A full buffer or an
-unreachable monitor drops the rows and counts them by reason: losing telemetry must never cost a
-response. ``shipped`` counts only rows the monitor took *and* recorded in its event store; rows
-it took into its windows but could not record count as dropped, reason
-``monitor_not_recorded``; rows the sampler left out count as dropped, reason ``sampled_out``.
+sends them to the monitor. A full buffer or an unreachable monitor drops the rows and counts
+them by reason: losing telemetry must never cost a response. ``shipped`` counts only rows
+the monitor took *and* recorded in its event store; rows it took into its windows but could
+not record count as dropped, reason ``monitor_not_recorded``; rows the sampler left out count
+as dropped, reason ``sampled_out``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ class BoundedBuffer:
 class EmbeddingShipper:
     """Owns the buffer, the sampler and the background task that empties them into the monitor.
 
-    ``on_tick`` runs at every wake-up of that task (the runtime flushes its request counts).
+    ``on_tick`` runs at every flush interval and flush (the runtime records its request counts
+    and latencies then).
     """
 
     def __init__(
