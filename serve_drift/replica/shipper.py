@@ -184,9 +184,17 @@ class EmbeddingShipper:
         interval = self._config.flush_interval_s
         # The interval wakes the task as the offers do, through the event: no wait_for, whose
         # Python 3.11 form can swallow a cancellation that arrives as the event is set (the
-        # task would then outlive stop() and the loop's shutdown).
-        next_tick = loop.time() + interval
-        timer = loop.call_at(next_tick, wakeup.set)
+        # task would then outlive stop() and the loop's shutdown). The timer says it fired
+        # (the loop runs a timer up to its clock's resolution early: comparing clocks would
+        # miss a tick, and no timer would be left to wake the task).
+        due = False
+
+        def interval_elapsed() -> None:
+            nonlocal due
+            due = True
+            wakeup.set()
+
+        timer = loop.call_later(interval, interval_elapsed)
         try:
             while True:
                 await wakeup.wait()
@@ -195,10 +203,9 @@ class EmbeddingShipper:
                 # Between ticks, ship only full batches; at the interval, what is there. Only
                 # the rows answered now: rows arriving meanwhile wait for their own batch
                 # instead of leaving one by one behind a steady stream of requests.
-                at_tick = loop.time() >= next_tick
+                at_tick, due = due, False
                 if at_tick:
-                    next_tick = loop.time() + interval
-                    timer = loop.call_at(next_tick, wakeup.set)
+                    timer = loop.call_later(interval, interval_elapsed)
                     self._tick()
                 await self._ship(full_only=not at_tick)
         finally:
