@@ -220,8 +220,7 @@ def test_stop_ends_the_drain_task_even_as_rows_wake_it(turns: int) -> None:
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_lone_request_ships_at_the_flush_interval(loop: str) -> None:
-    """On uvloop too (Ray Serve's replicas run on it): its timers may fire while its clock
-    still reads a little before their due time."""
+    """On uvloop too: Ray Serve's replicas run on it."""
     memory_telemetry()
     monitor = AdvisingMonitor()
     instance = _deployment(f"lone-{loop}", batch_size=256, flush_interval_s=0.02)(
