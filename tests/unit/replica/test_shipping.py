@@ -216,30 +216,3 @@ def test_stop_ends_the_drain_task_even_as_rows_wake_it(turns: int) -> None:
         assert shipper.shipped == ANSWER_ROWS + 1 and shipper.pending() == 0
 
     asyncio.run(run())
-
-
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_a_lone_request_ships_at_the_flush_interval(loop: str) -> None:
-    """On uvloop too: Ray Serve's replicas run on it."""
-    memory_telemetry()
-    monitor = AdvisingMonitor()
-    instance = _deployment(f"lone-{loop}", batch_size=256, flush_interval_s=0.02)(
-        drift_monitor=monitor
-    )
-
-    async def run() -> None:
-        for round_ in range(3):  # each after the previous one's interval has passed
-            await instance(torch.randn(1, 3))
-            for _ in range(100):
-                if sum(len(b.events) for b in monitor.batches) > round_:
-                    break
-                await asyncio.sleep(0.01)
-        await replica_monitor(instance).shipper.stop()
-
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run())
-    else:
-        asyncio.run(run())
-    assert [len(b.events) for b in monitor.batches] == [1, 1, 1]  # no flush called
